@@ -1,0 +1,51 @@
+"""Trained models by name: `base`, `sft`, `dpo` (this run's) or `RUN_ID:stage` (any run's).
+
+Each entry records what is needed to trust and reload a model: its base and the base's hash, the
+dataset hash, the params it was trained with, its metrics and where its adapter lives.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tunebook import paths
+from tunebook.files import write_atomic
+
+
+class RegistryError(LookupError):
+    pass
+
+
+def registry_path() -> Path:
+    return paths.data_dir() / "registry.json"
+
+
+def entries() -> dict[str, dict]:
+    path = registry_path()
+    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+
+
+def register(run_id: str, stage: str, entry: dict) -> str:
+    """Record (or replace) the model a run's stage produced; returns its name."""
+    name = f"{run_id}:{stage}"
+    models = entries()
+    models[name] = {"name": name, "run_id": run_id, "stage": stage, **entry}
+    write_atomic(registry_path(), json.dumps(models, indent=2, sort_keys=True) + "\n")
+    return name
+
+
+def resolve(name: str, run_id: str) -> dict:
+    """{'name', 'base_model', 'adapter'} for a model name as params and notebooks write it."""
+    models = entries()
+    if name == "base":
+        trained = models.get(f"{run_id}:sft")
+        if trained is None:
+            raise RegistryError(f"'base' is the base of run {run_id}'s SFT model, and run {run_id} has none")
+        return {"name": "base", "base_model": trained["base_model"], "adapter": None}
+    key = name if ":" in name else f"{run_id}:{name}"
+    if key not in models:
+        known = ", ".join(sorted(models)) or "none yet"
+        raise RegistryError(f"no model named '{name}' in {registry_path()} (known: {known})")
+    entry = models[key]
+    return {"name": name, "base_model": entry["base_model"], "adapter": entry["adapter"]}

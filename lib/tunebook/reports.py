@@ -1,0 +1,84 @@
+"""The runs index (reports/index.html), the `tunebook runs` table and headline metrics of a run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+from jinja2 import Environment, PackageLoader, select_autoescape
+
+from tunebook import paths
+from tunebook.files import write_atomic
+
+
+def headline_metrics(run_id: str) -> dict:
+    """The evaluate stage's headline scores per model, e.g. {'sft': {'f1': 41.2, ...}}."""
+    path = paths.run_dir(run_id) / "evaluate" / "metrics.json"
+    if not path.exists():
+        return {}
+    result = json.loads(path.read_text(encoding="utf-8"))
+    return {model: {k: scores[k] for k in result["headline"]} for model, scores in result["models"].items()}
+
+
+def manifests() -> list[dict]:
+    found = []
+    for path in sorted(paths.reports_dir().glob("*/run.json")):
+        try:
+            found.append(json.loads(path.read_text(encoding="utf-8")))
+        except json.JSONDecodeError:
+            continue  # a manifest being replaced right now; the next index write picks it up
+    return sorted(found, key=lambda m: m.get("started") or "", reverse=True)
+
+
+def stage_reached(manifest: dict) -> str:
+    done = [s for s in paths.STAGES if manifest.get("stages", {}).get(s, {}).get("status") in ("completed", "cached")]
+    return done[-1] if done else "-"
+
+
+def runs_table() -> pd.DataFrame:
+    rows = []
+    for manifest in manifests():
+        headline = manifest.get("headline") or {}
+        metrics = "  ".join(
+            f"{model} " + " ".join(f"{k}={v:.1f}" for k, v in scores.items()) for model, scores in headline.items()
+        )
+        failed = manifest.get("failed") or {}
+        running = [s for s, r in manifest.get("stages", {}).items() if r.get("status") == "running"]
+        rows.append(
+            {
+                "run": manifest["run_id"],
+                "status": manifest["status"] + (f" ({failed['stage']}, cell {failed['cell']})" if failed else ""),
+                "stage": running[0] if running else stage_reached(manifest),
+                "started": (manifest.get("started") or "")[:16].replace("T", " "),
+                "metrics": metrics or "-",
+            }
+        )
+    return pd.DataFrame(rows, columns=["run", "status", "stage", "started", "metrics"])
+
+
+def write_index() -> Path:
+    """reports/index.html: every run, its status, headline metrics and links to its stage reports."""
+    env = Environment(loader=PackageLoader("tunebook"), autoescape=select_autoescape())
+    runs = []
+    for manifest in manifests():
+        stages = manifest.get("stages", {})
+        runs.append(
+            {
+                **manifest,
+                "reached": stage_reached(manifest),
+                "links": [
+                    (
+                        stage,
+                        f"{manifest['run_id']}/{paths.NOTEBOOKS[stage]}.html",
+                        stages[stage].get("status"),
+                    )
+                    for stage in paths.STAGES
+                    if stage in stages
+                ],
+            }
+        )
+    html = env.get_template("index.html.j2").render(runs=runs, stages=paths.STAGES)
+    path = paths.reports_dir() / "index.html"
+    write_atomic(path, html)
+    return path

@@ -1,0 +1,267 @@
+"""Running a params file: papermill per stage, the stage cache, the run manifest and the runs index.
+
+Each stage notebook is executed with its params section injected, saved as reports/<run>/NN_stage.ipynb
+(the record of the run) and rendered to HTML. A stage is reused instead of re-run when its notebook,
+the library, its params section and its inputs are unchanged and its outputs are still on disk.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+
+import papermill
+from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+from nbconvert import HTMLExporter
+from papermill.exceptions import PapermillExecutionError
+
+import tunebook
+from tunebook import paths, reports
+from tunebook.files import hash_tree, sha256_text, write_atomic
+from tunebook.params import Params, mask_secrets
+
+KERNEL = "tunebook"
+PACKAGES = (
+    "torch",
+    "transformers",
+    "peft",
+    "trl",
+    "datasets",
+    "chromadb",
+    "papermill",
+    "sentence-transformers",
+)
+# Each stage reads the outputs of these earlier stages; their hashes are part of its cache key.
+UPSTREAM = {
+    "ingest": (),
+    "generate": ("ingest",),
+    "sft": ("ingest", "generate"),
+    "evaluate": ("generate", "sft"),
+}
+# Bulky or time-stamped by-products that are not part of a stage's output identity.
+NOT_OUTPUTS = ("checkpoints", "tensorboard")
+
+
+class RunError(Exception):
+    """A run that cannot start or that failed; the message is one line for the terminal."""
+
+
+@dataclass
+class StagePlan:
+    stage: str
+    cache_key: str
+    cached: bool
+
+
+def select_stages(stages: list[str] | None = None, from_stage: str | None = None) -> list[str]:
+    for name in [*(stages or []), *([from_stage] if from_stage else [])]:
+        if name not in paths.STAGES:
+            raise RunError(f"unknown stage '{name}' (stages: {', '.join(paths.STAGES)})")
+    selected = list(paths.STAGES if not stages else [s for s in paths.STAGES if s in stages])
+    if from_stage:
+        selected = [s for s in selected if paths.STAGES.index(s) >= paths.STAGES.index(from_stage)]
+    return selected
+
+
+def manifest_path(run_id: str) -> Path:
+    return paths.reports_dir() / run_id / "run.json"
+
+
+def read_manifest(run_id: str) -> dict:
+    path = manifest_path(run_id)
+    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+
+
+def plan_stages(params: Params, selected: list[str], force: bool = False) -> list[StagePlan]:
+    """Which selected stages would run and which would be reused from the previous run with this id."""
+    previous = read_manifest(params.run.id).get("stages", {})
+    plans, upstream_changed = [], set()
+    for stage in selected:
+        key = cache_key(params, stage, previous)
+        before = previous.get(stage, {})
+        cached = (
+            not force
+            and not upstream_changed.intersection(UPSTREAM[stage])
+            and before.get("status") in ("completed", "cached")
+            and before.get("cache_key") == key
+            and before.get("outputs_hash") == outputs_hash(params.run.id, stage)
+        )
+        if not cached:
+            upstream_changed.add(stage)
+        plans.append(StagePlan(stage, key, cached))
+    return plans
+
+
+def cache_key(params: Params, stage: str, manifest_stages: dict) -> str:
+    parts = {
+        "notebook": hash_tree(paths.notebook_path(stage)),
+        "library": _library_hash(),
+        "params": params.stage_parameters(stage),
+        "inputs": {up: manifest_stages.get(up, {}).get("outputs_hash") for up in UPSTREAM[stage]},
+        # The demo corpus is the installed Python's own documentation.
+        "python": sys.version if stage == "ingest" else None,
+    }
+    return sha256_text(json.dumps(parts, sort_keys=True, default=str))
+
+
+def outputs_hash(run_id: str, stage: str) -> str | None:
+    directory = paths.run_dir(run_id) / stage
+    if not directory.is_dir():
+        return None
+    return sha256_text("".join(hash_tree(p) for p in sorted(directory.iterdir()) if p.name not in NOT_OUTPUTS))
+
+
+def run_pipeline(
+    params: Params,
+    params_file: Path,
+    selected: list[str],
+    force: bool = False,
+    show_code: bool = False,
+    progress: bool = True,
+) -> dict:
+    """Execute (or reuse) the selected stages in order; returns the final manifest."""
+    run_id = params.run.id
+    report_dir = paths.reports_dir() / run_id
+    report_dir.mkdir(parents=True, exist_ok=True)
+    _ensure_kernel()
+    previous = read_manifest(run_id)
+    manifest = _new_manifest(params, params_file, previous)
+    plans = {plan.stage: plan for plan in plan_stages(params, selected, force)}
+    _missing_upstream(run_id, selected, manifest)
+    for stage in selected:
+        plan = plans[stage]
+        record = manifest["stages"].setdefault(stage, {})
+        if plan.cached:
+            record["status"] = "cached"
+            _log(f"[{stage}] unchanged, reusing {paths.NOTEBOOKS[stage]} from the previous run")
+            continue
+        # Cache keys depend on upstream outputs, which a re-run stage may just have changed.
+        record.update(status="running", cache_key=cache_key(params, stage, manifest["stages"]), started=_now())
+        _save(manifest)
+        started = time.monotonic()
+        try:
+            _execute(params, stage, report_dir, progress)
+        except PapermillExecutionError as err:
+            record.update(status="failed", seconds=round(time.monotonic() - started, 1))
+            record["error"] = {"cell": err.cell_index, "exec_count": err.exec_count, "ename": err.ename,
+                               "evalue": str(err.evalue)[:500]}  # fmt: skip
+            manifest.update(status="failed", failed={"stage": stage, "cell": err.cell_index}, finished=_now())
+            _render(report_dir, stage, show_code)
+            _save(manifest)
+            reports.write_index()
+            raise RunError(
+                f"stage {stage} failed in cell {err.cell_index}: {err.ename}: {str(err.evalue)[:300]}"
+                f" (see {report_dir / paths.NOTEBOOKS[stage]}.html; resume with --from {stage})"
+            ) from None
+        record.update(
+            status="completed",
+            seconds=round(time.monotonic() - started, 1),
+            outputs_hash=outputs_hash(run_id, stage),
+            report=f"{paths.NOTEBOOKS[stage]}.html",
+        )
+        _render(report_dir, stage, show_code)
+        _save(manifest)
+    manifest.update(status="completed", finished=_now(), failed=None, headline=reports.headline_metrics(run_id))
+    _save(manifest)
+    reports.write_index()
+    return manifest
+
+
+def _missing_upstream(run_id: str, selected: list[str], manifest: dict) -> None:
+    first = selected[0] if selected else None
+    for up in UPSTREAM.get(first, ()):
+        if up not in selected and manifest["stages"].get(up, {}).get("status") not in ("completed", "cached"):
+            raise RunError(f"stage {first} needs {up}, which has not completed for run {run_id}: run it first")
+
+
+def _execute(params: Params, stage: str, report_dir: Path, progress: bool) -> None:
+    _log(f"[{stage}] running {paths.NOTEBOOKS[stage]}.ipynb")
+    papermill.execute_notebook(
+        str(paths.notebook_path(stage)),
+        str(report_dir / f"{paths.NOTEBOOKS[stage]}.ipynb"),
+        parameters=params.stage_parameters(stage),
+        kernel_name=KERNEL,
+        cwd=str(paths.notebook_path(stage).parent),
+        progress_bar={"desc": f"{paths.NOTEBOOKS[stage]} cells"} if progress else False,
+    )
+
+
+def _render(report_dir: Path, stage: str, show_code: bool) -> None:
+    """The HTML report; code cells are hidden unless asked for, since readers want the results."""
+    notebook = report_dir / f"{paths.NOTEBOOKS[stage]}.ipynb"
+    exporter = HTMLExporter(exclude_input=not show_code, exclude_input_prompt=True, exclude_output_prompt=True)
+    body, _ = exporter.from_filename(str(notebook))
+    write_atomic(report_dir / f"{paths.NOTEBOOKS[stage]}.html", body)
+
+
+def _ensure_kernel() -> None:
+    """Pin the kernel to this interpreter, installing its spec on first use."""
+    try:
+        spec = KernelSpecManager().get_kernel_spec(KERNEL)
+        if Path(spec.argv[0]).resolve() == Path(sys.executable).resolve():
+            return
+    except NoSuchKernel:
+        pass
+    from ipykernel.kernelspec import install
+
+    install(kernel_name=KERNEL, display_name="Python (tunebook)", prefix=sys.prefix)
+
+
+def _new_manifest(params: Params, params_file: Path, previous: dict) -> dict:
+    return {
+        "run_id": params.run.id,
+        "name": params.name,
+        "params_file": str(params_file),
+        "params": mask_secrets(params.model_dump()),
+        "status": "running",
+        "started": _now(),
+        "finished": None,
+        "failed": None,
+        "git": _git_state(),
+        "python": platform.python_version(),
+        "packages": {name: _version(name) for name in PACKAGES},
+        "tunebook": tunebook.__version__,
+        "stages": previous.get("stages", {}),
+        "headline": previous.get("headline", {}),
+    }
+
+
+def _save(manifest: dict) -> None:
+    write_atomic(manifest_path(manifest["run_id"]), json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+
+
+def _git_state() -> dict:
+    def git(*args: str) -> str:
+        result = subprocess.run(["git", *args], cwd=paths.project_root(), capture_output=True, text=True)
+        return result.stdout.strip() if result.returncode == 0 else ""
+
+    sha = git("rev-parse", "HEAD")
+    return {"sha": sha or None, "dirty": bool(git("status", "--porcelain")) if sha else None}
+
+
+def _library_hash() -> str:
+    package = Path(tunebook.__file__).parent
+    sources = sorted(package.rglob("*.py")) + sorted((package / "templates").glob("*"))
+    return sha256_text("".join(f"{p.relative_to(package)}:{hash_tree(p)}" for p in sources))
+
+
+def _version(package: str) -> str | None:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)

@@ -1,0 +1,1 @@
+"""Teachers turn chunks into question/answer pairs."""
