@@ -32,10 +32,10 @@ class SftResult:
     total_params: int
 
 
-def resolve_base(params: SftParams, corpus_dir: Path, progress: bool = True) -> str:
-    """The base model as a loadable path or hub id; `tiny` is built (or reused) from the corpus."""
+def resolve_base(params: SftParams, corpus_texts: list[str], progress: bool = True) -> str:
+    """The base model as a loadable path or hub id; `tiny` is built (or reused) from the corpus texts."""
     if params.base_model == "tiny":
-        return str(build_tiny(corpus_dir, paths.models_dir(), params.tiny, progress=progress))
+        return str(build_tiny(corpus_texts, paths.models_dir(), params.tiny, progress=progress))
     local = paths.resolve(params.base_model)
     return str(local) if local.is_dir() else params.base_model
 

@@ -1,5 +1,4 @@
 import pytest
-
 from tunebook import metrics
 
 

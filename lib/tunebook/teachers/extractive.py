@@ -51,7 +51,7 @@ def ask(text: str, max_answer_chars: int) -> list[QA]:
 def _sections(text: str) -> list[tuple[str, str]]:
     """(heading, body) for each section whose heading line is inside this chunk."""
     matches = list(_HEADING.finditer(text))
-    ends = [m.start() for m in matches[1:]] + [len(text)]
+    ends = [m.start() for m in matches[1:]] + [len(text)] if matches else []
     return [(m.group(1), text[m.end() : end]) for m, end in zip(matches, ends, strict=True)]
 
 

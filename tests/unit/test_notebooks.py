@@ -1,0 +1,34 @@
+"""The notebooks' shape: one parameters cell whose defaults are the demo's, no outputs, no long cells."""
+
+import json
+
+import papermill
+import pytest
+
+from tunebook import paths
+from tunebook.params import load_params
+
+DEMO = load_params(paths.project_root() / "params" / "demo.yaml")
+
+
+@pytest.mark.parametrize("stage", paths.STAGES)
+def test_parameters_cell_defaults_are_the_demo(stage):
+    notebook = paths.notebook_path(stage)
+    inferred = papermill.inspect_notebook(str(notebook))
+    expected = DEMO.stage_parameters(stage)
+    assert list(inferred) == list(expected)
+    for name, value in expected.items():
+        assert eval(inferred[name]["default"]) == value, name  # noqa: S307 - literals from our own notebook
+        assert inferred[name]["help"], f"{name} has no comment"
+
+
+@pytest.mark.parametrize("stage", paths.STAGES)
+def test_committed_clean_and_thin(stage):
+    cells = json.loads(paths.notebook_path(stage).read_text())["cells"]
+    code = [c for c in cells if c["cell_type"] == "code"]
+    assert [c for c in code if "parameters" in c["metadata"].get("tags", [])] == [code[0]]
+    assert all(not c.get("outputs") and c.get("execution_count") is None for c in code)
+    assert all(len("".join(c["source"]).splitlines()) < 60 for c in code)
+    assert cells[0]["cell_type"] == "markdown" and "NBVAL_CHECK_OUTPUT" in "".join(code[-1]["source"] + code[-2]["source"])
+    sources = "".join("".join(c["source"]) for c in code)
+    assert "sys.path" not in sources

@@ -1,0 +1,100 @@
+"""The whole chain through the real CLI: papermill, notebooks, cache, manifest, index, failure and resume."""
+
+import json
+
+import pytest
+from tunebook import paths, reports
+from tunebook.cli import main
+
+CI = str(paths.project_root() / "params" / "ci.yaml")
+
+
+@pytest.fixture(scope="module")
+def shared_workdir(tmp_path_factory):
+    return tmp_path_factory.mktemp("pipeline")
+
+
+@pytest.fixture(autouse=True)
+def workdir(shared_workdir, monkeypatch):
+    """All tests here share one workdir: they read the run the first one makes."""
+    monkeypatch.setenv("TUNEBOOK_WORKDIR", str(shared_workdir))
+    return shared_workdir
+
+
+@pytest.fixture(scope="module")
+def first_run(shared_workdir):
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TUNEBOOK_WORKDIR", str(shared_workdir))
+        code = main(["run", CI])
+    return code, json.loads((shared_workdir / "reports" / "ci" / "run.json").read_text())
+
+
+def test_run_completes_with_reports_and_manifest(first_run, workdir):
+    code, manifest = first_run
+    assert code == 0
+    assert manifest["status"] == "completed" and manifest["failed"] is None
+    report_dir = workdir / "reports" / "ci"
+    for stage, notebook in paths.NOTEBOOKS.items():
+        assert manifest["stages"][stage]["status"] == "completed"
+        assert manifest["stages"][stage]["outputs_hash"]
+        html = (report_dir / f"{notebook}.html").read_text()
+        assert "<html" in html and 'class="jp-InputArea' not in html  # code hidden by default
+        executed = json.loads((report_dir / f"{notebook}.ipynb").read_text())
+        assert any("injected-parameters" in c["metadata"].get("tags", []) for c in executed["cells"])
+    assert manifest["packages"]["transformers"] and manifest["python"]
+    assert set(manifest["git"]) == {"sha", "dirty"}
+    assert manifest["params"]["run"]["id"] == "ci"
+
+
+def test_sft_beats_base_on_f1_and_rouge(first_run, workdir):
+    headline = first_run[1]["headline"]
+    assert headline["sft"]["f1"] > headline["base"]["f1"]
+    assert headline["sft"]["rouge_l"] > headline["base"]["rouge_l"]
+
+
+def test_index_links_every_stage_report(first_run, workdir):
+    index = (workdir / "reports" / "index.html").read_text()
+    for notebook in paths.NOTEBOOKS.values():
+        assert f'href="ci/{notebook}.html"' in index
+    assert "completed" in index
+
+
+def test_second_run_reuses_every_stage(first_run, workdir, capsys):
+    assert main(["plan", CI]) == 0
+    out = capsys.readouterr().out
+    assert "ingest [cached], generate [cached], sft [cached], evaluate [cached]" in out
+    assert main(["run", CI]) == 0
+    manifest = json.loads((workdir / "reports" / "ci" / "run.json").read_text())
+    assert {s["status"] for s in manifest["stages"].values()} == {"cached"}
+
+
+def test_changed_param_reruns_that_stage_and_downstream_only(first_run, capsys):
+    assert main(["plan", CI, "--set", "evaluate.n_worst=3"]) == 0
+    assert "sft [cached], evaluate [run]" in capsys.readouterr().out
+    assert main(["plan", CI, "--set", "generate.max_answer_chars=250"]) == 0
+    assert "ingest [cached], generate [run], sft [run], evaluate [run]" in capsys.readouterr().out
+
+
+def test_failure_names_stage_and_cell_then_from_resumes(first_run, workdir, capsys):
+    assert main(["run", CI, "--stages", "evaluate", "--set", "evaluate.models=[base,nope]"]) == 1
+    err = capsys.readouterr().err
+    assert "stage evaluate failed in cell" in err and "--from evaluate" in err
+    manifest = json.loads((workdir / "reports" / "ci" / "run.json").read_text())
+    assert manifest["status"] == "failed" and manifest["failed"]["stage"] == "evaluate"
+    assert isinstance(manifest["failed"]["cell"], int)
+    assert "failed" in reports.runs_table().iloc[0]["status"]
+    assert main(["run", CI, "--from", "evaluate"]) == 0
+    manifest = json.loads((workdir / "reports" / "ci" / "run.json").read_text())
+    assert manifest["status"] == "completed" and manifest["stages"]["evaluate"]["status"] == "completed"
+
+
+def test_runs_lists_the_run(first_run, capsys):
+    assert main(["runs"]) == 0
+    out = capsys.readouterr().out
+    assert "ci" in out and "completed" in out and "sft f1=" in out
+
+
+def test_show_code_keeps_inputs(first_run, workdir):
+    assert main(["run", CI, "--stages", "generate", "--force", "--show-code"]) == 0
+    html = (workdir / "reports" / "ci" / "01_generate.html").read_text()
+    assert "generate_rows" in html

@@ -1,0 +1,44 @@
+import pytest
+from tunebook import paths, plan
+from tunebook.cli import main
+from tunebook.params import load_params
+
+EXAMPLE = paths.project_root() / "params" / "examples" / "llama3-8b-qlora.yaml"
+
+
+def test_gpu_recipe_estimate_is_realistic():
+    estimate = plan.estimate(load_params(EXAMPLE), EXAMPLE)
+    (sft,) = estimate.estimates
+    assert 7.9e9 < sft.params < 8.1e9  # Llama 3.1 8B
+    # r=64 on all linear layers of Llama 3.1 8B: 167,772,160 LoRA parameters.
+    assert sft.trainable == 167_772_160
+    assert 5 < sft.memory_gb < 22
+    assert estimate.over_budget  # 3 epochs of 18k rows exceed the example's 2-hour budget
+
+
+def test_run_stops_at_the_budget_gate_without_confirm(capsys):
+    assert main(["run", str(EXAMPLE)]) == 3
+    captured = capsys.readouterr()
+    assert "OVER BUDGET" in captured.out and "--confirm" in captured.err
+
+
+def test_demo_is_within_budget(capsys):
+    demo = paths.project_root() / "params" / "demo.yaml"
+    assert main(["plan", str(demo)]) == 0
+    out = capsys.readouterr().out
+    assert "within budget" in out and "tiny" in out and "sft" in out
+
+
+def test_missing_config_explains(tmp_path):
+    params = load_params(EXAMPLE, ["sft.base_config=null"])
+    estimate = plan.estimate(params, EXAMPLE)
+    assert estimate.estimates == [] and "set sft.base_config" in estimate.note
+
+
+@pytest.mark.parametrize(
+    "stages,start,expected", [(None, "sft", ["sft", "evaluate"]), ("generate,ingest", None, ["ingest", "generate"])]
+)
+def test_stage_selection(stages, start, expected):
+    from tunebook.runner import select_stages
+
+    assert select_stages(stages.split(",") if stages else None, start) == expected
