@@ -104,11 +104,20 @@ def cache_key(params: Params, stage: str, manifest_stages: dict) -> str:
         "notebook": hash_tree(paths.notebook_path(stage)),
         "library": _library_hash(),
         "params": params.stage_parameters(stage),
-        "inputs": {up: manifest_stages.get(up, {}).get("outputs_hash") for up in UPSTREAM[stage]},
-        # The demo corpus is the installed Python's own documentation.
-        "python": sys.version if stage == "ingest" else None,
+        "inputs": input_hashes(params, stage, manifest_stages),
     }
     return sha256_text(json.dumps(parts, sort_keys=True, default=str))
+
+
+def input_hashes(params: Params, stage: str, manifest_stages: dict) -> dict[str, str | None]:
+    """Content hashes of what a stage reads: upstream outputs, and for ingest the corpus itself."""
+    hashes = {up: manifest_stages.get(up, {}).get("outputs_hash") for up in UPSTREAM[stage]}
+    if stage == "ingest":
+        corpus = paths.resolve(params.ingest.corpus_dir)
+        # The demo corpus is written by the stage from the installed Python's own documentation.
+        generated = bool(params.ingest.stdlib_modules)
+        hashes["corpus"] = sys.version if generated else hash_tree(corpus) if corpus.is_dir() else None
+    return hashes
 
 
 def outputs_hash(run_id: str, stage: str) -> str | None:
@@ -143,7 +152,12 @@ def run_pipeline(
             _log(f"[{stage}] unchanged, reusing {paths.NOTEBOOKS[stage]} from the previous run")
             continue
         # Cache keys depend on upstream outputs, which a re-run stage may just have changed.
-        record.update(status="running", cache_key=cache_key(params, stage, manifest["stages"]), started=_now())
+        record.update(
+            status="running",
+            cache_key=cache_key(params, stage, manifest["stages"]),
+            inputs=input_hashes(params, stage, manifest["stages"]),
+            started=_now(),
+        )
         _save(manifest)
         started = time.monotonic()
         try:

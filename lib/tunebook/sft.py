@@ -81,20 +81,45 @@ def train_sft(
 
 
 def register_adapter(run_id: str, result: SftResult, params: SftParams, dataset_dir: Path) -> str:
+    """Write the adapter's model card and record it in the registry as RUN_ID:sft."""
     base = Path(result.base_model)
-    return registry.register(
-        run_id,
-        "sft",
-        {
-            "base_model": result.base_model,
-            "base_hash": hash_tree(base) if base.is_dir() else None,
-            "adapter": str(result.adapter_dir),
-            "adapter_hash": hash_tree(result.adapter_dir),
-            "dataset_hash": read_card(dataset_dir)["dataset_hash"],
-            "params": params.model_dump(),
-            "metrics": result.metrics,
-        },
-    )
+    entry = {
+        "base_model": result.base_model,
+        "base_hash": hash_tree(base) if base.is_dir() else None,
+        "adapter": str(result.adapter_dir),
+        "dataset_hash": read_card(dataset_dir)["dataset_hash"],
+        "params": params.model_dump(),
+        "metrics": result.metrics,
+        "trainable_params": result.trainable_params,
+    }
+    write_atomic(result.adapter_dir / "README.md", _model_card(run_id, entry))
+    entry["adapter_hash"] = hash_tree(result.adapter_dir)
+    return registry.register(run_id, "sft", entry)
+
+
+def _model_card(run_id: str, entry: dict) -> str:
+    params = entry["params"]
+    metrics = "\n".join(f"| {name} | {value:.4f} |" for name, value in entry["metrics"].items())
+    return f"""---
+library_name: peft
+tags: [lora, sft, trl, tunebook]
+---
+# LoRA adapter `{run_id}:sft`
+
+Trained by tunebook with TRL's SFTTrainer (assistant-only loss) on the chat template saved beside it.
+
+- Base model: `{entry["base_model"]}` (content hash `{entry["base_hash"]}`)
+- Dataset hash: `{entry["dataset_hash"]}`
+- Method: {params["method"]}, r={params["lora_r"]}, alpha={params["lora_alpha"]}, dropout={params["lora_dropout"]},
+  target modules {params["target_modules"]}; {entry["trainable_params"]:,} trainable parameters
+- Optimisation: lr {params["learning_rate"]} ({params["lr_scheduler"]}), batch {params["batch_size"]} x
+  {params["grad_accum"]} accumulation, {params["epochs"]} epochs / max_steps {params["max_steps"]},
+  max_length {params["max_length"]}
+
+| metric | value |
+|---|---|
+{metrics}
+"""
 
 
 def _load_kwargs(params: SftParams) -> dict:

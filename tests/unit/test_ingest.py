@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from chromadb.api.shared_system_client import SharedSystemClient
+
 from tunebook.ingest import (
     EMBEDDED_MODEL,
     Document,

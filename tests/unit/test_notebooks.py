@@ -29,6 +29,8 @@ def test_committed_clean_and_thin(stage):
     assert [c for c in code if "parameters" in c["metadata"].get("tags", [])] == [code[0]]
     assert all(not c.get("outputs") and c.get("execution_count") is None for c in code)
     assert all(len("".join(c["source"]).splitlines()) < 60 for c in code)
-    assert cells[0]["cell_type"] == "markdown" and "NBVAL_CHECK_OUTPUT" in "".join(code[-1]["source"] + code[-2]["source"])
+    assert cells[0]["cell_type"] == "markdown" and "NBVAL_CHECK_OUTPUT" in "".join(
+        code[-1]["source"] + code[-2]["source"]
+    )
     sources = "".join("".join(c["source"]) for c in code)
     assert "sys.path" not in sources

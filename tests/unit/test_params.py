@@ -1,6 +1,7 @@
 from pathlib import Path
 
 import pytest
+
 from tunebook import paths
 from tunebook.cli import main
 from tunebook.params import ParamsError, load_params, mask_secrets, section

@@ -1,4 +1,5 @@
 import pytest
+
 from tunebook import paths, plan
 from tunebook.cli import main
 from tunebook.params import load_params

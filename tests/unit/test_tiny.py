@@ -12,6 +12,7 @@ import pytest
 import sentencepiece as spm
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
 from tunebook.params import TinyParams
 from tunebook.tiny import CHAT_TEMPLATE, build_key, build_tiny, tiny_config
 
