@@ -1,3 +1,9 @@
 """tunebook: notebook-first domain fine-tuning of LLMs."""
 
+import warnings
+
 __version__ = "0.1.0"
+
+# Progress bars are plain text on purpose: they render in terminals, executed notebooks and HTML
+# reports alike. Libraries using tqdm.auto would otherwise warn in every notebook that ipywidgets is absent.
+warnings.filterwarnings("ignore", message="IProgress not found")

@@ -24,16 +24,9 @@ def workdir() -> Path:
 
 
 def resolve(path: str | Path) -> Path:
-    """Params hold paths relative to the workdir, so a run is the same wherever it is started from.
-
-    A relative path that exists only in the checkout (an example corpus shipped with the repo) is
-    found there when the workdir is elsewhere.
-    """
+    """Params hold paths relative to the workdir, so a run is the same wherever it is started from."""
     path = Path(path).expanduser()
-    if path.is_absolute():
-        return path
-    in_workdir, in_checkout = workdir() / path, project_root() / path
-    return in_checkout if not in_workdir.exists() and in_checkout.exists() else in_workdir
+    return path if path.is_absolute() else workdir() / path
 
 
 def data_dir() -> Path:

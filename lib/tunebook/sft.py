@@ -11,7 +11,7 @@ import torch
 from datasets import Dataset
 from peft import LoraConfig
 from torch.utils.tensorboard import SummaryWriter
-from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, set_seed
 from transformers.integrations import TensorBoardCallback
 from trl import SFTConfig, SFTTrainer
 
@@ -44,6 +44,8 @@ def train_sft(
     params: SftParams, base_model: str, dataset_dir: Path, out_dir: Path, seed: int, progress: bool = True
 ) -> SftResult:
     """Train an adapter on the train split, evaluating on val; the adapter lands in out_dir/adapter."""
+    # Seed before the model exists: SFTTrainer initialises the LoRA weights before Trainer seeds anything.
+    set_seed(seed)
     tokenizer = AutoTokenizer.from_pretrained(base_model)
     model = AutoModelForCausalLM.from_pretrained(base_model, **_load_kwargs(params))
     datasets = {
@@ -153,7 +155,7 @@ def _sft_config(params: SftParams, out_dir: Path, seed: int, has_val: bool, prog
         per_device_train_batch_size=params.batch_size,
         per_device_eval_batch_size=params.batch_size,
         gradient_accumulation_steps=params.grad_accum,
-        gradient_checkpointing=params.gradient_checkpointing,
+        activation_checkpointing=params.gradient_checkpointing,
         learning_rate=params.learning_rate,
         lr_scheduler_type=params.lr_scheduler,
         warmup_steps=params.warmup_ratio,

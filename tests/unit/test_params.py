@@ -16,7 +16,7 @@ def write(tmp_path: Path, text: str) -> Path:
 
 
 @pytest.mark.parametrize("name", ["demo.yaml", "ci.yaml", "examples/llama3-8b-qlora.yaml"])
-def test_shipped_params_validate(name):
+def test_shipped_params_validate(name, checkout_workdir):
     params = load_params(PARAMS / name)
     assert params.run.id
 

@@ -7,7 +7,7 @@ from tunebook.params import load_params
 EXAMPLE = paths.project_root() / "params" / "examples" / "llama3-8b-qlora.yaml"
 
 
-def test_gpu_recipe_estimate_is_realistic():
+def test_gpu_recipe_estimate_is_realistic(checkout_workdir):
     estimate = plan.estimate(load_params(EXAMPLE), EXAMPLE)
     (sft,) = estimate.estimates
     assert 7.9e9 < sft.params < 8.1e9  # Llama 3.1 8B
@@ -17,7 +17,7 @@ def test_gpu_recipe_estimate_is_realistic():
     assert estimate.over_budget  # 3 epochs of 18k rows exceed the example's 2-hour budget
 
 
-def test_run_stops_at_the_budget_gate_without_confirm(capsys):
+def test_run_stops_at_the_budget_gate_without_confirm(checkout_workdir, capsys):
     assert main(["run", str(EXAMPLE)]) == 3
     captured = capsys.readouterr()
     assert "OVER BUDGET" in captured.out and "--confirm" in captured.err
@@ -30,7 +30,7 @@ def test_demo_is_within_budget(capsys):
     assert "within budget" in out and "tiny" in out and "sft" in out
 
 
-def test_missing_config_explains(tmp_path):
+def test_missing_config_explains(checkout_workdir):
     params = load_params(EXAMPLE, ["sft.base_config=null"])
     estimate = plan.estimate(params, EXAMPLE)
     assert estimate.estimates == [] and "set sft.base_config" in estimate.note
