@@ -152,6 +152,7 @@ def run_pipeline(
             _log(f"[{stage}] unchanged, reusing {paths.NOTEBOOKS[stage]} from the previous run")
             continue
         # Cache keys depend on upstream outputs, which a re-run stage may just have changed.
+        record.pop("error", None)
         record.update(
             status="running",
             cache_key=cache_key(params, stage, manifest["stages"]),

@@ -87,6 +87,7 @@ def test_failure_names_stage_and_cell_then_from_resumes(first_run, workdir, caps
     assert main(["run", CI, "--from", "evaluate"]) == 0
     manifest = json.loads((workdir / "reports" / "ci" / "run.json").read_text())
     assert manifest["status"] == "completed" and manifest["stages"]["evaluate"]["status"] == "completed"
+    assert "error" not in manifest["stages"]["evaluate"]
 
 
 def test_runs_lists_the_run(first_run, capsys):
