@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import nbformat
 import pandas as pd
 from jinja2 import Environment, PackageLoader, select_autoescape
+from nbconvert import HTMLExporter
 
 from tunebook import paths
 from tunebook.files import write_atomic
@@ -82,3 +84,22 @@ def write_index() -> Path:
     path = paths.reports_dir() / "index.html"
     write_atomic(path, html)
     return path
+
+
+def render_html(notebook_path: Path, show_code: bool = False) -> Path:
+    """NN_stage.html beside the executed notebook; code cells are hidden unless asked for."""
+    notebook = nbformat.read(notebook_path, as_version=4)
+    for cell in notebook.cells:
+        for output in cell.get("outputs", []):
+            if output.get("output_type") == "stream":
+                output["text"] = collapse_carriage_returns(output["text"])
+    exporter = HTMLExporter(exclude_input=not show_code, exclude_input_prompt=True, exclude_output_prompt=True)
+    body, _ = exporter.from_notebook_node(notebook)
+    html_path = notebook_path.with_suffix(".html")
+    write_atomic(html_path, body)
+    return html_path
+
+
+def collapse_carriage_returns(text: str) -> str:
+    """What a terminal shows: a progress bar redrawn with \r ends as its last state, not 100 lines."""
+    return "\n".join(line.rstrip("\r").rsplit("\r", 1)[-1] for line in text.split("\n"))

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import papermill
 from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
-from nbconvert import HTMLExporter
 from papermill.exceptions import PapermillExecutionError
 
 import tunebook
@@ -168,7 +167,7 @@ def run_pipeline(
             record["error"] = {"cell": err.cell_index, "exec_count": err.exec_count, "ename": err.ename,
                                "evalue": str(err.evalue)[:500]}  # fmt: skip
             manifest.update(status="failed", failed={"stage": stage, "cell": err.cell_index}, finished=_now())
-            _render(report_dir, stage, show_code)
+            reports.render_html(report_dir / f"{paths.NOTEBOOKS[stage]}.ipynb", show_code)
             _save(manifest)
             reports.write_index()
             raise RunError(
@@ -181,7 +180,7 @@ def run_pipeline(
             outputs_hash=outputs_hash(run_id, stage),
             report=f"{paths.NOTEBOOKS[stage]}.html",
         )
-        _render(report_dir, stage, show_code)
+        reports.render_html(report_dir / f"{paths.NOTEBOOKS[stage]}.ipynb", show_code)
         _save(manifest)
     manifest.update(status="completed", finished=_now(), failed=None, headline=reports.headline_metrics(run_id))
     _save(manifest)
@@ -206,14 +205,6 @@ def _execute(params: Params, stage: str, report_dir: Path, progress: bool) -> No
         cwd=str(paths.notebook_path(stage).parent),
         progress_bar={"desc": f"{paths.NOTEBOOKS[stage]} cells"} if progress else False,
     )
-
-
-def _render(report_dir: Path, stage: str, show_code: bool) -> None:
-    """The HTML report; code cells are hidden unless asked for, since readers want the results."""
-    notebook = report_dir / f"{paths.NOTEBOOKS[stage]}.ipynb"
-    exporter = HTMLExporter(exclude_input=not show_code, exclude_input_prompt=True, exclude_output_prompt=True)
-    body, _ = exporter.from_filename(str(notebook))
-    write_atomic(report_dir / f"{paths.NOTEBOOKS[stage]}.html", body)
 
 
 def _ensure_kernel() -> None:

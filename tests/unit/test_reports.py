@@ -1,0 +1,51 @@
+import json
+
+import nbformat
+
+from tunebook import reports
+
+
+def test_progress_bars_collapse_to_their_last_state():
+    bars = "load:   0%|   | 0/3\rload:  67%|## | 2/3\rload: 100%|###| 3/3\nnext line\r\n"
+    assert reports.collapse_carriage_returns(bars) == "load: 100%|###| 3/3\nnext line\n"
+
+
+def test_render_html_hides_code_unless_asked(tmp_path):
+    notebook = nbformat.v4.new_notebook(
+        cells=[
+            nbformat.v4.new_markdown_cell("# Title"),
+            nbformat.v4.new_code_cell(
+                "secret_sauce = 1",
+                outputs=[nbformat.v4.new_output("stream", name="stderr", text="a 0%\ra 50%\ra 100%\n")],
+            ),
+        ]
+    )
+    path = tmp_path / "00_ingest.ipynb"
+    nbformat.write(notebook, path)
+    html = reports.render_html(path).read_text()
+    assert "Title" in html and "secret_sauce" not in html
+    assert "a 100%" in html and "a 50%" not in html
+    assert "secret_sauce" in reports.render_html(path, show_code=True).read_text()
+
+
+def test_index_and_runs_table_from_manifests(workdir):
+    for run_id, status, failed in [("good", "completed", None), ("bad", "failed", {"stage": "sft", "cell": 7})]:
+        manifest = {
+            "run_id": run_id,
+            "name": run_id,
+            "params_file": "params/x.yaml",
+            "status": status,
+            "failed": failed,
+            "started": f"2026-01-0{1 if run_id == 'good' else 2}T10:00:00+00:00",
+            "stages": {"ingest": {"status": "completed"}, "generate": {"status": "completed"}},
+            "headline": {"sft": {"f1": 12.345, "rouge_l": 30.0}} if status == "completed" else {},
+        }
+        (workdir / "reports" / run_id).mkdir(parents=True)
+        (workdir / "reports" / run_id / "run.json").write_text(json.dumps(manifest))
+    table = reports.runs_table()
+    assert table["run"].tolist() == ["bad", "good"]  # newest first
+    assert table.iloc[0]["status"] == "failed (sft, cell 7)"
+    assert table.iloc[1]["metrics"] == "sft f1=12.3 rouge_l=30.0"
+    assert table.iloc[1]["stage"] == "generate"
+    html = reports.write_index().read_text()
+    assert 'href="good/00_ingest.html"' in html and "failed: sft, cell 7" in html and "12.3" in html
