@@ -9,7 +9,7 @@ TORCH_PIP_ARGS ?=
 PARAMS ?= params/demo.yaml
 NBVAL := --nbval-lax --nbval-current-env --sanitize-with tests/nbval/sanitize.cfg
 
-.PHONY: install demo test lint format golden lab clean
+.PHONY: install demo test lint format golden bench lab clean
 .DEFAULT_GOAL := demo
 
 $(BIN)/.installed: pyproject.toml
@@ -43,6 +43,10 @@ golden: install
 	TUNEBOOK_WORKDIR=$(CURDIR)/.golden $(BIN)/tunebook run params/ci.yaml --force
 	cp .golden/reports/ci/*.ipynb tests/nbval/
 	rm -rf .golden
+
+# Performance ratios, measured in one run each; results land in reports/bench/ (not a test: no timing asserts).
+bench: install
+	for script in benchmarks/bench_*.py; do $(BIN)/python $$script || exit 1; done
 
 lab: install
 	$(BIN)/jupyter lab --notebook-dir=notebooks

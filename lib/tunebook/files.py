@@ -5,19 +5,59 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
 
 def write_atomic(path: Path, text: str) -> None:
-    """Readers see the old file or the new one, never half of either."""
+    """Readers see the old file or the new one, never half of either (also between threads writing it)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        tmp.write_text(text, encoding="utf-8")
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; these files are meant to be read by others
         os.replace(tmp, path)
     finally:
-        tmp.unlink(missing_ok=True)
+        Path(tmp).unlink(missing_ok=True)
+
+
+def append_line(path: Path, row: dict) -> None:
+    """Append one JSON record with a single write and flush it to disk.
+
+    One write() of a whole line means a reader (or a process killed with -9) sees whole records only.
+    """
+    data = (json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n").encode("utf-8")
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read_complete_lines(path: Path) -> list[dict]:
+    """The records of an append-only JSONL file, dropping (and truncating away) a torn last line."""
+    if not path.exists():
+        return []
+    data = path.read_bytes()
+    complete = data[: data.rfind(b"\n") + 1]
+    if len(complete) != len(data):
+        with open(path, "r+b") as f:
+            f.truncate(len(complete))
+    return [json.loads(line) for line in complete.decode("utf-8").splitlines() if line.strip()]
+
+
+# A long stage's progress while it runs ({"done", "total", "rate_per_s", "eta_s"}), for `tunebook runs`.
+PROGRESS_FILE = "progress.json"
+
+
+def read_progress(stage_dir: Path) -> dict | None:
+    try:
+        return json.loads((stage_dir / PROGRESS_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
 
 
 def jsonl_text(rows: Iterable[dict]) -> str:

@@ -1,63 +1,429 @@
-"""Stage 01: chunks -> question/answer rows -> deduplicated train/val/test JSONL plus a dataset card."""
+"""Stage 01: teacher campaigns over the chunks -> quality pipeline -> train/val/test JSONL + dataset card.
+
+A campaign is a list of jobs, one per chunk, each given to a teacher of the pool by weight. A job's id is
+a hash of everything that decides its answer, and each finished job is appended to campaign.jsonl as
+one line. A campaign killed at any point resumes with the jobs it has not finished; their requests
+already answered come from the response cache, so nothing is lost and nothing is sent twice.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pandas as pd
 from tqdm import tqdm
 
-from tunebook.files import jsonl_text, read_jsonl, sha256_text, write_atomic
+from tunebook import quality
+from tunebook.files import (
+    PROGRESS_FILE,
+    append_line,
+    jsonl_text,
+    read_complete_lines,
+    read_jsonl,
+    sha256_text,
+    write_atomic,
+)
 from tunebook.ingest import Chunk
-from tunebook.params import GenerateParams
-from tunebook.teachers import extractive
+from tunebook.params import GenerateParams, PromptParams, TeacherParams, TinyParams
+from tunebook.teachers import TeacherUnavailable, extractive
+from tunebook.teachers.cache import ResponseCache, request_key
 
 SPLITS = ("train", "val", "test")
+CAMPAIGN_LOG = "campaign.jsonl"
 
 
-@dataclass
-class Generated:
-    rows: list[dict]
-    counts: dict[str, int] = field(default_factory=dict)  # rows removed or kept at each step
+class CampaignError(RuntimeError):
+    """A campaign that had to stop; what it finished is saved and a new run resumes from there."""
 
 
-def generate_rows(chunks: list[Chunk], params: GenerateParams, progress: bool = True) -> Generated:
-    """Ask the teacher about every chunk, then drop exact duplicates and cap the total."""
-    rows = []
-    for chunk in tqdm(chunks, desc="teacher", disable=not progress):
-        for qa in extractive.ask(chunk.text, params.max_answer_chars):
-            rows.append(_row(qa, chunk))
-    counts = {"chunks": len(chunks), "generated": len(rows)}
-    unique = _dedupe(rows)
-    counts["duplicates_removed"] = len(rows) - len(unique)
-    counts["capped"] = max(0, len(unique) - params.max_samples)
-    kept = unique[: params.max_samples]
-    counts["kept"] = len(kept)
-    return Generated(kept, counts)
+@dataclass(frozen=True)
+class Job:
+    id: str
+    index: int  # position in the campaign, which orders the rows whatever order the jobs finish in
+    chunk: Chunk
+    teacher: str
+    context: tuple[Chunk, ...] = ()
 
 
-def _row(qa: extractive.QA, chunk: Chunk) -> dict:
-    messages = [{"role": "user", "content": qa.question}, {"role": "assistant", "content": qa.answer}]
+# --- planning -------------------------------------------------------------------------------------------
+
+
+def assign_teacher(chunk_id: str, teachers: list[TeacherParams]) -> str:
+    """A chunk's teacher, drawn by weight from a hash of its id: stable across runs and resumes."""
+    position = int(sha256_text(chunk_id)[:8], 16) / 16**8 * sum(t.weight for t in teachers)
+    for teacher in teachers:
+        position -= teacher.weight
+        if position < 0:
+            return teacher.name
+    return teachers[-1].name
+
+
+def related_chunks(collection, chunks: list[Chunk], k: int, batch_size: int = 64) -> dict[str, list[str]]:
+    """The ids of the k chunks nearest to each chunk in the Chroma collection, itself excluded."""
+    related: dict[str, list[str]] = {}
+    for start in range(0, len(chunks), batch_size):
+        batch = chunks[start : start + batch_size]
+        result = collection.query(query_texts=[c.text for c in batch], n_results=k + 1, include=[])
+        for chunk, ids in zip(batch, result["ids"], strict=True):
+            related[chunk.id] = [i for i in ids if i != chunk.id][:k]
+    return related
+
+
+def plan_jobs(chunks: list[Chunk], params: GenerateParams, collection=None) -> list[Job]:
+    """One job per chunk; chunks given to chat teachers carry related chunks from Chroma as context."""
+    specs = {t.name: t for t in params.teachers}
+    assigned = [(chunk, assign_teacher(chunk.id, params.teachers)) for chunk in chunks]
+    chatty = [chunk for chunk, name in assigned if _chain_chats(name, specs)]
+    related = {}
+    if chatty and params.context_chunks:
+        if collection is None:
+            raise ValueError("chat teachers retrieve context from the Chroma collection: pass it, or context_chunks: 0")
+        related = related_chunks(collection, chatty, params.context_chunks)
+    by_id = {chunk.id: chunk for chunk in chunks}
+    jobs = []
+    for index, (chunk, name) in enumerate(assigned):
+        context = tuple(by_id[i] for i in related.get(chunk.id, []) if i in by_id)
+        decided_by = {
+            "chunk": chunk.id,
+            "context": [c.id for c in context],
+            "teachers": [specs[n].model_dump() for n in fallback_chain(name, specs)],
+            "prompts": params.prompts.model_dump(),
+            "questions_per_chunk": params.questions_per_chunk,
+            "max_answer_chars": params.max_answer_chars,
+        }
+        job_id = sha256_text(json.dumps(decided_by, sort_keys=True))[:16]
+        jobs.append(Job(job_id, index, chunk, name, context))
+    return jobs
+
+
+def fallback_chain(name: str, specs: dict[str, TeacherParams]) -> list[str]:
+    chain = [name]
+    while (fallback := specs[chain[-1]].fallback) is not None and fallback not in chain:
+        chain.append(fallback)
+    return chain
+
+
+def _chain_chats(name: str, specs: dict[str, TeacherParams]) -> bool:
+    return any(specs[n].backend != "extractive" for n in fallback_chain(name, specs))
+
+
+# --- the pool of teachers -----------------------------------------------------------------------------
+
+
+class Pool:
+    """The campaign's teachers by name, each chat request going through the shared response cache."""
+
+    def __init__(self, params: GenerateParams, tiny: TinyParams, corpus_texts: list[str], cache: ResponseCache):
+        self.specs = {t.name: t for t in params.teachers}
+        self.cache = cache
+        self.chat_teachers = {}
+        for spec in params.teachers:
+            if spec.backend == "hf":
+                from tunebook.teachers.hf import HFTeacher
+                from tunebook.tiny import resolve_model
+
+                self.chat_teachers[spec.name] = HFTeacher(spec, resolve_model(spec.model, tiny, corpus_texts))
+            elif spec.backend == "openai":
+                from tunebook.teachers.openai import OpenAITeacher
+
+                self.chat_teachers[spec.name] = OpenAITeacher(spec, params)
+
+    async def chat(self, name: str, messages: list[dict], tally: Counter) -> str:
+        teacher = self.chat_teachers[name]
+        key = request_key(self.specs[name].backend, teacher.model_id, messages, teacher.sampling)
+        sent_before = self.cache.sent
+        reply = await self.cache.fetch(key, lambda: teacher.chat(messages))
+        tally["requests" if self.cache.sent > sent_before else "cache_hits"] += 1
+        return reply
+
+    async def aclose(self) -> None:
+        for teacher in self.chat_teachers.values():
+            await teacher.aclose()
+
+
+# --- one job --------------------------------------------------------------------------------------------
+
+
+def parse_questions(reply: str, n: int) -> tuple[list[str], str | None]:
+    """The questions in a teacher's reply (a JSON list of strings), or ([], why it is not one)."""
+    start, end = reply.find("["), reply.rfind("]")
+    if start < 0 or end < start:
+        return [], "no JSON list in the reply"
+    try:
+        value = json.loads(reply[start : end + 1])
+    except json.JSONDecodeError as err:
+        return [], f"invalid JSON ({err.msg})"
+    if not isinstance(value, list) or not all(isinstance(q, str) for q in value):
+        return [], "not a list of strings"
+    questions = [" ".join(q.split()) for q in value if q.strip()][:n]
+    return (questions, None) if questions else ([], "an empty list")
+
+
+def _messages(prompts: PromptParams, user: str) -> list[dict]:
+    return [{"role": "system", "content": prompts.system}, {"role": "user", "content": user}]
+
+
+def _row(question: str, answer: str, template: str, teacher: str, job: Job) -> dict:
     return {
-        "id": _digest(qa.question),
-        "messages": messages,
-        "template": qa.template,
-        "source": chunk.source,
-        "chunk_id": chunk.id,
+        "id": sha256_text(question)[:16],
+        "messages": [{"role": "user", "content": question}, {"role": "assistant", "content": answer}],
+        "teacher": teacher,
+        "template": template,
+        "source": job.chunk.source,
+        "chunk_id": job.chunk.id,
+        "context_ids": [c.id for c in job.context],
     }
 
 
-def _dedupe(rows: list[dict]) -> list[dict]:
+async def _ask(pool: Pool, name: str, job: Job, params: GenerateParams) -> dict:
+    """One teacher's samples and parse failures for one chunk."""
+    tally: Counter = Counter()
+    if pool.specs[name].backend == "extractive":
+        pairs = extractive.ask(job.chunk.text, params.max_answer_chars)
+        samples = [_row(qa.question, qa.answer, qa.template, name, job) for qa in pairs]
+        return {"teacher": name, "samples": samples, "failures": [], "requests": 0, "cache_hits": 0}
+    fields = {
+        "n": params.questions_per_chunk,
+        "source": job.chunk.source,
+        "chunk": job.chunk.text,
+        "context": "\n\n---\n\n".join(c.text for c in job.context) or "(none)",
+    }
+    samples, failures = [], []
+    if pool.specs[name].questions == "extractive":
+        questions = [qa.question for qa in extractive.ask(job.chunk.text, params.max_answer_chars)]
+    else:
+        questions = await _write_questions(pool, name, job, params, fields, tally, failures)
+    for question in questions:
+        row_id = sha256_text(question)[:16]
+        try:
+            answer = await pool.chat(
+                name, _messages(params.prompts, params.prompts.answer.format(**fields, question=question)), tally
+            )
+        except ValueError as err:
+            failures.append({"id": row_id, "step": "answer", "error": str(err), "output": ""})
+            continue
+        if answer.strip():
+            samples.append(_row(question, answer.strip(), f"{pool.specs[name].questions}-question", name, job))
+        else:
+            failures.append({"id": row_id, "step": "answer", "error": "an empty answer", "output": answer[:500]})
+    return {"teacher": name, "samples": samples, "failures": failures, **tally}
+
+
+async def _write_questions(
+    pool: Pool, name: str, job: Job, params: GenerateParams, fields: dict, tally: Counter, failures: list[dict]
+) -> list[str]:
+    """The teacher's questions about the chunk; a reply that is not a JSON list is a parse failure."""
+    try:
+        reply = await pool.chat(name, _messages(params.prompts, params.prompts.question.format(**fields)), tally)
+        questions, error = parse_questions(reply, params.questions_per_chunk)
+    except ValueError as err:  # the server answered, but not in the protocol
+        reply, questions, error = "", [], str(err)
+    if error:
+        failures.append({"id": job.id, "step": "questions", "error": error, "output": reply[:500]})
+    return questions
+
+
+async def _run_job(pool: Pool, job: Job, params: GenerateParams) -> dict:
+    """The job's record from its teacher, or from the fallbacks in turn when a teacher is unavailable."""
+    errors = []
+    for name in fallback_chain(job.teacher, pool.specs):
+        try:
+            record = await _ask(pool, name, job, params)
+        except TeacherUnavailable as err:
+            errors.append(str(err))
+            continue
+        return {"job": job.id, "index": job.index, "chunk_id": job.chunk.id, "assigned": job.teacher,
+                "fallback_errors": errors, "requests": 0, "cache_hits": 0, **record}  # fmt: skip
+    raise CampaignError(errors[-1])
+
+
+# --- the campaign ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class Campaign:
+    records: list[dict]  # one per job, in job order
+    resumed: int  # jobs already finished when this run started
+    requests: int  # requests sent by this run
+    cache_hits: int  # requests answered from the cache by this run
+    seconds: float
+
+
+def run_campaign(
+    jobs: list[Job],
+    params: GenerateParams,
+    out_dir: Path,
+    tiny: TinyParams,
+    corpus_texts: list[str],
+    progress: bool = True,
+) -> Campaign:
+    """Run (or resume) the jobs not yet in out_dir/campaign.jsonl; returns every job's record."""
+    coroutine = _campaign(jobs, params, out_dir, tiny, corpus_texts, progress)
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coroutine)
+    # A notebook kernel already runs an event loop in this thread: give the campaign a thread of its own.
+    with ThreadPoolExecutor(1) as executor:
+        return executor.submit(asyncio.run, coroutine).result()
+
+
+async def _campaign(
+    jobs: list[Job], params: GenerateParams, out_dir: Path, tiny: TinyParams, corpus_texts: list[str], progress: bool
+) -> Campaign:
+    started = time.monotonic()
+    log = out_dir / CAMPAIGN_LOG
+    wanted = {job.id for job in jobs}
+    finished = {r["job"]: r for r in read_complete_lines(log) if r["job"] in wanted}
+    # Records of another campaign definition (other prompts, teachers...) are dropped, not reused.
+    write_atomic(log, jsonl_text(finished.values()))
+    todo = [job for job in jobs if job.id not in finished]
+    pool = Pool(params, tiny, corpus_texts, ResponseCache())
+    tracker = _Progress(out_dir / PROGRESS_FILE, len(jobs), len(finished), progress)
+    in_flight = asyncio.Semaphore(params.concurrency)
+
+    async def work(job: Job) -> None:
+        async with in_flight:
+            record = await _run_job(pool, job, params)
+        append_line(log, record)
+        finished[job.id] = record
+        tracker.advance()
+
+    try:
+        async with asyncio.TaskGroup() as group:
+            for job in todo:
+                group.create_task(work(job))
+    except* CampaignError as errors:
+        raise CampaignError(
+            f"{errors.exceptions[0]}; {len(finished)}/{len(jobs)} jobs are saved in {log}: run again to resume"
+        ) from None
+    finally:
+        tracker.close()
+        await pool.aclose()
+    records = sorted(finished.values(), key=lambda r: r["index"])
+    return Campaign(records, len(jobs) - len(todo), pool.cache.sent, pool.cache.hits, time.monotonic() - started)
+
+
+class _Progress:
+    """A tqdm bar (rate, ETA) and progress.json, which `tunebook runs` reads while the stage runs."""
+
+    def __init__(self, path: Path, total: int, done: int, show: bool) -> None:
+        self.path, self.total, self.done = path, total, done
+        self.bar = tqdm(total=total, initial=done, desc="campaign", unit="chunk", disable=not show)
+        self.started, self.start_done, self.written = time.monotonic(), done, 0.0
+        self._write()
+
+    def advance(self) -> None:
+        self.done += 1
+        self.bar.update(1)
+        if time.monotonic() - self.written > 1 or self.done == self.total:
+            self._write()
+
+    def _write(self) -> None:
+        elapsed = time.monotonic() - self.started
+        rate = (self.done - self.start_done) / elapsed if elapsed > 0 else 0.0
+        eta = (self.total - self.done) / rate if rate else None
+        state = {"done": self.done, "total": self.total, "rate_per_s": round(rate, 3), "eta_s": eta}
+        write_atomic(self.path, json.dumps(state) + "\n")
+        self.written = time.monotonic()
+
+    def close(self) -> None:
+        self.bar.close()
+        self.path.unlink(missing_ok=True)
+
+
+def failures(records: list[dict]) -> pd.DataFrame:
+    rows = [{"teacher": r["teacher"], "chunk_id": r["chunk_id"], **f} for r in records for f in r["failures"]]
+    return pd.DataFrame(rows, columns=["teacher", "chunk_id", "id", "step", "error", "output"])
+
+
+# --- the dataset ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class Dataset:
+    splits: dict[str, list[dict]]
+    counts: dict[str, int]  # rows in, then rows removed by each step, then rows kept
+    removed: dict[str, list[dict]]  # the rows each filter removed, for the report
+    teachers: pd.DataFrame  # one row per teacher: jobs, requests, failures, yield, quality
+    failures: pd.DataFrame  # every parse failure, with the id of its job or sample
+    decontamination: dict = field(default_factory=dict)
+
+
+def build_dataset(records: list[dict], chunks: list[Chunk], params: GenerateParams) -> Dataset:
+    """Parse failures are counted, then each filter removes what fails it; every count is kept."""
+    filters = params.filters
+    rows = [sample for record in records for sample in record["samples"]]
+    counts = {
+        "jobs": len(records),
+        "parse_failures": sum(len(r["failures"]) for r in records),
+        "generated": len(rows),
+    }
+    removed: dict[str, list[dict]] = {}
+    sources = {chunk.id: chunk.text for chunk in chunks}
+    steps = [
+        ("duplicates", lambda rs: _dedupe(rs)),
+        ("length", lambda rs: quality.by_length(rs, filters)),
+        ("repetitive", lambda rs: quality.by_repetition(rs, filters.max_repetition)),
+        ("ungrounded", lambda rs: quality.by_grounding(rs, sources, filters.grounding_threshold)),
+        ("near_duplicates", lambda rs: quality.near_duplicates(rs, filters.near_duplicate_threshold)),
+    ]  # fmt: skip
+    for name, step in steps:
+        rows, removed[name] = step(rows)
+        counts[f"{name}_removed"] = len(removed[name])
+    removed["capped"] = rows[params.max_samples :]
+    rows = rows[: params.max_samples]
+    counts["capped_removed"] = len(removed["capped"])
+    splits = split_rows(rows, params.val_fraction, params.test_fraction)
+    splits, removed["contaminated"], report = quality.decontaminate(splits, filters.decontamination_ngram)
+    counts["contaminated_removed"] = len(removed["contaminated"])
+    counts["kept"] = sum(len(rs) for rs in splits.values())
+    return Dataset(splits, counts, removed, teacher_table(records, splits, params), failures(records), report)
+
+
+def teacher_table(records: list[dict], splits: dict[str, list[dict]], params: GenerateParams) -> pd.DataFrame:
+    """Each teacher's yield, failure rate and quality: the figures to pick the better data by."""
+    kept = [row for rows in splits.values() for row in rows]
+    table = []
+    for spec in params.teachers:
+        own = [r for r in records if r["teacher"] == spec.name]
+        generated = sum(len(r["samples"]) for r in own)
+        parse_failures = sum(len(r["failures"]) for r in own)
+        mine = [row for row in kept if row["teacher"] == spec.name]
+        table.append(
+            {
+                "teacher": spec.name,
+                "backend": spec.backend,
+                "model": spec.model or "-",
+                "jobs": len(own),
+                "fallback_jobs": sum(r["assigned"] != spec.name for r in own),
+                "requests": sum(r["requests"] for r in own),
+                "cache_hits": sum(r["cache_hits"] for r in own),
+                "generated": generated,
+                "parse_failures": parse_failures,
+                "failure_rate": round(parse_failures / max(1, parse_failures + generated), 3),
+                "kept": len(mine),
+                "kept_share": round(len(mine) / max(1, generated), 3),
+                "mean_grounding": round(sum(r["grounding"] for r in mine) / len(mine), 3) if mine else None,
+            }
+        )
+    return pd.DataFrame(table)
+
+
+def _dedupe(rows: list[dict]) -> tuple[list[dict], list[dict]]:
     """One row per question: the same question twice is either a copy or an ambiguous target."""
     seen: set[str] = set()
-    unique = []
+    unique, removed = [], []
     for row in rows:
-        if row["id"] not in seen:
-            seen.add(row["id"])
-            unique.append(row)
-    return unique
+        (removed if row["id"] in seen else unique).append(row)
+        seen.add(row["id"])
+    return unique, removed
 
 
 def split_rows(rows: list[dict], val_fraction: float, test_fraction: float) -> dict[str, list[dict]]:
@@ -70,25 +436,31 @@ def split_rows(rows: list[dict], val_fraction: float, test_fraction: float) -> d
     return splits
 
 
-def write_dataset(splits: dict[str, list[dict]], out_dir: Path, card: dict) -> dict:
-    """Write each split as JSONL and a card (JSON + Markdown); returns the card with hashes added."""
+def write_dataset(dataset: Dataset, out_dir: Path, params: GenerateParams, name: str) -> dict:
+    """Each split as JSONL, failures.jsonl, and a card (card.json + README.md); returns the card."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    write_atomic(out_dir / "failures.jsonl", jsonl_text(dataset.failures.to_dict("records")))
     hashes = {}
-    for name, rows in splits.items():
+    for split, rows in dataset.splits.items():
         text = jsonl_text(rows)
-        write_atomic(out_dir / f"{name}.jsonl", text)
-        hashes[name] = sha256_text(text)
+        write_atomic(out_dir / f"{split}.jsonl", text)
+        hashes[split] = sha256_text(text)
     card = {
-        **card,
-        "splits": {name: len(rows) for name, rows in splits.items()},
-        "templates": dict(sorted(Counter(r["template"] for rs in splits.values() for r in rs).items())),
-        "question_templates": extractive.TEMPLATES,
+        "name": name,
+        "splits": {split: len(rows) for split, rows in dataset.splits.items()},
+        "counts": dataset.counts,
+        "filters": params.filters.model_dump(),
+        "decontamination": dataset.decontamination,
+        "teachers": dataset.teachers.to_dict("records"),
+        "prompts": params.prompts.model_dump(),
+        "extractive_templates": extractive.TEMPLATES,
+        "templates": dict(sorted(Counter(r["template"] for rs in dataset.splits.values() for r in rs).items())),
         "split_hashes": hashes,
-        "dataset_hash": sha256_text("".join(hashes[name] for name in SPLITS)),
+        "dataset_hash": sha256_text("".join(hashes[split] for split in SPLITS)),
         "format": "TRL conversational: {'messages': [{'role', 'content'}, ...]}",
     }
-    write_atomic(out_dir / "card.json", json.dumps(card, indent=2, sort_keys=True) + "\n")
-    write_atomic(out_dir / "README.md", _card_markdown(card))
+    write_atomic(out_dir / "card.json", json.dumps(card, indent=2, sort_keys=True, default=str) + "\n")
+    write_atomic(out_dir / "README.md", _card_markdown(card, dataset.teachers))
     return card
 
 
@@ -100,28 +472,38 @@ def read_card(dataset_dir: Path) -> dict:
     return json.loads((dataset_dir / "card.json").read_text(encoding="utf-8"))
 
 
-def _card_markdown(card: dict) -> str:
+def _card_markdown(card: dict, teachers: pd.DataFrame) -> str:
+    files = ", ".join(f'"{split}": "{split}.jsonl"' for split in SPLITS)
     lines = [
-        f"# Dataset card: {card.get('name', 'dataset')}",
+        f"# Dataset card: {card['name']}",
         "",
-        f"Teacher: `{card.get('teacher')}`. Format: {card['format']}.",
-        f"Dataset hash: `{card['dataset_hash']}`.",
+        f"Format: {card['format']}. Dataset hash: `{card['dataset_hash']}`.",
+        "",
+        f'Load it with `datasets.load_dataset("json", data_files={{{files}}})`.',
         "",
         "| split | rows |",
         "|---|---|",
-        *(f"| {name} | {n} |" for name, n in card["splits"].items()),
+        *(f"| {split} | {n} |" for split, n in card["splits"].items()),
         "",
-        "## Pipeline counts",
+        "## Teachers",
         "",
-        *(f"- {step}: {n}" for step, n in card.get("counts", {}).items()),
+        teachers.to_markdown(index=False),
         "",
-        "## Question templates",
+        "## Quality pipeline",
         "",
-        *(f"- `{name}`: {template}" for name, template in card["question_templates"].items()),
+        "Rows in, then the rows each step removed, in order:",
+        "",
+        *(f"- {step}: {n}" for step, n in card["counts"].items()),
+        "",
+        f"Filters: `{json.dumps(card['filters'], sort_keys=True)}`.",
+        f"Decontamination: `{json.dumps(card['decontamination'], sort_keys=True)}`.",
+        "",
+        "## Prompts of the chat teachers",
+        "",
+        *(f"### {name}\n\n```text\n{prompt}\n```\n" for name, prompt in card["prompts"].items()),
+        "## Question templates of the extractive teacher",
+        "",
+        *(f"- `{name}`: {template}" for name, template in card["extractive_templates"].items()),
         "",
     ]
     return "\n".join(lines)
-
-
-def _digest(text: str) -> str:
-    return sha256_text(text)[:16]

@@ -1,4 +1,4 @@
-"""Stage 00: corpus files -> heading-aware chunks -> a persistent Chroma collection.
+"""Stage 00: corpus files -> heading-aware chunks -> a Chroma collection (embedded store or server).
 
 Chunks keep their text as an exact slice of the source document and carry the heading of the section
 they start in, so a retrieved chunk can always be traced back and shown in context. Chunk ids are a hash
@@ -19,10 +19,15 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
+from tunebook import paths
 from tunebook.files import jsonl_text, write_atomic
 
 if TYPE_CHECKING:
     from chromadb import Collection
+    from chromadb.api import ClientAPI
+    from chromadb.utils.embedding_functions import SentenceTransformerEmbeddingFunction
+
+    from tunebook.params import ChromaParams
 
 DEFAULT_STDLIB_MODULES = [
     "json",
@@ -70,12 +75,12 @@ def write_stdlib_corpus(modules: list[str], corpus_dir: Path) -> list[Path]:
     """Write `<module>.md` reference docs for each module; files whose content is unchanged are left
     alone so their mtimes (and any cache keyed on them) stay stable."""
     corpus_dir.mkdir(parents=True, exist_ok=True)
-    paths = []
+    written = []
     for name in modules:
         path = corpus_dir / f"{name}.md"
         _write_if_changed(path, module_markdown(importlib.import_module(name)))
-        paths.append(path)
-    return paths
+        written.append(path)
+    return written
 
 
 def module_markdown(module: ModuleType) -> str:
@@ -469,33 +474,94 @@ def resolve_embedding_model(embedding_model: str) -> str:
     return embedding_model
 
 
-def open_collection(chroma_dir: Path, name: str, embedding_model: str) -> Collection:
-    """Open (or create) a persistent cosine-space collection embedded with `embedding_model`.
+def open_collection(
+    chroma_dir: Path, name: str, embedding_model: str, host: str | None = None, port: int = 8000
+) -> Collection:
+    """Open (or create) a cosine-space collection embedded with `embedding_model`: in the embedded
+    store under `chroma_dir`, or on the Chroma server at `host`:`port` when a host is given.
 
-    The embedding function is always passed explicitly: Chroma's default one downloads a model. The
-    logical model name is stored in the collection metadata, because mixing embeddings from two models
+    The logical model name is stored in the collection metadata, because mixing embeddings from two models
     in one collection would silently ruin retrieval.
     """
-    import chromadb
-    from chromadb.config import Settings
-    from chromadb.utils.embedding_functions import SentenceTransformerEmbeddingFunction
-
-    chroma_dir.mkdir(parents=True, exist_ok=True)
-    client = chromadb.PersistentClient(path=str(chroma_dir), settings=Settings(anonymized_telemetry=False))
-    embedder = SentenceTransformerEmbeddingFunction(model_name=resolve_embedding_model(embedding_model), device="cpu")
-    collection = client.get_or_create_collection(
+    collection = _client(chroma_dir, host, port).get_or_create_collection(
         name,
-        embedding_function=embedder,
+        embedding_function=_embedder(embedding_model),
         configuration={"hnsw": {"space": "cosine"}},
         metadata={"embedding_model": embedding_model},
     )
+    _check_embedding_model(collection, _location(chroma_dir, host, port), embedding_model)
+    return collection
+
+
+def get_collection(
+    chroma_dir: Path, name: str, embedding_model: str, host: str | None = None, port: int = 8000
+) -> Collection:
+    """The existing, non-empty collection `name`, for stages that read what ingest wrote: creating an
+    empty one here would only move the failure to the first query."""
+    from chromadb.errors import NotFoundError
+
+    location = _location(chroma_dir, host, port)
+    try:
+        collection = _client(chroma_dir, host, port).get_collection(name, embedding_function=_embedder(embedding_model))
+    except NotFoundError:
+        collection = None
+    if collection is None or collection.count() == 0:
+        raise ValueError(f"Chroma collection {name!r} at {location} is empty or missing: run the ingest stage first")
+    _check_embedding_model(collection, location, embedding_model)
+    return collection
+
+
+COLLECTION_RECORD = "collection.json"
+
+
+def record_collection(ingest_dir: Path, name: str, embedding_model: str) -> None:
+    """Note which collection this run's chunks went to, for the stages that retrieve from it."""
+    record = {"collection": name, "embedding_model": embedding_model}
+    write_atomic(ingest_dir / COLLECTION_RECORD, json.dumps(record, indent=2) + "\n")
+
+
+def recorded_collection(ingest_dir: Path, store: ChromaParams) -> Collection:
+    """The collection this run's ingest stage wrote, from the store the params name."""
+    record = json.loads((ingest_dir / COLLECTION_RECORD).read_text(encoding="utf-8"))
+    return get_collection(paths.chroma_dir(), record["collection"], record["embedding_model"], store.host, store.port)
+
+
+def _client(chroma_dir: Path, host: str | None, port: int) -> ClientAPI:
+    import chromadb
+    from chromadb.config import Settings
+
+    settings = Settings(anonymized_telemetry=False)
+    if host is None:
+        chroma_dir.mkdir(parents=True, exist_ok=True)
+        return chromadb.PersistentClient(path=str(chroma_dir), settings=settings)
+    try:
+        return chromadb.HttpClient(host=host, port=port, settings=settings)
+    except ValueError as err:
+        # Chroma turns any failure to reach the server into a generic ValueError; the real one is its context.
+        raise ValueError(
+            f"cannot reach the Chroma server at {_location(chroma_dir, host, port)} ({err.__context__ or err}): "
+            f"start it with `chroma run --path {chroma_dir} --port {port}` or unset chroma.host"
+        ) from None
+
+
+def _embedder(embedding_model: str) -> SentenceTransformerEmbeddingFunction:
+    # Always explicit: Chroma's default embedding function downloads a model.
+    from chromadb.utils.embedding_functions import SentenceTransformerEmbeddingFunction
+
+    return SentenceTransformerEmbeddingFunction(model_name=resolve_embedding_model(embedding_model), device="cpu")
+
+
+def _location(chroma_dir: Path, host: str | None, port: int) -> str:
+    return str(chroma_dir) if host is None else f"http://{host}:{port}"
+
+
+def _check_embedding_model(collection: Collection, location: str, embedding_model: str) -> None:
     stored_model = (collection.metadata or {}).get("embedding_model")
     if stored_model != embedding_model:
         raise ValueError(
-            f"collection {name!r} in {chroma_dir} was embedded with {stored_model!r}, not {embedding_model!r}; "
-            "use another collection name or delete it"
+            f"collection {collection.name!r} in {location} was embedded with {stored_model!r}, "
+            f"not {embedding_model!r}; use another collection name or delete it"
         )
-    return collection
 
 
 def index_chunks(collection: Collection, chunks: list[Chunk], batch_size: int = 64, progress: bool = True) -> int:

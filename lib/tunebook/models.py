@@ -50,8 +50,9 @@ def generate(
     max_new_tokens: int,
     batch_size: int,
     progress: bool = True,
+    temperature: float = 0.0,
 ) -> list[str]:
-    """Greedy answers to each conversation's last user turn, in batches with left padding."""
+    """Answers to each conversation's last user turn, in batches with left padding; greedy at temperature 0."""
     tokenizer = loaded.tokenizer
     tokenizer.padding_side = "left"
     prompts = tokenizer.apply_chat_template(conversations, add_generation_prompt=True, tokenize=False)
@@ -64,7 +65,7 @@ def generate(
         output = loaded.model.generate(
             **batch,
             max_new_tokens=max_new_tokens,
-            do_sample=False,
+            **({"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}),
             pad_token_id=tokenizer.pad_token_id,
             eos_token_id=tokenizer.eos_token_id,
         )

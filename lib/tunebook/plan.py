@@ -67,7 +67,7 @@ def estimate(params: Params, params_file: Path) -> Plan:
 
 def _base_config(params: Params, params_file: Path) -> tuple[PretrainedConfig | None, str]:
     if params.sft.base_model == "tiny":
-        return tiny_config(params.sft.tiny), ""
+        return tiny_config(params.tiny), ""
     config_file = base_config_path(params, params_file)
     source = str(config_file) if config_file else str(paths.resolve(params.sft.base_model))
     if not config_file and not Path(source).is_dir():
@@ -105,7 +105,7 @@ def _train_rows(params: Params) -> tuple[int, str]:
 
 
 def _tiny_estimate(params: Params, config: PretrainedConfig) -> Estimate:
-    tiny = params.sft.tiny
+    tiny = params.tiny
     total, _ = _count(config, [], 0)
     tokens = tiny.steps * tiny.batch_size * tiny.context_length
     memory = total * 16 + _activations(config, tiny.batch_size, tiny.context_length, checkpointing=False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 from pathlib import Path
 
 import nbformat
@@ -11,7 +12,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from nbconvert import HTMLExporter
 
 from tunebook import paths
-from tunebook.files import write_atomic
+from tunebook.files import read_progress, write_atomic
 
 
 def headline_metrics(run_id: str) -> dict:
@@ -51,12 +52,22 @@ def runs_table() -> pd.DataFrame:
             {
                 "run": manifest["run_id"],
                 "status": manifest["status"] + (f" ({failed['stage']}, cell {failed['cell']})" if failed else ""),
-                "stage": running[0] if running else stage_reached(manifest),
+                "stage": _running(manifest["run_id"], running[0]) if running else stage_reached(manifest),
                 "started": (manifest.get("started") or "")[:16].replace("T", " "),
                 "metrics": metrics or "-",
             }
         )
     return pd.DataFrame(rows, columns=["run", "status", "stage", "started", "metrics"])
+
+
+def _running(run_id: str, stage: str) -> str:
+    """A running stage, with its progress when it reports any: `generate 15/16, ETA 0:00:42`."""
+    progress = read_progress(paths.run_dir(run_id) / stage)
+    if not progress:
+        return stage
+    eta = progress.get("eta_s")
+    eta_text = f", ETA {timedelta(seconds=round(eta))}" if eta is not None else ""
+    return f"{stage} {progress['done']}/{progress['total']}{eta_text}"
 
 
 def write_index() -> Path:

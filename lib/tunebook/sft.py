@@ -15,11 +15,10 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 from transformers.integrations import TensorBoardCallback
 from trl import SFTConfig, SFTTrainer
 
-from tunebook import paths, registry
+from tunebook import registry
 from tunebook.files import hash_tree, write_atomic
 from tunebook.generate import read_card, read_split
 from tunebook.params import SftParams
-from tunebook.tiny import build_tiny
 
 
 @dataclass
@@ -30,14 +29,6 @@ class SftResult:
     metrics: dict[str, float]
     trainable_params: int
     total_params: int
-
-
-def resolve_base(params: SftParams, corpus_texts: list[str], progress: bool = True) -> str:
-    """The base model as a loadable path or hub id; `tiny` is built (or reused) from the corpus texts."""
-    if params.base_model == "tiny":
-        return str(build_tiny(corpus_texts, paths.models_dir(), params.tiny, progress=progress))
-    local = paths.resolve(params.base_model)
-    return str(local) if local.is_dir() else params.base_model
 
 
 def train_sft(

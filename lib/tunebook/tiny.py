@@ -38,6 +38,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from tunebook import paths
 from tunebook.params import TinyParams
 
 # Bump when a change here would build a different model from the same corpus and params.
@@ -101,6 +102,14 @@ def build_tiny(texts: list[str], models_dir: Path, cfg: TinyParams, progress: bo
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return model_dir
+
+
+def resolve_model(name: str, cfg: TinyParams, corpus_texts: list[str], progress: bool = True) -> str:
+    """A model name from params as a loadable path or hub id; `tiny` is built (or reused) from the corpus."""
+    if name == "tiny":
+        return str(build_tiny(corpus_texts, paths.models_dir(), cfg, progress=progress))
+    local = paths.resolve(name)
+    return str(local) if local.is_dir() else name
 
 
 def build_key(texts: list[str], cfg: TinyParams) -> str:

@@ -1,6 +1,13 @@
+import gc
 import os
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
+
+from tunebook import servers
 
 # No model hub here: anything that tries to download must fail loudly instead of hanging.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -22,3 +29,69 @@ def checkout_workdir(monkeypatch):
 
     monkeypatch.setenv("TUNEBOOK_WORKDIR", str(paths.project_root()))
     return paths.project_root()
+
+
+@pytest.fixture(scope="module")
+def chroma_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int]]:
+    """A real `chroma run` server on loopback, shared by the module (it takes seconds to start):
+    yields (host, port). Tests sharing it must use their own collection names."""
+    port = servers.free_port()
+    store = tmp_path_factory.mktemp("chroma-server")
+    log_path = store.parent / f"{store.name}.log"  # beside the store, so the store holds only Chroma's files
+    command = [servers.venv_command("chroma"), "run", "--path", str(store), "--host", servers.HOST]
+    try:
+        with servers.running([*command, "--port", str(port)], log_path, lambda: _chroma_answers(port), 60):
+            yield servers.HOST, port
+    finally:
+        _close_chroma_clients()
+
+
+def _chroma_answers(port: int) -> bool:
+    import chromadb
+    from chromadb.config import Settings
+
+    try:
+        # Not closed: closing drops the client's open connection on the garbage collector mid-module.
+        chromadb.HttpClient(host=servers.HOST, port=port, settings=Settings(anonymized_telemetry=False)).heartbeat()
+        return True
+    except ValueError:  # what HttpClient raises while nothing listens yet
+        return False
+
+
+def _close_chroma_clients() -> None:
+    """chromadb's HttpClient never closes its HTTP connection (not even in close()), so the socket is only
+    closed by the garbage collector, with a ResourceWarning that lands in whatever test runs then and breaks
+    tests that check their warnings. Drop the cached clients and collect them now, quietly."""
+    from chromadb.api.shared_system_client import SharedSystemClient
+
+    SharedSystemClient.clear_system_cache()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        gc.collect()
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A small tiny model (seconds to build) for the tests that need a real model to talk to."""
+    from test_tiny import CFG, stdlib_docs
+
+    from tunebook.tiny import build_tiny
+
+    return str(build_tiny(stdlib_docs(), tmp_path_factory.mktemp("tiny-model"), CFG, progress=False))
+
+
+@dataclass
+class Served:
+    base_url: str
+    log: Path  # the server's own log, one access line per request it answered
+
+    def requests_answered(self) -> int:
+        return self.log.read_text(errors="replace").count("POST /v1/chat/completions")
+
+
+@pytest.fixture(scope="module")
+def openai_server(tiny_model: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    """A real OpenAI-compatible server (`transformers serve`) over the tiny model, on loopback."""
+    log_path = tmp_path_factory.mktemp("openai-server") / "serve.log"
+    with servers.openai_server(tiny_model, log_path) as base_url:
+        yield Served(base_url, log_path)

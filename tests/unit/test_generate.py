@@ -1,6 +1,13 @@
-from tunebook import generate
+import json
+from pathlib import Path
+
+import datasets
+import pytest
+
+from tunebook import generate, ingest
+from tunebook.files import PROGRESS_FILE, read_complete_lines
 from tunebook.ingest import Chunk
-from tunebook.params import GenerateParams
+from tunebook.params import GenerateParams, ParamsError, TinyParams, load_params
 from tunebook.teachers import extractive
 
 DOC = """## json.dumps
@@ -38,32 +45,132 @@ def test_teacher_skips_long_answers_and_unterminated_fences():
     assert extractive.ask(cut, 300) == []
 
 
-def test_rows_are_deduplicated_capped_and_conversational():
-    chunks = [chunk(DOC, index=0), chunk(DOC, index=1)]
-    generated = generate.generate_rows(chunks, GenerateParams(max_samples=2), progress=False)
-    assert generated.counts == {"chunks": 2, "generated": 6, "duplicates_removed": 3, "capped": 1, "kept": 2}
-    row = generated.rows[0]
-    assert [m["role"] for m in row["messages"]] == ["user", "assistant"]
-    assert row["chunk_id"] == "json.md-0"
+def extractive_only(**overrides) -> GenerateParams:
+    return GenerateParams(teachers=[{"name": "extractive", "backend": "extractive"}], **overrides)
+
+
+def stdlib_chunks(tmp_path: Path, modules: tuple[str, ...] = ("json", "bisect")) -> list[Chunk]:
+    ingest.write_stdlib_corpus(list(modules), tmp_path / "corpus")
+    documents, _ = ingest.read_documents(tmp_path / "corpus", [".md"])
+    return ingest.chunk_documents(documents, 900, 150)
+
+
+def run(jobs, params, out_dir):
+    return generate.run_campaign(jobs, params, out_dir, TinyParams(), [], progress=False)
+
+
+def test_teachers_are_assigned_by_weight_and_stably():
+    params = GenerateParams(teachers=[{"name": "a", "backend": "extractive", "weight": 3},
+                                      {"name": "b", "backend": "extractive", "weight": 1}])  # fmt: skip
+    names = [generate.assign_teacher(f"chunk-{i}", params.teachers) for i in range(4000)]
+    assert 0.72 < names.count("a") / len(names) < 0.78
+    assert names == [generate.assign_teacher(f"chunk-{i}", params.teachers) for i in range(4000)]
+
+
+@pytest.mark.parametrize(
+    "reply,questions,error",
+    [
+        ('["What is X?", "Why Y?"]', ["What is X?", "Why Y?"], None),
+        ('Sure! Here they are:\n["What is X?"]\nHope this helps.', ["What is X?"], None),
+        ('["a?", "b?", "c?", "d?"]', ["a?", "b?", "c?"], None),
+        ("```python\n```python\n", [], "no JSON list in the reply"),
+        ("[What is X?]", [], "invalid JSON (Expecting value)"),
+        ("[1, 2]", [], "not a list of strings"),
+        ('[" "]', [], "an empty list"),
+    ],
+)
+def test_questions_are_parsed_from_json_lists_only(reply, questions, error):
+    assert generate.parse_questions(reply, 3) == (questions, error)
+
+
+def test_teacher_params_refuse_secrets_and_unknown_fallbacks(tmp_path):
+    path = tmp_path / "p.yaml"
+    teacher = "{name: gpt, backend: openai, model: m, base_url: 'http://x/v1', api_key: sk-1}"
+    path.write_text(f"ingest:\n  stdlib_modules: [json]\ngenerate:\n  teachers:\n    - {teacher}\n")
+    with pytest.raises(ParamsError, match=r"generate.teachers.0: 'api_key' must not be in params .*api_key_env"):
+        load_params(path)
+    path.write_text("ingest:\n  stdlib_modules: [json]\ngenerate:\n  teachers:\n"
+                    "    - {name: a, backend: extractive, fallback: b}\n")  # fmt: skip
+    with pytest.raises(ParamsError, match="teacher 'a' falls back to unknown teacher 'b'"):
+        load_params(path)
+
+
+def test_campaign_writes_one_record_per_job_and_resumes_without_duplicates(tmp_path):
+    chunks = stdlib_chunks(tmp_path)
+    params = extractive_only()
+    jobs = generate.plan_jobs(chunks, params)
+    out_dir = tmp_path / "out"
+    first = run(jobs, params, out_dir)
+    log = out_dir / generate.CAMPAIGN_LOG
+    assert [r["job"] for r in first.records] == [job.id for job in jobs]
+    assert first.resumed == 0 and not (out_dir / PROGRESS_FILE).exists()
+
+    # A process killed mid-write leaves a torn last line, and the last jobs not written at all.
+    lines = log.read_bytes().splitlines(keepends=True)
+    log.write_bytes(b"".join(lines[:-3]) + lines[-3][:25])
+    again = run(jobs, params, out_dir)
+    assert again.resumed == len(jobs) - 3
+    assert again.records == first.records
+    logged = [r["job"] for r in read_complete_lines(log)]
+    assert sorted(logged) == sorted(job.id for job in jobs)  # nothing lost, nothing twice
+
+
+def test_changed_campaign_definition_starts_afresh(tmp_path):
+    chunks = stdlib_chunks(tmp_path, ("bisect",))
+    out_dir = tmp_path / "out"
+    run(generate.plan_jobs(chunks, extractive_only()), extractive_only(), out_dir)
+    other = extractive_only(max_answer_chars=100)
+    campaign = run(generate.plan_jobs(chunks, other), other, out_dir)
+    assert campaign.resumed == 0
+    assert len((out_dir / generate.CAMPAIGN_LOG).read_text().splitlines()) == len(chunks)
+
+
+def test_dataset_counts_every_step_and_loads_with_datasets(tmp_path):
+    chunks = stdlib_chunks(tmp_path)
+    params = extractive_only(val_fraction=0.2, test_fraction=0.2)
+    campaign = run(generate.plan_jobs(chunks, params), params, tmp_path / "out")
+    dataset = generate.build_dataset(campaign.records, chunks, params)
+    counts = dataset.counts
+    removed = sum(v for k, v in counts.items() if k.endswith("_removed"))
+    assert counts["generated"] - removed == counts["kept"] == sum(len(rows) for rows in dataset.splits.values())
+    assert list(counts)[:3] == ["jobs", "parse_failures", "generated"]
+    assert counts["contaminated_removed"] == len(dataset.removed["contaminated"])
+    teacher = dataset.teachers.iloc[0]
+    assert (teacher["teacher"], teacher["jobs"], teacher["kept"]) == ("extractive", len(chunks), counts["kept"])
+
+    card = generate.write_dataset(dataset, tmp_path / "out", params, "t")
+    assert generate.read_card(tmp_path / "out") == json.loads(json.dumps(card))
+    readme = (tmp_path / "out" / "README.md").read_text()
+    assert "## Teachers" in readme and "| extractive |" in readme and "contaminated_removed" in readme
+    assert "Reply with a JSON list" in readme  # the prompts are recorded
+    files = {split: str(tmp_path / "out" / f"{split}.jsonl") for split in generate.SPLITS}
+    loaded = datasets.load_dataset("json", data_files=files)
+    assert {split: len(loaded[split]) for split in generate.SPLITS} == card["splits"]
+    assert loaded["train"][0]["messages"][1]["role"] == "assistant"
 
 
 def test_split_is_deterministic_and_stable_when_rows_are_added():
-    rows = [{"id": generate._digest(f"q{i}")} for i in range(1000)]
+    rows = [{"id": f"{i:016x}"[::-1]} for i in range(1000)]
     splits = generate.split_rows(rows, 0.1, 0.1)
     assert sum(len(s) for s in splits.values()) == 1000
     assert 50 < len(splits["test"]) < 150
-    more = generate.split_rows(rows + [{"id": generate._digest(f"new{i}")} for i in range(100)], 0.1, 0.1)
+    more = generate.split_rows(rows + [{"id": f"{i:016x}"} for i in range(5000, 5100)], 0.1, 0.1)
     assert {r["id"] for r in splits["test"]} <= {r["id"] for r in more["test"]}
 
 
-def test_dataset_files_and_card(tmp_path):
-    generated = generate.generate_rows([chunk(DOC)], GenerateParams(), progress=False)
-    splits = generate.split_rows(generated.rows, 0.0, 0.34)
-    card = generate.write_dataset(splits, tmp_path, {"name": "t", "teacher": "extractive", "counts": generated.counts})
-    assert generate.read_split(tmp_path, "train") + generate.read_split(tmp_path, "test") != []
-    assert generate.read_card(tmp_path) == card
-    assert card["splits"] == {name: len(rows) for name, rows in splits.items()}
-    assert "Dataset hash" in (tmp_path / "README.md").read_text()
-    again = generate.write_dataset(splits, tmp_path, {"name": "t", "teacher": "extractive", "counts": {}})
-    assert again["dataset_hash"] == card["dataset_hash"]
-    assert not list(tmp_path.glob(".*tmp"))
+def test_unreachable_endpoint_falls_back_or_stops_resumably(tmp_path):
+    chunks = stdlib_chunks(tmp_path, ("bisect",))
+    down = {"name": "down", "backend": "openai", "model": "m", "base_url": "http://127.0.0.1:9/v1"}
+    with_fallback = GenerateParams(
+        teachers=[{**down, "fallback": "extractive"}, {"name": "extractive", "backend": "extractive", "weight": 1e-9}],
+        max_retries=1,
+        context_chunks=0,
+    )
+    campaign = run(generate.plan_jobs(chunks, with_fallback), with_fallback, tmp_path / "a")
+    assert {r["teacher"] for r in campaign.records} == {"extractive"}
+    assert "failed after 2 tries (ConnectError" in campaign.records[0]["fallback_errors"][0]
+
+    alone = GenerateParams(teachers=[down], max_retries=1, context_chunks=0)
+    with pytest.raises(generate.CampaignError, match=r"teacher 'down': http://127.0.0.1:9/v1 failed after 2 tries"):
+        run(generate.plan_jobs(chunks, alone), alone, tmp_path / "b")
+    assert (tmp_path / "b" / generate.CAMPAIGN_LOG).read_text() == ""  # resumable, nothing half-written

@@ -99,4 +99,4 @@ def test_runs_lists_the_run(first_run, capsys):
 def test_show_code_keeps_inputs(first_run, workdir):
     assert main(["run", CI, "--stages", "generate", "--force", "--show-code"]) == 0
     html = (workdir / "reports" / "ci" / "01_generate.html").read_text()
-    assert "generate_rows" in html
+    assert "plan_jobs" in html

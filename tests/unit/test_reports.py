@@ -49,3 +49,14 @@ def test_index_and_runs_table_from_manifests(workdir):
     assert table.iloc[1]["stage"] == "generate"
     html = reports.write_index().read_text()
     assert 'href="good/00_ingest.html"' in html and "failed: sft, cell 7" in html and "12.3" in html
+
+
+def test_runs_table_shows_the_progress_of_a_running_stage(workdir):
+    manifest = {"run_id": "live", "status": "running", "stages": {"generate": {"status": "running"}}}
+    (workdir / "reports" / "live").mkdir(parents=True)
+    (workdir / "reports" / "live" / "run.json").write_text(json.dumps(manifest))
+    assert reports.runs_table().iloc[0]["stage"] == "generate"  # no progress reported yet
+    stage_dir = workdir / "data" / "runs" / "live" / "generate"
+    stage_dir.mkdir(parents=True)
+    (stage_dir / "progress.json").write_text(json.dumps({"done": 15, "total": 16, "rate_per_s": 0.5, "eta_s": 42}))
+    assert reports.runs_table().iloc[0]["stage"] == "generate 15/16, ETA 0:00:42"

@@ -1,0 +1,176 @@
+"""Campaigns against a real OpenAI-compatible server (`transformers serve` over the tiny model) on loopback:
+the protocol, the response cache, kill -9 and resume, and parse failures of a teacher that talks nonsense."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import httpx
+import pytest
+from test_generate import stdlib_chunks
+
+from tunebook import generate, ingest
+from tunebook.files import read_complete_lines
+from tunebook.params import GenerateParams, TinyParams
+from tunebook.teachers import TeacherUnavailable
+from tunebook.teachers.openai import OpenAITeacher
+
+# Run as a separate process, so that it can be killed with -9 like a real campaign.
+CAMPAIGN_SCRIPT = """
+import json, sys
+from pathlib import Path
+from tunebook import generate
+from tunebook.ingest import Chunk
+from tunebook.params import GenerateParams, TinyParams
+spec = json.loads(Path(sys.argv[1]).read_text())
+chunks = [Chunk(**c) for c in spec["chunks"]]
+params = GenerateParams.model_validate(spec["params"])
+campaign = generate.run_campaign(generate.plan_jobs(chunks, params), params, Path(spec["out_dir"]), TinyParams(), [],
+                                 progress=False)
+print(json.dumps({"requests": campaign.requests, "cache_hits": campaign.cache_hits, "resumed": campaign.resumed}))
+"""
+
+
+def campaign_params(base_url: str, tiny_model: str, **overrides) -> GenerateParams:
+    teachers = [
+        {"name": "served", "backend": "openai", "model": tiny_model, "base_url": base_url, "questions": "extractive",
+         "max_new_tokens": 24},
+        {"name": "extractive", "backend": "extractive"},
+    ]  # fmt: skip
+    return GenerateParams(teachers=teachers, context_chunks=0, concurrency=2, **overrides)
+
+
+def start_campaign(tmp_path: Path, workdir: Path, chunks, params: GenerateParams, out_dir: Path) -> subprocess.Popen:
+    spec = tmp_path / f"spec-{out_dir.name}.json"
+    spec.write_text(json.dumps({"chunks": [asdict(c) for c in chunks], "params": params.model_dump(),
+                                "out_dir": str(out_dir)}))  # fmt: skip
+    env = {**os.environ, "TUNEBOOK_WORKDIR": str(workdir)}
+    return subprocess.Popen(
+        [sys.executable, "-c", CAMPAIGN_SCRIPT, str(spec)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+
+
+def finish(process: subprocess.Popen) -> dict:
+    out, err = process.communicate(timeout=300)
+    assert process.returncode == 0, err.decode()[-2000:]
+    return json.loads(out.decode().strip().splitlines()[-1])
+
+
+def outcome(records: list[dict]) -> tuple[set, set, set]:
+    """What a campaign produced, whatever order its jobs finished in."""
+    jobs = {(r["job"], r["teacher"]) for r in records}
+    samples = {(s["id"], s["messages"][1]["content"]) for r in records for s in r["samples"]}
+    failures = {(f["id"], f["step"]) for r in records for f in r["failures"]}
+    return jobs, samples, failures
+
+
+def test_openai_teacher_answers_through_the_protocol_and_the_cache(openai_server, tiny_model, tmp_path):
+    chunks = stdlib_chunks(tmp_path, ("bisect",))
+    params = campaign_params(openai_server.base_url, tiny_model)
+    jobs = generate.plan_jobs(chunks, params)
+    first = generate.run_campaign(jobs, params, tmp_path / "a", TinyParams(), [], progress=False)
+    served = [r for r in first.records if r["teacher"] == "served"]
+    assert served and first.requests == sum(r["requests"] for r in served) > 0
+    assert all(s["messages"][1]["content"] for r in served for s in r["samples"])  # real, non-empty replies
+    # A finished campaign re-run sends nothing, and so does the same campaign in a new directory.
+    again = generate.run_campaign(jobs, params, tmp_path / "a", TinyParams(), [], progress=False)
+    assert (again.requests, again.resumed) == (0, len(jobs))
+    elsewhere = generate.run_campaign(jobs, params, tmp_path / "b", TinyParams(), [], progress=False)
+    assert (elsewhere.requests, elsewhere.cache_hits) == (0, first.requests)
+    assert outcome(elsewhere.records) == outcome(first.records)
+
+
+def test_kill_9_then_resume_loses_nothing_and_sends_nothing_twice(openai_server, tiny_model, tmp_path, workdir):
+    chunks = stdlib_chunks(tmp_path, ("bisect", "heapq"))
+    params = campaign_params(openai_server.base_url, tiny_model)
+    answered_at_start = openai_server.requests_answered()
+    reference = finish(start_campaign(tmp_path, tmp_path / "reference-workdir", chunks, params, tmp_path / "ref"))
+    expected = outcome(read_complete_lines(tmp_path / "ref" / generate.CAMPAIGN_LOG))
+
+    out_dir = tmp_path / "killed"
+    log = out_dir / generate.CAMPAIGN_LOG
+    process = start_campaign(tmp_path, workdir, chunks, params, out_dir)
+    deadline = time.monotonic() + 120
+    while not (log.exists() and len(log.read_text().splitlines()) >= 3):
+        assert process.poll() is None and time.monotonic() < deadline, "the campaign ended before it could be killed"
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    done_before_kill = log.read_text().splitlines()
+    assert all(json.loads(line) for line in done_before_kill)  # parseable at the moment of the kill
+    assert len(done_before_kill) < len(chunks)
+
+    answered_before = openai_server.requests_answered()
+    resumed = finish(start_campaign(tmp_path, workdir, chunks, params, out_dir))
+    records = read_complete_lines(log)
+    assert resumed["resumed"] >= len(done_before_kill)
+    assert len(records) == len({r["job"] for r in records}) == len(chunks)  # 0 duplicated
+    assert outcome(records) == expected  # 0 lost, and the same samples
+    # The server's own count: only the requests in flight when the process died can have been sent twice.
+    assert openai_server.requests_answered() - answered_before == resumed["requests"]
+    sent_in_all = openai_server.requests_answered() - answered_at_start
+    assert reference["requests"] <= sent_in_all - reference["requests"] <= reference["requests"] + params.concurrency
+
+
+def test_a_teacher_that_writes_no_json_gets_parse_failures_with_ids(openai_server, tiny_model, tmp_path):
+    chunks = stdlib_chunks(tmp_path, ("bisect", "heapq"))
+    collection = ingest.open_collection(tmp_path / "chroma", "ctx", ingest.EMBEDDED_MODEL)
+    ingest.index_chunks(collection, chunks, progress=False)
+    params = GenerateParams(
+        teachers=[
+            {
+                "name": "served",
+                "backend": "openai",
+                "model": tiny_model,
+                "base_url": openai_server.base_url,
+                "max_new_tokens": 24,
+            }
+        ],  # fmt: skip
+        context_chunks=2,
+        concurrency=4,
+    )
+    jobs = generate.plan_jobs(chunks, params, collection)
+    assert all(len(job.context) == 2 and job.chunk not in job.context for job in jobs)
+    campaign = generate.run_campaign(jobs, params, tmp_path / "out", TinyParams(), [], progress=False)
+    dataset = generate.build_dataset(campaign.records, chunks, params)
+    table = dataset.failures
+    assert sorted(table["id"]) == sorted(job.id for job in jobs)  # one per job, named by the job's id
+    assert set(table["step"]) == {"questions"} and table["error"].str.len().min() > 0
+    generate.write_dataset(dataset, tmp_path / "out", params, "t")
+    assert len((tmp_path / "out" / "failures.jsonl").read_text().splitlines()) == len(jobs)
+    assert dataset.counts["parse_failures"] == len(jobs) and dataset.counts["kept"] == 0
+    assert dataset.teachers.iloc[0]["failure_rate"] == 1.0
+
+
+@pytest.mark.parametrize("status", [429, 503])
+def test_retryable_statuses_are_retried_with_backoff(status, tmp_path):
+    """The retry policy on the statuses a local server never sends: a scripted transport, not a protocol fake."""
+    calls = []
+
+    def respond(request: httpx.Request) -> httpx.Response:
+        calls.append(request)
+        if len(calls) < 3:
+            return httpx.Response(status, headers={"retry-after": "0"}, text="slow down")
+        return httpx.Response(200, json={"choices": [{"message": {"role": "assistant", "content": "ok"}}]})
+
+    params = GenerateParams(max_retries=3)
+    spec = {"name": "t", "backend": "openai", "model": "m", "base_url": "http://127.0.0.1:1/v1"}
+    teacher = OpenAITeacher(GenerateParams(teachers=[spec]).teachers[0], params, transport=httpx.MockTransport(respond))
+    assert asyncio.run(teacher.chat([{"role": "user", "content": "hi"}])) == "ok"
+    assert len(calls) == 3
+    calls.clear()
+    stubborn = OpenAITeacher(
+        GenerateParams(teachers=[spec]).teachers[0],
+        GenerateParams(max_retries=1),
+        transport=httpx.MockTransport(lambda r: calls.append(r) or httpx.Response(status, text="no")),
+    )
+    with pytest.raises(TeacherUnavailable, match=f"failed after 2 tries .*HTTP {status}"):
+        asyncio.run(stubborn.chat([{"role": "user", "content": "hi"}]))
