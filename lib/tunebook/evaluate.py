@@ -30,7 +30,8 @@ def evaluate_models(test_rows: list[dict], params: EvaluateParams, run_id: str, 
     for name in params.models:
         spec = registry.resolve(name, run_id)
         loaded = models.load_model(name, spec["base_model"], spec["adapter"])
-        predictions = models.generate(loaded, prompts, params.max_new_tokens, params.batch_size, progress)
+        generations = models.generate(loaded, prompts, params.max_new_tokens, params.batch_size, progress)
+        predictions = [g.text for g in generations]
         nll, tokens = models.reference_nll(loaded, [row["messages"] for row in rows], params.batch_size, progress)
         scores = metrics.score_examples(predictions, references)
         bleu, signature = metrics.corpus_bleu(predictions, references)
@@ -42,6 +43,7 @@ def evaluate_models(test_rows: list[dict], params: EvaluateParams, run_id: str, 
                     "question": [p[-1]["content"] for p in prompts],
                     "reference": references,
                     "prediction": predictions,
+                    "stopped": [g.stopped for g in generations],
                 }
             ).join(scores)
         )

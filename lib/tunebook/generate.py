@@ -31,7 +31,7 @@ from tunebook.files import (
 )
 from tunebook.ingest import Chunk
 from tunebook.params import GenerateParams, PromptParams, TeacherParams, TinyParams
-from tunebook.teachers import TeacherUnavailable, extractive
+from tunebook.teachers import Reply, TeacherUnavailable, extractive
 from tunebook.teachers.cache import ResponseCache, request_key
 
 SPLITS = ("train", "val", "test")
@@ -134,7 +134,7 @@ class Pool:
 
                 self.chat_teachers[spec.name] = OpenAITeacher(spec, params)
 
-    async def chat(self, name: str, messages: list[dict], tally: Counter) -> str:
+    async def chat(self, name: str, messages: list[dict], tally: Counter) -> Reply:
         teacher = self.chat_teachers[name]
         key = request_key(self.specs[name].backend, teacher.model_id, messages, teacher.sampling)
         sent_before = self.cache.sent
@@ -202,17 +202,26 @@ async def _ask(pool: Pool, name: str, job: Job, params: GenerateParams) -> dict:
     for question in questions:
         row_id = sha256_text(question)[:16]
         try:
-            answer = await pool.chat(
+            reply = await pool.chat(
                 name, _messages(params.prompts, params.prompts.answer.format(**fields, question=question)), tally
             )
         except ValueError as err:
             failures.append({"id": row_id, "step": "answer", "error": str(err), "output": ""})
             continue
-        if answer.strip():
-            samples.append(_row(question, answer.strip(), f"{pool.specs[name].questions}-question", name, job))
+        error = _answer_error(reply, pool.specs[name].max_new_tokens)
+        if error:
+            failures.append({"id": row_id, "step": "answer", "error": error, "output": reply.text[:500]})
         else:
-            failures.append({"id": row_id, "step": "answer", "error": "an empty answer", "output": answer[:500]})
+            samples.append(_row(question, reply.text.strip(), f"{pool.specs[name].questions}-question", name, job))
     return {"teacher": name, "samples": samples, "failures": failures, **tally}
+
+
+def _answer_error(reply: Reply, max_new_tokens: int) -> str | None:
+    if not reply.text.strip():
+        return "an empty answer"
+    if not reply.stopped:
+        return f"cut off: no end of turn within max_new_tokens ({max_new_tokens})"
+    return None
 
 
 async def _write_questions(
@@ -221,11 +230,12 @@ async def _write_questions(
     """The teacher's questions about the chunk; a reply that is not a JSON list is a parse failure."""
     try:
         reply = await pool.chat(name, _messages(params.prompts, params.prompts.question.format(**fields)), tally)
-        questions, error = parse_questions(reply, params.questions_per_chunk)
+        questions, error = parse_questions(reply.text, params.questions_per_chunk)
+        output = reply.text
     except ValueError as err:  # the server answered, but not in the protocol
-        reply, questions, error = "", [], str(err)
+        output, questions, error = "", [], str(err)
     if error:
-        failures.append({"id": job.id, "step": "questions", "error": error, "output": reply[:500]})
+        failures.append({"id": job.id, "step": "questions", "error": error, "output": output[:500]})
     return questions
 
 

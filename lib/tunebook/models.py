@@ -14,6 +14,12 @@ from tqdm import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 
+@dataclass(frozen=True)
+class Generation:
+    text: str
+    stopped: bool  # ended its turn before max_new_tokens; a model that never stops was trained without its end token
+
+
 @dataclass
 class LoadedModel:
     name: str
@@ -51,7 +57,7 @@ def generate(
     batch_size: int,
     progress: bool = True,
     temperature: float = 0.0,
-) -> list[str]:
+) -> list[Generation]:
     """Answers to each conversation's last user turn, in batches with left padding; greedy at temperature 0."""
     tokenizer = loaded.tokenizer
     tokenizer.padding_side = "left"
@@ -70,7 +76,9 @@ def generate(
             eos_token_id=tokenizer.eos_token_id,
         )
         new_tokens = output[:, batch["input_ids"].shape[1] :]
-        answers += [text.strip() for text in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+        texts = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+        stopped = (new_tokens == tokenizer.eos_token_id).any(dim=1).tolist()
+        answers += [Generation(text.strip(), ended) for text, ended in zip(texts, stopped, strict=True)]
     return answers
 
 

@@ -79,7 +79,12 @@ def test_openai_teacher_answers_through_the_protocol_and_the_cache(openai_server
     first = generate.run_campaign(jobs, params, tmp_path / "a", TinyParams(), [], progress=False)
     served = [r for r in first.records if r["teacher"] == "served"]
     assert served and first.requests == sum(r["requests"] for r in served) > 0
-    assert all(s["messages"][1]["content"] for r in served for s in r["samples"])  # real, non-empty replies
+    # Every answer the server wrote is a sample, or a failure that keeps what it said: the tiny model talks
+    # in blank lines and seldom ends its turn within 24 tokens.
+    answers = [s for r in served for s in r["samples"]] + [f for r in served for f in r["failures"]]
+    assert len(answers) == first.requests and all(f["output"] for r in served for f in r["failures"])
+    cut_off = "cut off: no end of turn within max_new_tokens (24)"
+    assert {f["error"] for r in served for f in r["failures"]} <= {"an empty answer", cut_off}
     # A finished campaign re-run sends nothing, and so does the same campaign in a new directory.
     again = generate.run_campaign(jobs, params, tmp_path / "a", TinyParams(), [], progress=False)
     assert (again.requests, again.resumed) == (0, len(jobs))
@@ -164,7 +169,7 @@ def test_retryable_statuses_are_retried_with_backoff(status, tmp_path):
     params = GenerateParams(max_retries=3)
     spec = {"name": "t", "backend": "openai", "model": "m", "base_url": "http://127.0.0.1:1/v1"}
     teacher = OpenAITeacher(GenerateParams(teachers=[spec]).teachers[0], params, transport=httpx.MockTransport(respond))
-    assert asyncio.run(teacher.chat([{"role": "user", "content": "hi"}])) == "ok"
+    assert asyncio.run(teacher.chat([{"role": "user", "content": "hi"}])).text == "ok"
     assert len(calls) == 3
     calls.clear()
     stubborn = OpenAITeacher(

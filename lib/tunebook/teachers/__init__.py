@@ -6,6 +6,14 @@ OpenAI-compatible endpoint) are chat teachers: they answer the campaign's prompt
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Reply:
+    text: str
+    stopped: bool = True  # False when the teacher ran into its max_new_tokens: the reply is cut off
+
 
 class TeacherUnavailable(RuntimeError):
     """A teacher that cannot answer at all (endpoint down after its retries, bad key, unknown model).

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from tunebook import paths
 from tunebook.files import sha256_text, write_atomic
+from tunebook.teachers import Reply
 
 
 def cache_dir() -> Path:
@@ -33,34 +34,38 @@ class ResponseCache:
         self.sent = 0
         self.hits = 0
         # The same request twice in flight is sent once; the second caller awaits the first's answer.
-        self._inflight: dict[str, asyncio.Future[str]] = {}
+        self._inflight: dict[str, asyncio.Future[Reply]] = {}
 
     def _path(self, key: str) -> Path:
         return self.directory / key[:2] / f"{key}.json"
 
-    def get(self, key: str) -> str | None:
+    def get(self, key: str) -> Reply | None:
         path = self._path(key)
-        return json.loads(path.read_text(encoding="utf-8"))["text"] if path.exists() else None
+        if not path.exists():
+            return None
+        stored = json.loads(path.read_text(encoding="utf-8"))
+        return Reply(stored["text"], stored["stopped"])
 
-    def put(self, key: str, text: str) -> None:
-        write_atomic(self._path(key), json.dumps({"key": key, "text": text}, ensure_ascii=False) + "\n")
+    def put(self, key: str, reply: Reply) -> None:
+        stored = {"key": key, "text": reply.text, "stopped": reply.stopped}
+        write_atomic(self._path(key), json.dumps(stored, ensure_ascii=False) + "\n")
 
-    async def fetch(self, key: str, send: Callable[[], Awaitable[str]]) -> str:
+    async def fetch(self, key: str, send: Callable[[], Awaitable[Reply]]) -> Reply:
         """The cached response for key, or send() once, store its answer and return it."""
-        if (text := self.get(key)) is not None:
+        if (reply := self.get(key)) is not None:
             self.hits += 1
-            return text
+            return reply
         if key in self._inflight:
             self.hits += 1
             return await asyncio.shield(self._inflight[key])
-        future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
         self._inflight[key] = future
         try:
             self.sent += 1
-            text = await send()
-            self.put(key, text)
-            future.set_result(text)
-            return text
+            reply = await send()
+            self.put(key, reply)
+            future.set_result(reply)
+            return reply
         except asyncio.CancelledError:
             future.cancel()
             raise

@@ -10,6 +10,7 @@ import asyncio
 
 from tunebook import models
 from tunebook.params import TeacherParams
+from tunebook.teachers import Reply
 
 
 class HFTeacher:
@@ -19,11 +20,11 @@ class HFTeacher:
         self.sampling = {"max_tokens": spec.max_new_tokens, "temperature": spec.temperature}
         self._batch_size = spec.batch_size
         self._loaded: models.LoadedModel | None = None
-        self._pending: list[tuple[list[dict], asyncio.Future[str]]] = []
+        self._pending: list[tuple[list[dict], asyncio.Future[Reply]]] = []
         self._worker: asyncio.Task | None = None
 
-    async def chat(self, messages: list[dict]) -> str:
-        future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+    async def chat(self, messages: list[dict]) -> Reply:
+        future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
         self._pending.append((messages, future))
         if self._worker is None or self._worker.done():
             self._worker = asyncio.create_task(self._drain())
@@ -45,10 +46,10 @@ class HFTeacher:
                 else:
                     future.set_result(answer)
 
-    def _generate(self, conversations: list[list[dict]]) -> list[str]:
+    def _generate(self, conversations: list[list[dict]]) -> list[Reply]:
         if self._loaded is None:
             self._loaded = models.load_model(self.name, self.model_id)
-        return models.generate(
+        generations = models.generate(
             self._loaded,
             conversations,
             self.sampling["max_tokens"],
@@ -56,6 +57,7 @@ class HFTeacher:
             progress=False,
             temperature=self.sampling["temperature"],
         )
+        return [Reply(g.text, g.stopped) for g in generations]
 
     async def aclose(self) -> None:
         self._loaded = None

@@ -15,7 +15,7 @@ from aiolimiter import AsyncLimiter
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
 from tunebook.params import GenerateParams, TeacherParams
-from tunebook.teachers import TeacherUnavailable
+from tunebook.teachers import Reply, TeacherUnavailable
 
 CHARS_PER_TOKEN = 4  # rough, only to budget tokens-per-minute before the server counts them
 
@@ -51,7 +51,7 @@ class OpenAITeacher:
         self._requests = AsyncLimiter(campaign.requests_per_minute, 60) if campaign.requests_per_minute else None
         self._tokens = AsyncLimiter(campaign.tokens_per_minute, 60) if campaign.tokens_per_minute else None
 
-    async def chat(self, messages: list[dict]) -> str:
+    async def chat(self, messages: list[dict]) -> Reply:
         """The assistant's reply; raises TeacherUnavailable once the retries are spent."""
         body = {"model": self.model_id, "messages": messages, **self.sampling}
         retrying = AsyncRetrying(
@@ -74,7 +74,8 @@ class OpenAITeacher:
                 f"teacher '{self.name}': {self.base_url} answered HTTP {response.status_code}: {response.text[:200]}"
             )
         try:
-            return response.json()["choices"][0]["message"]["content"] or ""
+            choice = response.json()["choices"][0]
+            return Reply(choice["message"]["content"] or "", choice.get("finish_reason") != "length")
         except (ValueError, KeyError, IndexError, TypeError) as err:
             # The server spoke, but not the protocol: a parse failure of this request, not a dead teacher.
             raise ValueError(f"not an OpenAI chat completion ({type(err).__name__}): {response.text[:200]}") from None
