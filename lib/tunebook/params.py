@@ -171,7 +171,9 @@ class GenerateParams(Strict):
 class SftParams(Strict):
     base_model: str = "tiny"
     base_config: str | None = None  # a config.json to plan with when the base is not on this machine
-    method: Literal["lora", "qlora"] = "lora"
+    # chat: the generate stage's question/answer rows; text: continued pre-training on the corpus chunks
+    task: Literal["chat", "text"] = "chat"
+    method: Literal["lora", "qlora", "full"] = "lora"  # full: every weight trained, for small models
     lora_r: int = Field(16, ge=1)
     lora_alpha: int = Field(32, ge=1)
     lora_dropout: float = Field(0.05, ge=0, lt=1)
@@ -184,6 +186,9 @@ class SftParams(Strict):
     batch_size: int = Field(8, ge=1)
     grad_accum: int = Field(1, ge=1)
     max_length: int = Field(512, ge=16)
+    # batches of similar lengths, each padded only to its longest example: little compute spent on padding
+    group_by_length: bool = True
+    packing: bool = False  # pack examples into max_length rows, padding-free (checked: no attention across them)
     gradient_checkpointing: bool = False
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     logging_steps: int = Field(10, ge=1)

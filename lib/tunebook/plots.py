@@ -70,3 +70,24 @@ def metric_bars(summary: pd.DataFrame, metrics: list[str], title: str = "Test-sp
     ax.set_ylabel("score (0-100)")
     ax.set_xlabel("")
     return fig
+
+
+def token_mask(tokens: list[str], trained: list[bool], title: str = "Tokens the loss trains", per_line: int = 16):
+    """One example's tokens in reading order, the trained ones highlighted: what assistant-only loss sees."""
+    rows = [list(range(start, min(start + per_line, len(tokens)))) for start in range(0, len(tokens), per_line)]
+    fig, ax = _figure(title, width=11, height=0.35 * len(rows) + 0.8)
+    ax.set_xlim(0, per_line)
+    ax.set_ylim(len(rows), 0)
+    ax.axis("off")
+    for row, indices in enumerate(rows):
+        for column, index in enumerate(indices):
+            # Make whitespace and control tokens visible: "▁" is SentencePiece's space.
+            label = tokens[index].replace("\n", "\\n").replace("▁", "·")
+            ax.text(
+                column + 0.5, row + 0.5, label[:10], ha="center", va="center", fontsize=7, family="monospace",
+                bbox={"boxstyle": "round,pad=0.2", "facecolor": _PALETTE[2] if trained[index] else "#eeeeee",
+                      "edgecolor": "none"},
+            )  # fmt: skip
+    ax.text(0, len(rows) + 0.2, "green: trained (assistant answer and its end of turn); grey: context only",
+            fontsize=8, va="top")  # fmt: skip
+    return fig

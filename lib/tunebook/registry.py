@@ -48,4 +48,5 @@ def resolve(name: str, run_id: str) -> dict:
         known = ", ".join(sorted(models)) or "none yet"
         raise RegistryError(f"no model named '{name}' in {registry_path()} (known: {known})")
     entry = models[key]
-    return {"name": name, "base_model": entry["base_model"], "adapter": entry["adapter"]}
+    # A fully fine-tuned model is a model directory of its own; an adapter goes on top of its base.
+    return {"name": name, "base_model": entry.get("model_dir") or entry["base_model"], "adapter": entry["adapter"]}

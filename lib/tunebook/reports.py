@@ -101,7 +101,8 @@ def render_html(notebook_path: Path, show_code: bool = False) -> Path:
     """NN_stage.html beside the executed notebook; code cells are hidden unless asked for."""
     notebook = nbformat.read(notebook_path, as_version=4)
     for cell in notebook.cells:
-        for output in cell.get("outputs", []):
+        cell["outputs"] = merge_streams(cell.get("outputs", []))
+        for output in cell["outputs"]:
             if output.get("output_type") == "stream":
                 output["text"] = collapse_carriage_returns(output["text"])
     exporter = HTMLExporter(exclude_input=not show_code, exclude_input_prompt=True, exclude_output_prompt=True)
@@ -109,6 +110,23 @@ def render_html(notebook_path: Path, show_code: bool = False) -> Path:
     html_path = notebook_path.with_suffix(".html")
     write_atomic(html_path, body)
     return html_path
+
+
+def merge_streams(outputs: list) -> list:
+    """Consecutive writes to one stream as one output, as a terminal would show them. A bar drawn from a
+    worker thread reaches the notebook as one output per redraw, which would otherwise render as a line each."""
+    merged: list = []
+    for output in outputs:
+        previous = merged[-1] if merged else None
+        if (
+            previous is not None
+            and output.get("output_type") == previous.get("output_type") == "stream"
+            and output["name"] == previous["name"]
+        ):
+            previous["text"] += output["text"]
+        else:
+            merged.append(output)
+    return merged
 
 
 def collapse_carriage_returns(text: str) -> str:

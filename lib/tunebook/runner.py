@@ -11,7 +11,10 @@ import json
 import platform
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import metadata
@@ -20,10 +23,11 @@ from pathlib import Path
 import papermill
 from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
 from papermill.exceptions import PapermillExecutionError
+from tqdm import tqdm
 
 import tunebook
 from tunebook import paths, reports
-from tunebook.files import hash_tree, sha256_text, write_atomic
+from tunebook.files import PROGRESS_FILE, hash_tree, read_progress, sha256_text, write_atomic
 from tunebook.params import Params, mask_secrets
 
 KERNEL = "tunebook"
@@ -197,14 +201,47 @@ def _missing_upstream(run_id: str, selected: list[str], manifest: dict) -> None:
 
 def _execute(params: Params, stage: str, report_dir: Path, progress: bool) -> None:
     _log(f"[{stage}] running {paths.NOTEBOOKS[stage]}.ipynb")
-    papermill.execute_notebook(
-        str(paths.notebook_path(stage)),
-        str(report_dir / f"{paths.NOTEBOOKS[stage]}.ipynb"),
-        parameters=params.stage_parameters(stage),
-        kernel_name=KERNEL,
-        cwd=str(paths.notebook_path(stage).parent),
-        progress_bar={"desc": f"{paths.NOTEBOOKS[stage]} cells"} if progress else False,
-    )
+    with _stage_progress(paths.run_dir(params.run.id) / stage, stage, progress):
+        papermill.execute_notebook(
+            str(paths.notebook_path(stage)),
+            str(report_dir / f"{paths.NOTEBOOKS[stage]}.ipynb"),
+            parameters=params.stage_parameters(stage),
+            kernel_name=KERNEL,
+            cwd=str(paths.notebook_path(stage).parent),
+            progress_bar={"desc": f"{paths.NOTEBOOKS[stage]} cells"} if progress else False,
+        )
+
+
+@contextmanager
+def _stage_progress(stage_dir: Path, stage: str, show: bool) -> Iterator[None]:
+    """Mirror the progress a running notebook reports (progress.json) as a second bar in the terminal:
+    papermill shows which cell runs, this shows how far a long cell (a campaign) has got, with its ETA."""
+    (stage_dir / PROGRESS_FILE).unlink(missing_ok=True)  # a crashed run's last word is not this run's
+    if not show:
+        yield
+        return
+    done = threading.Event()
+
+    def follow() -> None:
+        bar = None
+        while not done.wait(0.5):
+            state = read_progress(stage_dir)
+            if state is None:
+                continue
+            if bar is None:
+                bar = tqdm(total=state["total"], desc=f"{stage} progress", position=1, leave=False)
+            bar.n = state["done"]
+            bar.refresh()
+        if bar is not None:
+            bar.close()
+
+    follower = threading.Thread(target=follow, daemon=True)
+    follower.start()
+    try:
+        yield
+    finally:
+        done.set()
+        follower.join()
 
 
 def _ensure_kernel() -> None:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import math
+import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,95 +14,277 @@ import torch
 from datasets import Dataset
 from peft import LoraConfig
 from torch.utils.tensorboard import SummaryWriter
-from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, set_seed
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    BitsAndBytesConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    TrainerCallback,
+    set_seed,
+)
 from transformers.integrations import TensorBoardCallback
+from transformers.trainer_utils import get_last_checkpoint
 from trl import SFTConfig, SFTTrainer
 
 from tunebook import registry
-from tunebook.files import hash_tree, write_atomic
+from tunebook.files import hash_tree, sha256_text, write_atomic
 from tunebook.generate import read_card, read_split
+from tunebook.ingest import Chunk
 from tunebook.params import SftParams
+
+
+class TemplateError(ValueError):
+    """A chat template that assistant-only loss cannot train correctly; the message says what to fix."""
+
+
+@dataclass
+class TokenMask:
+    """One example as the trainer sees it: its tokens, and which of them the loss trains."""
+
+    tokens: list[str]
+    trained: list[bool]
+
+
+_GENERATION_MARKER = re.compile(r"\{%-?\s*generation\s*-?%\}")
+
+
+def check_template(tokenizer: PreTrainedTokenizerBase, messages: list[dict]) -> TokenMask:
+    """Fail before any compute when assistant-only loss would train nothing, everything, or never the end of turn.
+
+    Stock templates often lack {% generation %} markers: the mask is then empty (nothing is trained) or a
+    fallback trains every token. And a template that leaves the end-of-turn token out of the mask gives a
+    model that never stops talking.
+    """
+    template = tokenizer.chat_template
+    if not template:
+        raise TemplateError("the tokenizer has no chat template: set one with {% generation %} markers")
+    if not _GENERATION_MARKER.search(template if isinstance(template, str) else template.get("default", "")):
+        raise TemplateError(
+            "the chat template has no {% generation %} markers, so the assistant-only loss mask is empty and nothing "
+            "would be trained: use a template that wraps each assistant turn and its end-of-turn token in "
+            "{% generation %}...{% endgeneration %}"
+        )
+    encoded = tokenizer.apply_chat_template(
+        messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True
+    )
+    ids, mask = encoded["input_ids"], [bool(m) for m in encoded["assistant_masks"]]
+    if not any(mask):
+        raise TemplateError(
+            "the chat template marks no assistant token in a training example: nothing would be trained"
+        )
+    if all(mask):
+        raise TemplateError("the chat template marks every token as the assistant's: the prompts would be trained too")
+    if tokenizer.eos_token_id not in {token for token, trained in zip(ids, mask, strict=True) if trained}:
+        raise TemplateError(
+            f"the end-of-turn token {tokenizer.eos_token!r} is not among the trained tokens: the model would never "
+            "learn to stop; move it inside {% generation %}...{% endgeneration %}"
+        )
+    return TokenMask(tokenizer.convert_ids_to_tokens(ids), mask)
+
+
+class TrainingDiverged(RuntimeError):
+    pass
+
+
+class StopOnNonFinite(TrainerCallback):
+    """Stop at the first logged loss that is NaN or infinite, naming the step, instead of training on garbage."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        for key in ("loss", "eval_loss"):
+            value = (logs or {}).get(key)
+            if value is not None and not math.isfinite(value):
+                raise TrainingDiverged(
+                    f"{key} became {value} at step {state.global_step} (logged every {args.logging_steps} steps): "
+                    "lower sft.learning_rate, use fp32 or bf16 rather than fp16, or look for broken rows in the data"
+                )
+
+
+def check_packing_isolation(model: PreTrainedModel, tolerance: float = 1e-4) -> None:
+    """Packed examples must not attend to each other. Padding-free batches mark example boundaries only by
+    position ids; an attention backend that ignores them would let every example see the ones before it.
+    Compare two examples run alone with the same two packed into one row."""
+    first, second = torch.arange(3, 11).unsqueeze(0), torch.arange(20, 26).unsqueeze(0)
+    packed = torch.cat([first, second], dim=1)
+    positions = torch.cat([torch.arange(8), torch.arange(6)]).unsqueeze(0)
+    device = next(model.parameters()).device
+    # As the trainer runs it: without a KV cache, which would turn off transformers' packed-sequence masks.
+    with torch.no_grad():
+        alone = model(input_ids=second.to(device), use_cache=False).logits[0]
+        together = model(input_ids=packed.to(device), position_ids=positions.to(device), use_cache=False).logits[0, 8:]
+    gap = (alone.float() - together.float()).abs().max().item()
+    if gap > tolerance * max(1.0, alone.float().abs().max().item()):
+        raise TemplateError(
+            f"with {model.config._attn_implementation!r} attention, packed examples attend to each other (logits "
+            f"differ by {gap:.3g}): set sft.packing=false, or use an attention backend that honours position ids"
+        )
 
 
 @dataclass
 class SftResult:
-    adapter_dir: Path
+    output_dir: Path  # the adapter, or the whole model with `method: full`
     base_model: str
     history: pd.DataFrame  # one row per logged step: step, split (train/eval), loss
     metrics: dict[str, float]
     trainable_params: int
     total_params: int
+    resumed_from: str | None = None  # the checkpoint an interrupted run was resumed from
+
+
+@dataclass
+class TrainingData:
+    train: Dataset
+    val: Dataset
+    data_hash: str  # what the registry records as the model's training data
+
+
+def training_data(params: SftParams, dataset_dir: Path, chunks: list[Chunk]) -> TrainingData:
+    """`chat`: the generate stage's rows in TRL's `messages` format. `text`: continued pre-training on the
+    corpus chunks, 1 in 20 (by a hash of the chunk id, so stably) held out to evaluate on."""
+    if params.task == "chat":
+        splits = {
+            split: Dataset.from_list([{"messages": row["messages"]} for row in read_split(dataset_dir, split)])
+            for split in ("train", "val")
+        }
+        return TrainingData(splits["train"], splits["val"], read_card(dataset_dir)["dataset_hash"])
+    held_out = [int(sha256_text(chunk.id)[:8], 16) % 20 == 0 for chunk in chunks]
+    train = [{"text": c.text} for c, out in zip(chunks, held_out, strict=True) if not out]
+    val = [{"text": c.text} for c, out in zip(chunks, held_out, strict=True) if out]
+    data_hash = sha256_text("".join(chunk.id for chunk in chunks))
+    return TrainingData(Dataset.from_list(train), Dataset.from_list(val), data_hash)
 
 
 def train_sft(
-    params: SftParams, base_model: str, dataset_dir: Path, out_dir: Path, seed: int, progress: bool = True
+    params: SftParams, base_model: str, data: TrainingData, out_dir: Path, seed: int, progress: bool = True
 ) -> SftResult:
-    """Train an adapter on the train split, evaluating on val; the adapter lands in out_dir/adapter."""
+    """Train on data.train, evaluating on data.val: a LoRA adapter in out_dir/adapter, or with
+    `method: full` the whole model in out_dir/model."""
     # Seed before the model exists: SFTTrainer initialises the LoRA weights before Trainer seeds anything.
     set_seed(seed)
     tokenizer = AutoTokenizer.from_pretrained(base_model)
+    if params.task == "chat":
+        check_template(tokenizer, data.train[0]["messages"])
     model = AutoModelForCausalLM.from_pretrained(base_model, **_load_kwargs(params))
-    datasets = {
-        split: Dataset.from_list([{"messages": row["messages"]} for row in read_split(dataset_dir, split)])
-        for split in ("train", "val")
-    }
+    if params.packing:
+        check_packing_isolation(model)
     tensorboard = SummaryWriter(log_dir=str(out_dir / "tensorboard"))
     trainer = SFTTrainer(
         model=model,
-        args=_sft_config(params, out_dir, seed, has_val=len(datasets["val"]) > 0, progress=progress),
-        train_dataset=datasets["train"],
-        eval_dataset=datasets["val"] if len(datasets["val"]) else None,
+        args=_sft_config(params, out_dir, seed, has_val=len(data.val) > 0, progress=progress),
+        train_dataset=data.train,
+        eval_dataset=data.val if len(data.val) else None,
         processing_class=tokenizer,
-        peft_config=LoraConfig(
+        peft_config=None if params.method == "full" else LoraConfig(
             r=params.lora_r,
             lora_alpha=params.lora_alpha,
             lora_dropout=params.lora_dropout,
             target_modules=params.target_modules,
             task_type="CAUSAL_LM",
         ),
-        callbacks=[TensorBoardCallback(tb_writer=tensorboard)],
-    )
-    trainer.train()
-    metrics = {"train_loss": _last(trainer.state.log_history, "train_loss")}
+        callbacks=[TensorBoardCallback(tb_writer=tensorboard), StopOnNonFinite()],
+    )  # fmt: skip
+    checkpoint = resumable_checkpoint(out_dir / "checkpoints", _training_key(params, base_model, data, seed))
+    try:
+        trainer.train(resume_from_checkpoint=checkpoint)
+    except torch.OutOfMemoryError:
+        raise MemoryError(out_of_memory_advice(params)) from None
+    metrics = {
+        "train_loss": _last(trainer.state.log_history, "train_loss"),
+        # Real (non-padding) tokens a second of this session: what packing and padding-free batches buy.
+        "train_tokens_per_s": _last(trainer.state.log_history, "train_tokens_per_second"),
+    }
     if trainer.eval_dataset is not None:
         metrics["eval_loss"] = trainer.evaluate()["eval_loss"]
     tensorboard.close()
 
-    adapter_dir = out_dir / "adapter"
-    trainer.save_model(str(adapter_dir))  # adapter weights + tokenizer with its chat template
+    output_dir = out_dir / ("model" if params.method == "full" else "adapter")
+    trainer.save_model(str(output_dir))  # the weights (or adapter) + the tokenizer with its chat template
     trainable, total = _count_parameters(trainer.model)
     history = _history(trainer.state.log_history)
     write_atomic(out_dir / "log_history.json", json.dumps(trainer.state.log_history, indent=1) + "\n")
-    return SftResult(adapter_dir, base_model, history, metrics, trainable, total)
+    return SftResult(output_dir, base_model, history, metrics, trainable, total, resumed_from=checkpoint)
 
 
-def register_adapter(run_id: str, result: SftResult, params: SftParams, dataset_dir: Path) -> str:
-    """Write the adapter's model card and record it in the registry as RUN_ID:sft."""
+def resumable_checkpoint(checkpoints_dir: Path, key: str) -> str | None:
+    """The last checkpoint of an interrupted run of this same training, else None (and stale checkpoints go).
+
+    Checkpoints are only worth resuming from when the base, data, params and seed are the ones they were
+    made with: the key of those is kept beside them.
+    """
+    key_file = checkpoints_dir / "training_key"
+    if checkpoints_dir.is_dir() and not (key_file.is_file() and key_file.read_text() == key):
+        shutil.rmtree(checkpoints_dir)
+    checkpoints_dir.mkdir(parents=True, exist_ok=True)
+    key_file.write_text(key)
+    return get_last_checkpoint(str(checkpoints_dir))
+
+
+def _training_key(params: SftParams, base_model: str, data: TrainingData, seed: int) -> str:
+    base = Path(base_model)
+    identity = {
+        "params": params.model_dump(),
+        "base": hash_tree(base) if base.is_dir() else base_model,
+        "data": data.data_hash,
+        "seed": seed,
+    }
+    return sha256_text(json.dumps(identity, sort_keys=True))
+
+
+def out_of_memory_advice(params: SftParams) -> str:
+    """What to change when training runs out of memory, from the settings in use, cheapest first."""
+    steps = []
+    if params.batch_size > 1:
+        steps.append(f"sft.batch_size={params.batch_size // 2} with sft.grad_accum={params.grad_accum * 2} "
+                     "(the same effective batch)")  # fmt: skip
+    if not params.gradient_checkpointing:
+        steps.append("sft.gradient_checkpointing=true")
+    steps.append(f"a shorter sft.max_length (now {params.max_length})")
+    if params.method != "qlora":
+        steps.append("sft.method=qlora (a 4-bit base)")
+    return "out of memory while training; try " + "; or ".join(steps) + " (`tunebook plan` estimates the memory)"
+
+
+def template_check(base_model: str, data: TrainingData) -> TokenMask | None:
+    """The template check on the first training example, as train_sft runs it, for the report (chat only)."""
+    if "messages" not in data.train.column_names:
+        return None
+    return check_template(AutoTokenizer.from_pretrained(base_model), data.train[0]["messages"])
+
+
+def register_model(run_id: str, result: SftResult, params: SftParams, data: TrainingData) -> str:
+    """Write the model card and record the model in the registry as RUN_ID:sft."""
     base = Path(result.base_model)
+    full = params.method == "full"
     entry = {
         "base_model": result.base_model,
         "base_hash": hash_tree(base) if base.is_dir() else None,
-        "adapter": str(result.adapter_dir),
-        "dataset_hash": read_card(dataset_dir)["dataset_hash"],
+        "adapter": None if full else str(result.output_dir),
+        "model_dir": str(result.output_dir) if full else None,
+        "dataset_hash": data.data_hash,
         "params": params.model_dump(),
         "metrics": result.metrics,
         "trainable_params": result.trainable_params,
     }
-    write_atomic(result.adapter_dir / "README.md", _model_card(run_id, entry))
-    entry["adapter_hash"] = hash_tree(result.adapter_dir)
+    write_atomic(result.output_dir / "README.md", _model_card(run_id, entry))
+    entry["output_hash"] = hash_tree(result.output_dir)
     return registry.register(run_id, "sft", entry)
 
 
 def _model_card(run_id: str, entry: dict) -> str:
     params = entry["params"]
     metrics = "\n".join(f"| {name} | {value:.4f} |" for name, value in entry["metrics"].items())
+    kind = "Fine-tuned model" if params["method"] == "full" else "LoRA adapter"
+    task = {
+        "chat": "on question/answer chats, loss on the assistant's tokens only, with the chat template saved beside it",
+        "text": "as continued pre-training on the corpus text",
+    }[params["task"]]
     return f"""---
-library_name: peft
-tags: [lora, sft, trl, tunebook]
+library_name: {"transformers" if params["method"] == "full" else "peft"}
+tags: [{params["method"]}, sft, trl, tunebook]
 ---
-# LoRA adapter `{run_id}:sft`
+# {kind} `{run_id}:sft`
 
-Trained by tunebook with TRL's SFTTrainer (assistant-only loss) on the chat template saved beside it.
+Trained by tunebook with TRL's SFTTrainer {task}.
 
 - Base model: `{entry["base_model"]}` (content hash `{entry["base_hash"]}`)
 - Dataset hash: `{entry["dataset_hash"]}`
@@ -139,8 +324,12 @@ def _sft_config(params: SftParams, out_dir: Path, seed: int, has_val: bool, prog
     precision = _precision(params)
     return SFTConfig(
         output_dir=str(out_dir / "checkpoints"),
-        assistant_only_loss=True,
+        assistant_only_loss=params.task == "chat",
         max_length=params.max_length,
+        # Best-fit packing of whole examples into max_length rows, padding-free: no compute spent on padding.
+        packing=params.packing,
+        packing_strategy="bfd",
+        train_sampling_strategy="group_by_length" if params.group_by_length and not params.packing else "random",
         num_train_epochs=params.epochs,
         max_steps=params.max_steps,
         per_device_train_batch_size=params.batch_size,
@@ -152,6 +341,8 @@ def _sft_config(params: SftParams, out_dir: Path, seed: int, has_val: bool, prog
         warmup_steps=params.warmup_ratio,
         logging_steps=params.logging_steps,
         logging_first_step=True,
+        include_num_input_tokens_seen="non_padding",
+        logging_nan_inf_filter=False,  # a NaN must reach StopOnNonFinite, not be averaged away
         eval_strategy="steps" if has_val else "no",
         eval_steps=params.eval_steps,
         save_steps=params.save_steps,

@@ -1,4 +1,5 @@
 import json
+import time
 
 import nbformat
 
@@ -16,7 +17,11 @@ def test_render_html_hides_code_unless_asked(tmp_path):
             nbformat.v4.new_markdown_cell("# Title"),
             nbformat.v4.new_code_cell(
                 "secret_sauce = 1",
-                outputs=[nbformat.v4.new_output("stream", name="stderr", text="a 0%\ra 50%\ra 100%\n")],
+                outputs=[
+                    nbformat.v4.new_output("stream", name="stderr", text="a 0%\ra 50%\ra 100%\n"),
+                    # a bar redrawn from a worker thread: one output per redraw
+                    *(nbformat.v4.new_output("stream", name="stderr", text=f"\rb {i}0%") for i in range(1, 10)),
+                ],
             ),
         ]
     )
@@ -25,6 +30,7 @@ def test_render_html_hides_code_unless_asked(tmp_path):
     html = reports.render_html(path).read_text()
     assert "Title" in html and "secret_sauce" not in html
     assert "a 100%" in html and "a 50%" not in html
+    assert "b 90%" in html and "b 80%" not in html
     assert "secret_sauce" in reports.render_html(path, show_code=True).read_text()
 
 
@@ -60,3 +66,14 @@ def test_runs_table_shows_the_progress_of_a_running_stage(workdir):
     stage_dir.mkdir(parents=True)
     (stage_dir / "progress.json").write_text(json.dumps({"done": 15, "total": 16, "rate_per_s": 0.5, "eta_s": 42}))
     assert reports.runs_table().iloc[0]["stage"] == "generate 15/16, ETA 0:00:42"
+
+
+def test_the_terminal_mirrors_a_running_stage_progress(tmp_path, capsys):
+    from tunebook.runner import _stage_progress
+
+    (tmp_path / "progress.json").write_text(json.dumps({"done": 1, "total": 9}))  # left by a crashed run
+    with _stage_progress(tmp_path, "generate", show=True):
+        (tmp_path / "progress.json").write_text(json.dumps({"done": 3, "total": 4, "eta_s": 2}))
+        time.sleep(1.2)
+    err = capsys.readouterr().err
+    assert "generate progress" in err and "3/4" in err and "1/9" not in err

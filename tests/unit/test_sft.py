@@ -1,0 +1,212 @@
+"""SFT's checks before training, on the real tokenizer of the tiny model."""
+
+import pytest
+from transformers import AutoTokenizer
+
+from tunebook import plots
+from tunebook.sft import TemplateError, check_template
+from tunebook.tiny import CHAT_TEMPLATE
+
+MESSAGES = [
+    {"role": "user", "content": "What does `json.dumps` do?"},
+    {"role": "assistant", "content": "Serialize obj to a JSON formatted str."},
+]
+
+
+@pytest.fixture
+def tokenizer(tiny_model):
+    return AutoTokenizer.from_pretrained(tiny_model)
+
+
+def test_the_tiny_template_trains_the_answer_and_its_end_of_turn_only(tokenizer):
+    mask = check_template(tokenizer, MESSAGES)
+    trained = "".join(t for t, keep in zip(mask.tokens, mask.trained, strict=True) if keep)
+    assert trained.replace("▁", " ") == "Serialize obj to a JSON formatted str.<|im_end|>"
+    assert plots.token_mask(mask.tokens, mask.trained).axes  # the report's picture of it
+
+
+def test_a_template_without_generation_markers_is_refused(tokenizer):
+    tokenizer.chat_template = CHAT_TEMPLATE.replace("{% generation %}", "").replace("{% endgeneration %}", "")
+    with pytest.raises(TemplateError, match=r"no \{% generation %\} markers.*nothing"):
+        check_template(tokenizer, MESSAGES)
+
+
+def test_an_end_of_turn_left_out_of_the_mask_is_refused(tokenizer):
+    tokenizer.chat_template = CHAT_TEMPLATE.replace(
+        "{% generation %}{{ message['content'] + '<|im_end|>' }}{% endgeneration %}",
+        "{% generation %}{{ message['content'] }}{% endgeneration %}{{ '<|im_end|>' }}",
+    )
+    with pytest.raises(TemplateError, match=r"end-of-turn token '<\|im_end\|>' is not among the trained tokens"):
+        check_template(tokenizer, MESSAGES)
+
+
+def test_a_template_marking_everything_is_refused(tokenizer):
+    tokenizer.chat_template = (
+        "{% generation %}"
+        + CHAT_TEMPLATE.replace("{% generation %}", "").replace("{% endgeneration %}", "")
+        + "{% endgeneration %}"
+    )
+    with pytest.raises(TemplateError, match="every token"):
+        check_template(tokenizer, MESSAGES)
+
+
+def test_a_non_finite_loss_stops_training_naming_the_step():
+    from transformers import TrainerControl, TrainerState, TrainingArguments
+
+    from tunebook.sft import StopOnNonFinite, TrainingDiverged
+
+    state, control = TrainerState(), TrainerControl()
+    state.global_step = 40
+    args = TrainingArguments(output_dir="unused", logging_steps=10, report_to="none")
+    StopOnNonFinite().on_log(args, state, control, logs={"loss": 2.5})
+    with pytest.raises(TrainingDiverged, match=r"loss became nan at step 40 \(logged every 10 steps\)"):
+        StopOnNonFinite().on_log(args, state, control, logs={"loss": float("nan")})
+
+
+def test_out_of_memory_gives_advice_from_the_settings_in_use():
+    from tunebook.params import SftParams
+    from tunebook.sft import out_of_memory_advice
+
+    advice = out_of_memory_advice(SftParams(batch_size=8, grad_accum=2, max_length=2048))
+    assert "sft.batch_size=4 with sft.grad_accum=4" in advice and "gradient_checkpointing=true" in advice
+    assert "sft.method=qlora" in advice and "max_length (now 2048)" in advice
+    assert "qlora" not in out_of_memory_advice(SftParams(method="qlora", batch_size=1, gradient_checkpointing=True))
+
+
+RESUME_SCRIPT = """
+import sys
+from pathlib import Path
+from tunebook.params import SftParams
+from tunebook.sft import train_sft, training_data
+params = SftParams.model_validate_json(Path(sys.argv[1]).read_text())
+data = training_data(params, Path(sys.argv[3]), [])
+train_sft(params, sys.argv[2], data, Path(sys.argv[4]), seed=0, progress=False)
+"""
+
+
+@pytest.fixture(scope="module")
+def dataset_dir(tmp_path_factory):
+    from test_generate import extractive_only, run, stdlib_chunks
+
+    from tunebook import generate
+
+    tmp = tmp_path_factory.mktemp("sft-data")
+    chunks = stdlib_chunks(tmp, ("json", "bisect", "heapq"))
+    params = extractive_only(val_fraction=0.2, test_fraction=0.1)
+    campaign = run(generate.plan_jobs(chunks, params), params, tmp / "generate")
+    generate.write_dataset(generate.build_dataset(campaign.records, chunks, params), tmp / "generate", params, "t")
+    return tmp / "generate"
+
+
+def test_killed_training_resumes_from_its_last_checkpoint(tiny_model, dataset_dir, tmp_path):
+    """kill -9 mid-training, then train again: it resumes, and ends within 1% of an uninterrupted run."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tunebook.params import SftParams
+    from tunebook.sft import train_sft, training_data
+
+    params = SftParams(max_steps=60, save_steps=10, eval_steps=60, logging_steps=10, batch_size=4,
+                       learning_rate=3e-3, lora_dropout=0.0, max_length=128, precision="fp32")  # fmt: skip
+    data = training_data(params, dataset_dir, [])
+    reference = train_sft(params, tiny_model, data, tmp_path / "reference", seed=0, progress=False)
+
+    out_dir = tmp_path / "killed"
+    spec = tmp_path / "params.json"
+    spec.write_text(params.model_dump_json())
+    command = [sys.executable, "-c", RESUME_SCRIPT, str(spec), tiny_model, str(dataset_dir), str(out_dir)]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 180
+    while not list(out_dir.glob("checkpoints/checkpoint-*/trainer_state.json")):
+        assert process.poll() is None, process.stderr.read().decode()[-2000:]
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (out_dir / "adapter").exists()
+
+    resumed = train_sft(params, tiny_model, data, out_dir, seed=0, progress=False)
+    assert resumed.resumed_from is not None and "checkpoint-" in resumed.resumed_from
+    assert abs(resumed.metrics["eval_loss"] - reference.metrics["eval_loss"]) <= 0.01 * reference.metrics["eval_loss"]
+
+
+def test_checkpoints_of_other_settings_are_not_resumed(tiny_model, dataset_dir, tmp_path):
+    from tunebook.params import SftParams
+    from tunebook.sft import train_sft, training_data
+
+    params = SftParams(max_steps=10, save_steps=5, eval_steps=10, batch_size=4, max_length=128, precision="fp32")
+    data = training_data(params, dataset_dir, [])
+    train_sft(params, tiny_model, data, tmp_path, seed=0, progress=False)
+    changed = train_sft(params.model_copy(update={"learning_rate": 1e-3}), tiny_model, data, tmp_path, seed=0,
+                        progress=False)  # fmt: skip
+    assert changed.resumed_from is None
+
+
+@pytest.mark.parametrize(
+    "method,task",
+    [("full", "chat"), ("lora", "text"), ("qlora", "chat"), ("packed", "chat")],
+    ids=["full", "continued-pretraining", "qlora", "lora-packed"],
+)
+def test_methods_train_save_and_register_a_loadable_model(method, task, tiny_model, dataset_dir, tmp_path, workdir):
+    """Full fine-tuning, continued pre-training on corpus text and QLoRA (bitsandbytes 4-bit, on the CPU here)."""
+    from test_generate import stdlib_chunks
+
+    from tunebook import models, registry
+    from tunebook.params import SftParams
+    from tunebook.sft import register_model, train_sft, training_data
+
+    packing = method == "packed"
+    method = "lora" if packing else method
+    params = SftParams(method=method, task=task, packing=packing, max_steps=6, save_steps=100, eval_steps=6,
+                       batch_size=4, max_length=128, learning_rate=1e-3, precision="fp32")  # fmt: skip
+    data = training_data(params, dataset_dir, stdlib_chunks(tmp_path, ("json", "bisect")))
+    assert data.train.column_names == (["messages"] if task == "chat" else ["text"])
+    result = train_sft(params, tiny_model, data, tmp_path / "sft", seed=0, progress=False)
+    assert result.output_dir.name == ("model" if method == "full" else "adapter")
+    assert (result.trainable_params == result.total_params) == (method == "full")
+    name = register_model("r", result, params, data)
+    spec = registry.resolve(name, "r")
+    assert (spec["adapter"] is None) == (method == "full")
+    assert registry.resolve("base", "r")["base_model"] == tiny_model
+    loaded = models.load_model(name, spec["base_model"], spec["adapter"])
+    [answer] = models.generate(loaded, [MESSAGES[:1]], max_new_tokens=4, batch_size=1, progress=False)
+    assert isinstance(answer.text, str)
+
+
+def test_packed_examples_must_not_see_each_other(tiny_model, monkeypatch):
+    from transformers import AutoModelForCausalLM, masking_utils
+
+    from tunebook.sft import check_packing_isolation
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model)
+    check_packing_isolation(model)  # sdpa masks packed rows by their position ids
+    # An attention backend blind to position-id boundaries lets the second example see the first.
+    monkeypatch.setattr(masking_utils, "find_packed_sequence_indices", lambda position_ids: None)
+    with pytest.raises(TemplateError, match="packed examples attend to each other"):
+        check_packing_isolation(model)
+
+
+def test_gradient_accumulation_matches_the_larger_batch(tiny_model, dataset_dir, tmp_path):
+    """2 x 2 accumulated steps update the weights as one batch of 4 does: the loss is normalised over the
+    tokens of the whole effective batch, not averaged per micro-batch (examples differ in length)."""
+    from safetensors.torch import load_file
+
+    from tunebook.params import SftParams
+    from tunebook.sft import train_sft, training_data
+
+    common = {"max_steps": 1, "learning_rate": 1e-2, "group_by_length": False, "lora_dropout": 0.0, "eval_steps": 9,
+              "save_steps": 9, "max_length": 128, "precision": "fp32", "warmup_ratio": 0.0,
+              "lr_scheduler": "constant"}  # fmt: skip
+    weights = {}
+    for batch, accum in ((4, 1), (2, 2)):
+        params = SftParams(batch_size=batch, grad_accum=accum, **common)
+        result = train_sft(params, tiny_model, training_data(params, dataset_dir, []), tmp_path / f"{batch}x{accum}",
+                           seed=0, progress=False)  # fmt: skip
+        weights[(batch, accum)] = load_file(result.output_dir / "adapter_model.safetensors")
+    one, accumulated = weights[(4, 1)], weights[(2, 2)]
+    changed = [name for name in one if "lora_B" in name and one[name].abs().max() > 0]
+    assert changed  # the step did move the adapter
+    for name in one:
+        assert (one[name] - accumulated[name]).abs().max().item() < 1e-5, name
