@@ -10,15 +10,14 @@ send nothing. Results go to reports/bench/generate.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
-from tunebook import generate, ingest, paths, servers
+from record import write_summary
+
+from tunebook import generate, ingest, servers
 from tunebook.params import GenerateParams, TinyParams
 from tunebook.tiny import build_tiny
 
@@ -72,16 +71,11 @@ def main() -> None:
         "benchmark": "generate: campaign concurrency and response cache against transformers serve (tiny model)",
         "command": "python benchmarks/bench_generate.py "
         + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()),  # fmt: skip
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
         "chunks": len(chunks),
         "results": results,
         "goal": "speedup >= 4 with 8 in flight; cache re-run sends 0 requests",
     }
-    out = paths.project_root() / "reports" / "bench" / "generate.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-    print(f"wrote {out}")
+    write_summary("generate", summary)
 
 
 if __name__ == "__main__":

@@ -11,14 +11,12 @@ in one run. Results go to reports/bench/sft.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import tempfile
-from datetime import UTC, datetime
 from pathlib import Path
 
 from peft import LoraConfig
+from record import write_summary
 from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
 from trl import SFTConfig, SFTTrainer
 
@@ -97,8 +95,6 @@ def main() -> None:
         "benchmark": "sft: real (non-padding) tokens/s, tunebook vs plain TRL padded to max_length; demo tiny model "
         "and demo dataset, same LoRA, batch, precision (fp32) and steps",
         "command": f"python benchmarks/bench_sft.py --steps {args.steps}",
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
         "train_rows": len(data.train),
         "max_length": sft.max_length,
         "batch_size": sft.batch_size,
@@ -111,10 +107,7 @@ def main() -> None:
         "goal": "speedup >= 2 (the default); packing pays on GPUs with varlen attention kernels, while on a CPU "
         "sdpa attends over the whole flattened batch",
     }
-    out = paths.project_root() / "reports" / "bench" / "sft.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-    print(f"wrote {out}")
+    write_summary("sft", summary)
 
 
 if __name__ == "__main__":
