@@ -190,6 +190,7 @@ class SftParams(Strict):
     group_by_length: bool = True
     packing: bool = False  # pack examples into max_length rows, padding-free (checked: no attention across them)
     gradient_checkpointing: bool = False
+    processes: int = Field(1, ge=1)  # data-parallel worker processes (torchrun: gloo on a CPU, nccl on GPUs)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     logging_steps: int = Field(10, ge=1)
     eval_steps: int = Field(50, ge=1)

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import shutil
-from dataclasses import dataclass
+import subprocess
+import sys
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import pandas as pd
 import torch
+from accelerate import PartialState
 from datasets import Dataset
 from peft import LoraConfig
 from torch.utils.tensorboard import SummaryWriter
@@ -32,6 +36,7 @@ from tunebook.files import hash_tree, sha256_text, write_atomic
 from tunebook.generate import read_card, read_split
 from tunebook.ingest import Chunk
 from tunebook.params import SftParams
+from tunebook.servers import free_port
 
 
 class TemplateError(ValueError):
@@ -136,6 +141,9 @@ class TrainingData:
     train: Dataset
     val: Dataset
     data_hash: str  # what the registry records as the model's training data
+    # Where it came from, so that worker processes of a data-parallel run can build it again.
+    dataset_dir: Path
+    chunks: list[Chunk]
 
 
 def training_data(params: SftParams, dataset_dir: Path, chunks: list[Chunk]) -> TrainingData:
@@ -146,19 +154,24 @@ def training_data(params: SftParams, dataset_dir: Path, chunks: list[Chunk]) -> 
             split: Dataset.from_list([{"messages": row["messages"]} for row in read_split(dataset_dir, split)])
             for split in ("train", "val")
         }
-        return TrainingData(splits["train"], splits["val"], read_card(dataset_dir)["dataset_hash"])
+        data_hash = read_card(dataset_dir)["dataset_hash"]
+        return TrainingData(splits["train"], splits["val"], data_hash, dataset_dir, chunks)
     held_out = [int(sha256_text(chunk.id)[:8], 16) % 20 == 0 for chunk in chunks]
     train = [{"text": c.text} for c, out in zip(chunks, held_out, strict=True) if not out]
     val = [{"text": c.text} for c, out in zip(chunks, held_out, strict=True) if out]
     data_hash = sha256_text("".join(chunk.id for chunk in chunks))
-    return TrainingData(Dataset.from_list(train), Dataset.from_list(val), data_hash)
+    return TrainingData(Dataset.from_list(train), Dataset.from_list(val), data_hash, dataset_dir, chunks)
 
 
 def train_sft(
     params: SftParams, base_model: str, data: TrainingData, out_dir: Path, seed: int, progress: bool = True
 ) -> SftResult:
     """Train on data.train, evaluating on data.val: a LoRA adapter in out_dir/adapter, or with
-    `method: full` the whole model in out_dir/model."""
+    `method: full` the whole model in out_dir/model. With `processes` > 1, in that many data-parallel
+    worker processes (torchrun: gloo on a CPU, nccl on GPUs)."""
+    if params.processes > 1 and "WORLD_SIZE" not in os.environ:
+        return _launch(params, base_model, data, out_dir, seed)
+    main_process = PartialState().is_main_process
     # Seed before the model exists: SFTTrainer initialises the LoRA weights before Trainer seeds anything.
     set_seed(seed)
     tokenizer = AutoTokenizer.from_pretrained(base_model)
@@ -167,7 +180,7 @@ def train_sft(
     model = AutoModelForCausalLM.from_pretrained(base_model, **_load_kwargs(params))
     if params.packing:
         check_packing_isolation(model)
-    tensorboard = SummaryWriter(log_dir=str(out_dir / "tensorboard"))
+    tensorboard = SummaryWriter(log_dir=str(out_dir / "tensorboard")) if main_process else None
     trainer = SFTTrainer(
         model=model,
         args=_sft_config(params, out_dir, seed, has_val=len(data.val) > 0, progress=progress),
@@ -181,9 +194,11 @@ def train_sft(
             target_modules=params.target_modules,
             task_type="CAUSAL_LM",
         ),
-        callbacks=[TensorBoardCallback(tb_writer=tensorboard), StopOnNonFinite()],
+        callbacks=[StopOnNonFinite(), *([TensorBoardCallback(tb_writer=tensorboard)] if tensorboard else [])],
     )  # fmt: skip
-    checkpoint = resumable_checkpoint(out_dir / "checkpoints", _training_key(params, base_model, data, seed))
+    # The main process clears stale checkpoints and writes the key before the others look.
+    with PartialState().main_process_first():
+        checkpoint = resumable_checkpoint(out_dir / "checkpoints", _training_key(params, base_model, data, seed))
     try:
         trainer.train(resume_from_checkpoint=checkpoint)
     except torch.OutOfMemoryError:
@@ -195,7 +210,8 @@ def train_sft(
     }
     if trainer.eval_dataset is not None:
         metrics["eval_loss"] = trainer.evaluate()["eval_loss"]
-    tensorboard.close()
+    if tensorboard:
+        tensorboard.close()
 
     output_dir = out_dir / ("model" if params.method == "full" else "adapter")
     trainer.save_model(str(output_dir))  # the weights (or adapter) + the tokenizer with its chat template
@@ -203,6 +219,39 @@ def train_sft(
     history = _history(trainer.state.log_history)
     write_atomic(out_dir / "log_history.json", json.dumps(trainer.state.log_history, indent=1) + "\n")
     return SftResult(output_dir, base_model, history, metrics, trainable, total, resumed_from=checkpoint)
+
+
+def _launch(params: SftParams, base_model: str, data: TrainingData, out_dir: Path, seed: int) -> SftResult:
+    """Run train_sft in `params.processes` worker processes and return the main worker's result."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    spec = {"params": params.model_dump(), "base_model": base_model, "dataset_dir": str(data.dataset_dir),
+            "chunks": [asdict(c) for c in data.chunks], "out_dir": str(out_dir), "seed": seed}  # fmt: skip
+    write_atomic(out_dir / "launch.json", json.dumps(spec) + "\n")
+    (out_dir / "result.json").unlink(missing_ok=True)
+    command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={params.processes}",
+               f"--master_port={free_port()}", "-m", "tunebook.sft", str(out_dir / "launch.json")]  # fmt: skip
+    if subprocess.run(command).returncode != 0:
+        raise RuntimeError(f"data-parallel training failed in one of its {params.processes} processes (see above)")
+    return _read_result(out_dir / "result.json")
+
+
+def _worker(spec_path: str) -> None:
+    """One data-parallel worker (`python -m tunebook.sft launch.json` under torchrun)."""
+    spec = json.loads(Path(spec_path).read_text(encoding="utf-8"))
+    params = SftParams.model_validate(spec["params"])
+    data = training_data(params, Path(spec["dataset_dir"]), [Chunk(**c) for c in spec["chunks"]])
+    out_dir = Path(spec["out_dir"])
+    result = train_sft(params, spec["base_model"], data, out_dir, spec["seed"], progress=False)
+    if PartialState().is_main_process:
+        record = {**asdict(result), "output_dir": str(result.output_dir), "history": result.history.to_dict("records")}
+        write_atomic(out_dir / "result.json", json.dumps(record) + "\n")
+
+
+def _read_result(path: Path) -> SftResult:
+    record = json.loads(path.read_text(encoding="utf-8"))
+    record["output_dir"] = Path(record["output_dir"])
+    record["history"] = pd.DataFrame(record["history"], columns=["step", "split", "loss"])
+    return SftResult(**record)
 
 
 def resumable_checkpoint(checkpoints_dir: Path, key: str) -> str | None:
@@ -374,3 +423,7 @@ def _history(log_history: list[dict]) -> pd.DataFrame:
 def _count_parameters(model: torch.nn.Module) -> tuple[int, int]:
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return trainable, sum(p.numel() for p in model.parameters())
+
+
+if __name__ == "__main__":
+    _worker(sys.argv[1])

@@ -210,3 +210,31 @@ def test_gradient_accumulation_matches_the_larger_batch(tiny_model, dataset_dir,
     assert changed  # the step did move the adapter
     for name in one:
         assert (one[name] - accumulated[name]).abs().max().item() < 1e-5, name
+
+
+def test_two_process_data_parallel_matches_one_process(tiny_model, dataset_dir, tmp_path, workdir):
+    """2 gloo workers of batch 2 train as one process of batch 4 does: the same weights and registry entry."""
+    from safetensors.torch import load_file
+
+    from tunebook import registry
+    from tunebook.params import SftParams
+    from tunebook.sft import register_model, train_sft, training_data
+
+    common = {"max_steps": 2, "learning_rate": 1e-2, "group_by_length": False, "lora_dropout": 0.0, "eval_steps": 2,
+              "save_steps": 9, "max_length": 128, "precision": "fp32", "warmup_ratio": 0.0,
+              "lr_scheduler": "constant"}  # fmt: skip
+    results, entries = {}, {}
+    for processes, batch in ((1, 4), (2, 2)):
+        params = SftParams(processes=processes, batch_size=batch, **common)
+        data = training_data(params, dataset_dir, [])
+        results[processes] = train_sft(params, tiny_model, data, tmp_path / f"p{processes}", seed=0, progress=False)
+        name = register_model(f"p{processes}", results[processes], params, data)
+        entries[processes] = registry.entries()[name]
+    one, two = (load_file(results[n].output_dir / "adapter_model.safetensors") for n in (1, 2))
+    assert any(one[name].abs().max() > 0 for name in one if "lora_B" in name)
+    for name in one:
+        assert (one[name] - two[name]).abs().max().item() < 1e-5, name
+    # Trainer's eval loss is a mean of per-batch means, and the eval batches differ (4 vs 2 a worker): close only.
+    eval_one, eval_two = results[1].metrics["eval_loss"], results[2].metrics["eval_loss"]
+    assert abs(eval_one - eval_two) < 0.01 * eval_one
+    assert set(entries[1]) == set(entries[2]) and entries[2]["adapter"].endswith("p2/adapter")
