@@ -137,9 +137,8 @@ class Pool:
     async def chat(self, name: str, messages: list[dict], tally: Counter) -> Reply:
         teacher = self.chat_teachers[name]
         key = request_key(self.specs[name].backend, teacher.model_id, messages, teacher.sampling)
-        sent_before = self.cache.sent
-        reply = await self.cache.fetch(key, lambda: teacher.chat(messages))
-        tally["requests" if self.cache.sent > sent_before else "cache_hits"] += 1
+        reply, sent = await self.cache.fetch(key, lambda: teacher.chat(messages))
+        tally["requests" if sent else "cache_hits"] += 1
         return reply
 
     async def aclose(self) -> None:
@@ -169,9 +168,14 @@ def _messages(prompts: PromptParams, user: str) -> list[dict]:
     return [{"role": "system", "content": prompts.system}, {"role": "user", "content": user}]
 
 
+def question_id(question: str) -> str:
+    """A row's id: its question, hashed. Deduplication and the split both key on it."""
+    return sha256_text(question)[:16]
+
+
 def _row(question: str, answer: str, template: str, teacher: str, job: Job) -> dict:
     return {
-        "id": sha256_text(question)[:16],
+        "id": question_id(question),
         "messages": [{"role": "user", "content": question}, {"role": "assistant", "content": answer}],
         "teacher": teacher,
         "template": template,
@@ -200,7 +204,7 @@ async def _ask(pool: Pool, name: str, job: Job, params: GenerateParams) -> dict:
     else:
         questions = await _write_questions(pool, name, job, params, fields, tally, failures)
     for question in questions:
-        row_id = sha256_text(question)[:16]
+        row_id = question_id(question)
         try:
             reply = await pool.chat(
                 name, _messages(params.prompts, params.prompts.answer.format(**fields, question=question)), tally
@@ -378,7 +382,7 @@ def build_dataset(records: list[dict], chunks: list[Chunk], params: GeneratePara
     removed: dict[str, list[dict]] = {}
     sources = {chunk.id: chunk.text for chunk in chunks}
     steps = [
-        ("duplicates", lambda rs: _dedupe(rs)),
+        ("duplicates", _dedupe),
         ("length", lambda rs: quality.by_length(rs, filters)),
         ("repetitive", lambda rs: quality.by_repetition(rs, filters.max_repetition)),
         ("ungrounded", lambda rs: quality.by_grounding(rs, sources, filters.grounding_threshold)),
@@ -470,7 +474,7 @@ def write_dataset(dataset: Dataset, out_dir: Path, params: GenerateParams, name:
         "format": "TRL conversational: {'messages': [{'role', 'content'}, ...]}",
     }
     write_atomic(out_dir / "card.json", json.dumps(card, indent=2, sort_keys=True, default=str) + "\n")
-    write_atomic(out_dir / "README.md", _card_markdown(card, dataset.teachers))
+    write_atomic(out_dir / "README.md", _card_markdown(card))
     return card
 
 
@@ -482,7 +486,7 @@ def read_card(dataset_dir: Path) -> dict:
     return json.loads((dataset_dir / "card.json").read_text(encoding="utf-8"))
 
 
-def _card_markdown(card: dict, teachers: pd.DataFrame) -> str:
+def _card_markdown(card: dict) -> str:
     files = ", ".join(f'"{split}": "{split}.jsonl"' for split in SPLITS)
     lines = [
         f"# Dataset card: {card['name']}",
@@ -497,7 +501,7 @@ def _card_markdown(card: dict, teachers: pd.DataFrame) -> str:
         "",
         "## Teachers",
         "",
-        teachers.to_markdown(index=False),
+        pd.DataFrame(card["teachers"]).to_markdown(index=False),
         "",
         "## Quality pipeline",
         "",

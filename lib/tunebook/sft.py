@@ -129,6 +129,7 @@ def check_packing_isolation(model: PreTrainedModel, tolerance: float = 1e-4) -> 
 class SftResult:
     output_dir: Path  # the adapter, or the whole model with `method: full`
     base_model: str
+    base_hash: str  # content hash of a local base model's directory, or its hub id
     history: pd.DataFrame  # one row per logged step: step, split (train/eval), loss
     metrics: dict[str, float]
     trainable_params: int
@@ -171,7 +172,7 @@ def train_sft(
     worker processes (torchrun: gloo on a CPU, nccl on GPUs)."""
     if params.processes > 1 and "WORLD_SIZE" not in os.environ:
         return _launch(params, base_model, data, out_dir, seed)
-    main_process = PartialState().is_main_process
+    state = PartialState()
     # Seed before the model exists: SFTTrainer initialises the LoRA weights before Trainer seeds anything.
     set_seed(seed)
     tokenizer = AutoTokenizer.from_pretrained(base_model)
@@ -180,7 +181,7 @@ def train_sft(
     model = AutoModelForCausalLM.from_pretrained(base_model, **_load_kwargs(params))
     if params.packing:
         check_packing_isolation(model)
-    tensorboard = SummaryWriter(log_dir=str(out_dir / "tensorboard")) if main_process else None
+    tensorboard = SummaryWriter(log_dir=str(out_dir / "tensorboard")) if state.is_main_process else None
     trainer = SFTTrainer(
         model=model,
         args=_sft_config(params, out_dir, seed, has_val=len(data.val) > 0, progress=progress),
@@ -196,9 +197,11 @@ def train_sft(
         ),
         callbacks=[StopOnNonFinite(), *([TensorBoardCallback(tb_writer=tensorboard)] if tensorboard else [])],
     )  # fmt: skip
+    # Hashed once: it keys the checkpoints and goes into the registry (a real base is gigabytes to read).
+    base_hash = _model_hash(base_model)
     # The main process clears stale checkpoints and writes the key before the others look.
-    with PartialState().main_process_first():
-        checkpoint = resumable_checkpoint(out_dir / "checkpoints", _training_key(params, base_model, data, seed))
+    with state.main_process_first():
+        checkpoint = resumable_checkpoint(out_dir / "checkpoints", _training_key(params, base_hash, data, seed))
     try:
         trainer.train(resume_from_checkpoint=checkpoint)
     except torch.OutOfMemoryError:
@@ -218,7 +221,7 @@ def train_sft(
     trainable, total = _count_parameters(trainer.model)
     history = _history(trainer.state.log_history)
     write_atomic(out_dir / "log_history.json", json.dumps(trainer.state.log_history, indent=1) + "\n")
-    return SftResult(output_dir, base_model, history, metrics, trainable, total, resumed_from=checkpoint)
+    return SftResult(output_dir, base_model, base_hash, history, metrics, trainable, total, resumed_from=checkpoint)
 
 
 def _launch(params: SftParams, base_model: str, data: TrainingData, out_dir: Path, seed: int) -> SftResult:
@@ -268,14 +271,12 @@ def resumable_checkpoint(checkpoints_dir: Path, key: str) -> str | None:
     return get_last_checkpoint(str(checkpoints_dir))
 
 
-def _training_key(params: SftParams, base_model: str, data: TrainingData, seed: int) -> str:
-    base = Path(base_model)
-    identity = {
-        "params": params.model_dump(),
-        "base": hash_tree(base) if base.is_dir() else base_model,
-        "data": data.data_hash,
-        "seed": seed,
-    }
+def _model_hash(base_model: str) -> str:
+    return hash_tree(Path(base_model)) if Path(base_model).is_dir() else base_model
+
+
+def _training_key(params: SftParams, base_hash: str, data: TrainingData, seed: int) -> str:
+    identity = {"params": params.model_dump(), "base": base_hash, "data": data.data_hash, "seed": seed}
     return sha256_text(json.dumps(identity, sort_keys=True))
 
 
@@ -302,11 +303,10 @@ def template_check(base_model: str, data: TrainingData) -> TokenMask | None:
 
 def register_model(run_id: str, result: SftResult, params: SftParams, data: TrainingData) -> str:
     """Write the model card and record the model in the registry as RUN_ID:sft."""
-    base = Path(result.base_model)
     full = params.method == "full"
     entry = {
         "base_model": result.base_model,
-        "base_hash": hash_tree(base) if base.is_dir() else None,
+        "base_hash": result.base_hash if Path(result.base_model).is_dir() else None,
         "adapter": None if full else str(result.output_dir),
         "model_dir": str(result.output_dir) if full else None,
         "dataset_hash": data.data_hash,

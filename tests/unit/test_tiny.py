@@ -62,8 +62,9 @@ def corpus() -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def tiny_dir(corpus: list[str], tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny(corpus, tmp_path_factory.mktemp("models"), CFG, progress=False)
+def tiny_dir(tiny_model: str) -> Path:
+    """The session's tiny model (conftest), built from the same corpus and CFG as this module's."""
+    return Path(tiny_model)
 
 
 @pytest.fixture(scope="module")

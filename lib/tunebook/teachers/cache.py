@@ -50,14 +50,14 @@ class ResponseCache:
         stored = {"key": key, "text": reply.text, "stopped": reply.stopped}
         write_atomic(self._path(key), json.dumps(stored, ensure_ascii=False) + "\n")
 
-    async def fetch(self, key: str, send: Callable[[], Awaitable[Reply]]) -> Reply:
-        """The cached response for key, or send() once, store its answer and return it."""
+    async def fetch(self, key: str, send: Callable[[], Awaitable[Reply]]) -> tuple[Reply, bool]:
+        """The cached response for key, or send() once and store its answer; and whether this call sent it."""
         if (reply := self.get(key)) is not None:
             self.hits += 1
-            return reply
+            return reply, False
         if key in self._inflight:
             self.hits += 1
-            return await asyncio.shield(self._inflight[key])
+            return await asyncio.shield(self._inflight[key]), False
         future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
         self._inflight[key] = future
         try:
@@ -65,7 +65,7 @@ class ResponseCache:
             reply = await send()
             self.put(key, reply)
             future.set_result(reply)
-            return reply
+            return reply, True
         except asyncio.CancelledError:
             future.cancel()
             raise
