@@ -190,11 +190,28 @@ class SftParams(Strict):
     group_by_length: bool = True
     packing: bool = False  # pack examples into max_length rows, padding-free (checked: no attention across them)
     gradient_checkpointing: bool = False
-    processes: int = Field(1, ge=1)  # data-parallel worker processes (torchrun: gloo on a CPU, nccl on GPUs)
+    processes: int = Field(1, ge=1)  # data-parallel worker processes, started by `accelerate launch`
+    # how those processes share the work (relative to the checkout): params/accelerate/ has ddp (gloo on a
+    # CPU, nccl on GPUs), fsdp, deepspeed_zero2 and deepspeed_zero3
+    accelerate_config: str = "params/accelerate/ddp.yaml"
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     logging_steps: int = Field(10, ge=1)
     eval_steps: int = Field(50, ge=1)
     save_steps: int = Field(100, ge=1)
+    # TensorBoard always logs into the run directory; a project name also logs to Weights & Biases
+    # (with WANDB_MODE=offline, into the run directory without an account)
+    wandb_project: str | None = None
+
+    @model_validator(mode="after")
+    def _accelerate_config_exists(self) -> SftParams:
+        if self.processes > 1 and not accelerate_config_path(self).is_file():
+            raise ValueError(f"accelerate_config: no such file {accelerate_config_path(self)}")
+        return self
+
+
+def accelerate_config_path(sft: SftParams) -> Path:
+    path = Path(sft.accelerate_config).expanduser()
+    return path if path.is_absolute() else paths.project_root() / path
 
 
 class EvaluateParams(Strict):

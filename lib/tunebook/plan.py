@@ -16,7 +16,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig
 
 from tunebook import paths
 from tunebook.generate import read_card
-from tunebook.params import Params, base_config_path
+from tunebook.params import Params, SftParams, base_config_path
 from tunebook.tiny import tiny_config
 
 GB = 1024**3
@@ -114,19 +114,33 @@ def _tiny_estimate(params: Params, config: PretrainedConfig) -> Estimate:
 
 def _sft_estimate(params: Params, config: PretrainedConfig, rows: int) -> Estimate:
     sft = params.sft
-    total, trainable = _count(config, sft.target_modules, sft.lora_r)
+    total, trainable = _trained(sft, config)
     per_step = sft.batch_size * sft.grad_accum
     steps = sft.max_steps if sft.max_steps > 0 else math.ceil(rows / per_step) * math.ceil(sft.epochs)
     tokens = steps * per_step * sft.max_length  # an upper bound: examples shorter than max_length cost less
-    bytes_per_weight = {"qlora": 0.55}.get(sft.method, 4 if sft.precision in ("fp32", "auto") and not _gpu() else 2)
-    memory = (
-        total * bytes_per_weight
-        + trainable * 16  # fp32 weights, gradients and two Adam moments
-        + _activations(config, sft.batch_size, sft.max_length, sft.gradient_checkpointing)
-    )
+    memory = sum(sft_memory(sft, config).values()) * GB
     # Frozen weights need no weight gradients (4N FLOPs a token, not 6N); checkpointing recomputes the forward.
     flops = (6 if sft.gradient_checkpointing else 4) * total * tokens
     return Estimate("sft", total, trainable, tokens, memory / GB, _hours(flops, params))
+
+
+def _trained(sft: SftParams, config: PretrainedConfig) -> tuple[int, int]:
+    """The model's parameters, and how many of them SFT trains."""
+    total, lora = _count(config, sft.target_modules, sft.lora_r)
+    return total, total if sft.method == "full" else lora
+
+
+def sft_memory(sft: SftParams, config: PretrainedConfig) -> dict[str, float]:
+    """GB that SFT needs, by what holds it: the base's weights, the trained parameters (fp32 weights,
+    gradients and two Adam moments) and the activations kept for the backward pass."""
+    total, trainable = _trained(sft, config)
+    frozen = 0 if sft.method == "full" else total
+    bytes_per_weight = {"qlora": 0.55}.get(sft.method, 4 if sft.precision in ("fp32", "auto") and not _gpu() else 2)
+    return {
+        "weights": frozen * bytes_per_weight / GB,
+        "trained parameters": trainable * 16 / GB,
+        "activations": _activations(config, sft.batch_size, sft.max_length, sft.gradient_checkpointing) / GB,
+    }
 
 
 def _activations(config: PretrainedConfig, batch: int, length: int, checkpointing: bool) -> float:

@@ -19,6 +19,7 @@ from datasets import Dataset
 from peft import LoraConfig
 from torch.utils.tensorboard import SummaryWriter
 from transformers import (
+    AutoConfig,
     AutoModelForCausalLM,
     AutoTokenizer,
     BitsAndBytesConfig,
@@ -31,11 +32,11 @@ from transformers.integrations import TensorBoardCallback
 from transformers.trainer_utils import get_last_checkpoint
 from trl import SFTConfig, SFTTrainer
 
-from tunebook import registry
+from tunebook import plan, registry
 from tunebook.files import hash_tree, sha256_text, write_atomic
 from tunebook.generate import read_card, read_split
 from tunebook.ingest import Chunk
-from tunebook.params import SftParams
+from tunebook.params import SftParams, accelerate_config_path
 from tunebook.servers import free_port
 
 
@@ -125,6 +126,37 @@ def check_packing_isolation(model: PreTrainedModel, tolerance: float = 1e-4) -> 
         )
 
 
+class PeakMemory(TrainerCallback):
+    """The memory training really took, beside `tunebook plan`'s estimate. On a GPU: torch's peak
+    allocation, weights to activations. On a CPU, where torch keeps no such count (and the process's
+    resident size mostly measures libraries and the allocator): the bytes of the weights, buffers,
+    quantisation state and optimizer state at each step's end; activations are freed by then."""
+
+    def __init__(self) -> None:
+        self.peak = 0
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+
+    def on_step_end(self, args, state, control, model=None, optimizer=None, **kwargs) -> None:
+        if torch.cuda.is_available():
+            self.peak = torch.cuda.max_memory_allocated()
+        else:
+            self.peak = max(self.peak, _tensor_bytes(model, optimizer))
+
+    def peak_gb(self) -> float:
+        return round(self.peak / 1024**3, 3)
+
+
+def _tensor_bytes(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> int:
+    tensors = [*model.parameters(), *model.buffers()]
+    for param in model.parameters():  # a 4-bit weight keeps its scales beside it, not as a parameter
+        if (quant_state := getattr(param, "quant_state", None)) is not None:
+            tensors += [v for v in quant_state.as_dict(packed=True).values() if torch.is_tensor(v)]
+    tensors += [v for moments in optimizer.state.values() for v in moments.values() if torch.is_tensor(v)]
+    storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors}
+    return sum(storages.values())
+
+
 @dataclass
 class SftResult:
     output_dir: Path  # the adapter, or the whole model with `method: full`
@@ -168,11 +200,12 @@ def train_sft(
     params: SftParams, base_model: str, data: TrainingData, out_dir: Path, seed: int, progress: bool = True
 ) -> SftResult:
     """Train on data.train, evaluating on data.val: a LoRA adapter in out_dir/adapter, or with
-    `method: full` the whole model in out_dir/model. With `processes` > 1, in that many data-parallel
-    worker processes (torchrun: gloo on a CPU, nccl on GPUs)."""
+    `method: full` the whole model in out_dir/model. With `processes` > 1, in that many worker processes
+    under `accelerate launch`, sharing the work as `accelerate_config` says (DDP, FSDP or DeepSpeed)."""
     if params.processes > 1 and "WORLD_SIZE" not in os.environ:
         return _launch(params, base_model, data, out_dir, seed)
     state = PartialState()
+    memory = PeakMemory()  # before the model loads: the GPU peak includes the weights, as the estimate does
     # Seed before the model exists: SFTTrainer initialises the LoRA weights before Trainer seeds anything.
     set_seed(seed)
     tokenizer = AutoTokenizer.from_pretrained(base_model)
@@ -195,26 +228,31 @@ def train_sft(
             target_modules=params.target_modules,
             task_type="CAUSAL_LM",
         ),
-        callbacks=[StopOnNonFinite(), *([TensorBoardCallback(tb_writer=tensorboard)] if tensorboard else [])],
+        callbacks=[StopOnNonFinite(), memory, *([TensorBoardCallback(tb_writer=tensorboard)] if tensorboard else [])],
     )  # fmt: skip
     # Hashed once: it keys the checkpoints and goes into the registry (a real base is gigabytes to read).
     base_hash = _model_hash(base_model)
     # The main process clears stale checkpoints and writes the key before the others look.
     with state.main_process_first():
         checkpoint = resumable_checkpoint(out_dir / "checkpoints", _training_key(params, base_hash, data, seed))
+    wandb_run = _start_wandb(params, out_dir) if state.is_main_process else None
     try:
         trainer.train(resume_from_checkpoint=checkpoint)
+        metrics = {
+            "train_loss": _last(trainer.state.log_history, "train_loss"),
+            # Real (non-padding) tokens a second of this session: what packing and padding-free batches buy.
+            "train_tokens_per_s": _last(trainer.state.log_history, "train_tokens_per_second"),
+            "peak_memory_gb": memory.peak_gb(),
+        }
+        if trainer.eval_dataset is not None:
+            metrics["eval_loss"] = trainer.evaluate()["eval_loss"]
     except torch.OutOfMemoryError:
         raise MemoryError(out_of_memory_advice(params)) from None
-    metrics = {
-        "train_loss": _last(trainer.state.log_history, "train_loss"),
-        # Real (non-padding) tokens a second of this session: what packing and padding-free batches buy.
-        "train_tokens_per_s": _last(trainer.state.log_history, "train_tokens_per_second"),
-    }
-    if trainer.eval_dataset is not None:
-        metrics["eval_loss"] = trainer.evaluate()["eval_loss"]
-    if tensorboard:
-        tensorboard.close()
+    finally:
+        if tensorboard:
+            tensorboard.close()
+        if wandb_run is not None:
+            wandb_run.finish()
 
     output_dir = out_dir / ("model" if params.method == "full" else "adapter")
     trainer.save_model(str(output_dir))  # the weights (or adapter) + the tokenizer with its chat template
@@ -224,6 +262,16 @@ def train_sft(
     return SftResult(output_dir, base_model, base_hash, history, metrics, trainable, total, resumed_from=checkpoint)
 
 
+def _start_wandb(params: SftParams, out_dir: Path):
+    """A W&B run logging into out_dir/wandb, which the trainer's W&B callback then logs to."""
+    if not params.wandb_project:
+        return None
+    import wandb  # only needed when W&B is on
+
+    return wandb.init(project=params.wandb_project, name=out_dir.parent.name, dir=str(out_dir),
+                      config=params.model_dump())  # fmt: skip
+
+
 def _launch(params: SftParams, base_model: str, data: TrainingData, out_dir: Path, seed: int) -> SftResult:
     """Run train_sft in `params.processes` worker processes and return the main worker's result."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -231,15 +279,16 @@ def _launch(params: SftParams, base_model: str, data: TrainingData, out_dir: Pat
             "chunks": [asdict(c) for c in data.chunks], "out_dir": str(out_dir), "seed": seed}  # fmt: skip
     write_atomic(out_dir / "launch.json", json.dumps(spec) + "\n")
     (out_dir / "result.json").unlink(missing_ok=True)
-    command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={params.processes}",
-               f"--master_port={free_port()}", "-m", "tunebook.sft", str(out_dir / "launch.json")]  # fmt: skip
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(accelerate_config_path(params)),
+               "--num_processes", str(params.processes), "--main_process_port", str(free_port()),
+               "-m", "tunebook.sft", str(out_dir / "launch.json")]  # fmt: skip
     if subprocess.run(command).returncode != 0:
         raise RuntimeError(f"data-parallel training failed in one of its {params.processes} processes (see above)")
     return _read_result(out_dir / "result.json")
 
 
 def _worker(spec_path: str) -> None:
-    """One data-parallel worker (`python -m tunebook.sft launch.json` under torchrun)."""
+    """One worker process (`python -m tunebook.sft launch.json` under accelerate launch)."""
     spec = json.loads(Path(spec_path).read_text(encoding="utf-8"))
     params = SftParams.model_validate(spec["params"])
     data = training_data(params, Path(spec["dataset_dir"]), [Chunk(**c) for c in spec["chunks"]])
@@ -292,6 +341,16 @@ def out_of_memory_advice(params: SftParams) -> str:
     if params.method != "qlora":
         steps.append("sft.method=qlora (a 4-bit base)")
     return "out of memory while training; try " + "; or ".join(steps) + " (`tunebook plan` estimates the memory)"
+
+
+def memory_comparison(params: SftParams, base_model: str, result: SftResult) -> pd.DataFrame:
+    """`tunebook plan`'s memory estimate by component, and the peak this run measured beside its total."""
+    estimate = plan.sft_memory(params, AutoConfig.from_pretrained(base_model))
+    rows = [{"memory": name, "estimated GB": gb} for name, gb in estimate.items()]
+    measured = "peak allocated on the GPU" if torch.cuda.is_available() else "weights + optimizer state (CPU)"
+    rows.append({"memory": "total", "estimated GB": sum(estimate.values()),
+                 "measured peak GB": result.metrics["peak_memory_gb"], "measured as": measured})  # fmt: skip
+    return pd.DataFrame(rows).round(3).fillna("")
 
 
 def template_check(base_model: str, data: TrainingData) -> TokenMask | None:
@@ -400,7 +459,9 @@ def _sft_config(params: SftParams, out_dir: Path, seed: int, has_val: bool, prog
         fp16=precision == "fp16",
         use_cpu=not torch.cuda.is_available(),
         seed=seed,
-        report_to="none",  # TensorBoard is attached explicitly so its logs land in the run directory
+        # TensorBoard is attached explicitly so that its logs land in the run directory.
+        report_to=["wandb"] if params.wandb_project else "none",
+        run_name=out_dir.parent.name,
         disable_tqdm=not progress,
         dataloader_num_workers=0,
     )

@@ -1,5 +1,7 @@
 """SFT's checks before training, on the real tokenizer of the tiny model."""
 
+from pathlib import Path
+
 import pytest
 from transformers import AutoTokenizer
 
@@ -238,3 +240,59 @@ def test_two_process_data_parallel_matches_one_process(tiny_model, dataset_dir, 
     eval_one, eval_two = results[1].metrics["eval_loss"], results[2].metrics["eval_loss"]
     assert abs(eval_one - eval_two) < 0.01 * eval_one
     assert set(entries[1]) == set(entries[2]) and entries[2]["adapter"].endswith("p2/adapter")
+
+
+@pytest.mark.parametrize("name", ["ddp", "fsdp", "deepspeed_zero2", "deepspeed_zero3"])
+def test_the_shipped_accelerate_configs_are_valid(name):
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    from tunebook.params import SftParams, accelerate_config_path
+
+    params = SftParams(processes=2, accelerate_config=f"params/accelerate/{name}.yaml")
+    config = load_config_from_file(str(accelerate_config_path(params)))
+    expected = {"ddp": "MULTI_GPU", "fsdp": "FSDP", "deepspeed_zero2": "DEEPSPEED", "deepspeed_zero3": "DEEPSPEED"}
+    assert config.distributed_type.value == expected[name]
+    assert config.mixed_precision == "no"  # precision is sft.precision's, whatever the hardware
+
+
+def test_a_missing_accelerate_config_is_a_params_error():
+    from pydantic import ValidationError
+
+    from tunebook.params import SftParams
+
+    with pytest.raises(ValidationError, match="accelerate_config: no such file .*params/accelerate/zero9.yaml"):
+        SftParams(processes=2, accelerate_config="params/accelerate/zero9.yaml")
+
+
+def test_wandb_logs_offline_into_the_run_directory_and_peak_memory_is_measured(
+    tiny_model, dataset_dir, tmp_path, monkeypatch
+):
+    from tunebook.params import SftParams
+    from tunebook.sft import train_sft, training_data
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    params = SftParams(max_steps=2, logging_steps=1, eval_steps=2, save_steps=9, max_length=128,
+                       wandb_project="tunebook-test")  # fmt: skip
+    out_dir = tmp_path / "run1" / "sft"
+    result = train_sft(params, tiny_model, training_data(params, dataset_dir, []), out_dir, seed=0, progress=False)
+    (run,) = (out_dir / "wandb").glob("offline-run-*")
+    logged = next(run.glob("run-*.wandb")).read_bytes()  # the offline run's record log, what `wandb sync` sends
+    assert b"train/loss" in logged and b"eval/loss" in logged and b"tunebook-test" in logged
+    assert result.metrics["peak_memory_gb"] >= 0
+    assert list((out_dir / "tensorboard").glob("events.out.tfevents.*"))  # TensorBoard still logs beside W&B
+
+
+def test_the_report_sets_the_plans_memory_estimate_beside_the_measured_peak(tiny_model):
+    import pandas as pd
+
+    from tunebook.params import SftParams
+    from tunebook.sft import SftResult, memory_comparison
+
+    result = SftResult(Path("unused"), tiny_model, "hash", pd.DataFrame(), {"peak_memory_gb": 0.25}, 1, 2)
+    lora = memory_comparison(SftParams(), tiny_model, result).set_index("memory")
+    full = memory_comparison(SftParams(method="full"), tiny_model, result).set_index("memory")
+    assert list(lora.index) == ["weights", "trained parameters", "activations", "total"]
+    assert lora.loc["total", "measured peak GB"] == 0.25
+    assert full.loc["weights", "estimated GB"] == 0  # nothing frozen: every weight is a trained parameter
+    assert full.loc["trained parameters", "estimated GB"] > 10 * lora.loc["trained parameters", "estimated GB"]
