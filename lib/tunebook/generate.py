@@ -12,10 +12,13 @@ import asyncio
 import json
 import time
 from collections import Counter
+from collections.abc import Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypeVar
 
+import httpx
 import pandas as pd
 from tqdm import tqdm
 
@@ -36,6 +39,7 @@ from tunebook.teachers.cache import ResponseCache, request_key
 
 SPLITS = ("train", "val", "test")
 CAMPAIGN_LOG = "campaign.jsonl"
+T = TypeVar("T")
 
 
 class CampaignError(RuntimeError):
@@ -117,9 +121,19 @@ def _chain_chats(name: str, specs: dict[str, TeacherParams]) -> bool:
 
 
 class Pool:
-    """The campaign's teachers by name, each chat request going through the shared response cache."""
+    """The campaign's teachers by name, each chat request going through the shared response cache.
 
-    def __init__(self, params: GenerateParams, tiny: TinyParams, corpus_texts: list[str], cache: ResponseCache):
+    transport replaces the HTTP transport of the openai teachers: tests script replies with it.
+    """
+
+    def __init__(
+        self,
+        params: GenerateParams,
+        tiny: TinyParams,
+        corpus_texts: list[str],
+        cache: ResponseCache,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ):
         self.specs = {t.name: t for t in params.teachers}
         self.cache = cache
         self.chat_teachers = {}
@@ -132,7 +146,7 @@ class Pool:
             elif spec.backend == "openai":
                 from tunebook.teachers.openai import OpenAITeacher
 
-                self.chat_teachers[spec.name] = OpenAITeacher(spec, params)
+                self.chat_teachers[spec.name] = OpenAITeacher(spec, params, transport)
 
     async def chat(self, name: str, messages: list[dict], tally: Counter) -> Reply:
         teacher = self.chat_teachers[name]
@@ -144,6 +158,52 @@ class Pool:
     async def aclose(self) -> None:
         for teacher in self.chat_teachers.values():
             await teacher.aclose()
+
+
+@dataclass(frozen=True)
+class Chat:
+    reply: Reply | None  # None when the server answered outside the protocol
+    error: str | None
+    requests: int  # requests sent for it: 0 when the cache answered
+
+
+async def chat_many(
+    campaign: GenerateParams,
+    conversations: list[list[dict]],
+    desc: str,
+    progress: bool = True,
+    cache: ResponseCache | None = None,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> list[Chat]:
+    """The campaign's one chat teacher's replies to each conversation, in order: concurrently, through the
+    response cache, rate limits and retries (the judge and evaluated endpoints are asked this way)."""
+    # Never the tiny model (params refuse it for these), so the pool needs no corpus to build one.
+    pool = Pool(campaign, TinyParams(), [], cache or ResponseCache(), transport)
+    name = campaign.teachers[0].name
+    in_flight = asyncio.Semaphore(campaign.concurrency)
+    bar = tqdm(total=len(conversations), desc=desc, unit="call", disable=not progress)
+    chats: list[Chat | None] = [None] * len(conversations)
+
+    async def ask(index: int, messages: list[dict]) -> None:
+        tally: Counter = Counter()
+        async with in_flight:
+            try:
+                chats[index] = Chat(await pool.chat(name, messages, tally), None, tally["requests"])
+            except ValueError as err:  # the server answered, but not in the protocol
+                chats[index] = Chat(None, str(err), tally["requests"])
+        bar.update(1)
+
+    try:
+        async with asyncio.TaskGroup() as group:
+            for index, messages in enumerate(conversations):
+                group.create_task(ask(index, messages))
+    except* TeacherUnavailable as errors:
+        # Every reply that arrived is in the cache: asking again resumes from there.
+        raise errors.exceptions[0] from None
+    finally:
+        bar.close()
+        await pool.aclose()
+    return chats
 
 
 # --- one job --------------------------------------------------------------------------------------------
@@ -278,12 +338,16 @@ def run_campaign(
     progress: bool = True,
 ) -> Campaign:
     """Run (or resume) the jobs not yet in out_dir/campaign.jsonl; returns every job's record."""
-    coroutine = _campaign(jobs, params, out_dir, tiny, corpus_texts, progress)
+    return run_sync(_campaign(jobs, params, out_dir, tiny, corpus_texts, progress))
+
+
+def run_sync(coroutine: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine to its end from synchronous code, a notebook cell included."""
     try:
         asyncio.get_running_loop()
     except RuntimeError:
         return asyncio.run(coroutine)
-    # A notebook kernel already runs an event loop in this thread: give the campaign a thread of its own.
+    # A notebook kernel already runs an event loop in this thread: give the coroutine a thread of its own.
     with ThreadPoolExecutor(1) as executor:
         return executor.submit(asyncio.run, coroutine).result()
 

@@ -7,11 +7,13 @@ work starts; the first problem is reported as one line naming the file, line and
 from __future__ import annotations
 
 import difflib
+import re
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tunebook import paths
 
@@ -68,7 +70,20 @@ class ChromaParams(Strict):
     port: int = Field(8000, ge=1, le=65535)
 
 
-class TeacherParams(Strict):
+class NoSecrets(Strict):
+    """A section that may name the environment variable of a key, but never hold one."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_secrets(cls, data: Any) -> Any:
+        # papermill writes every parameter into the executed notebook: a key in params would be published.
+        for key in ("api_key", "key", "token", "password"):
+            if isinstance(data, dict) and key in data:
+                raise ValueError(f"'{key}' must not be in params (reports record them); set api_key_env instead")
+        return data
+
+
+class TeacherParams(NoSecrets):
     """One teacher of a campaign's pool."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # label in reports and in each row
@@ -83,15 +98,6 @@ class TeacherParams(Strict):
     max_new_tokens: int = Field(256, ge=1)
     temperature: float = Field(0.0, ge=0)
     batch_size: int = Field(8, ge=1)  # hf: prompts per forward pass
-
-    @model_validator(mode="before")
-    @classmethod
-    def _no_secrets(cls, data: Any) -> Any:
-        # papermill writes every parameter into the executed notebook: a key in params would be published.
-        for key in ("api_key", "key", "token", "password"):
-            if isinstance(data, dict) and key in data:
-                raise ValueError(f"'{key}' must not be in params (reports record them); set api_key_env instead")
-        return data
 
     @model_validator(mode="after")
     def _backend_fields(self) -> TeacherParams:
@@ -214,12 +220,230 @@ def accelerate_config_path(sft: SftParams) -> Path:
     return path if path.is_absolute() else paths.project_root() / path
 
 
+class CheckParams(Strict):
+    """A domain check on every evaluated answer: it matches a regex, contains a string, or is code that runs."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # its column in the results: check_<name>
+    kind: Literal["regex", "contains", "python"]
+    pattern: str | None = None  # regex: searched for anywhere in the answer
+    value: str | None = None  # contains: the text the answer must contain
+    ignore_case: bool = False  # regex and contains
+    # python: what the answer's code prints (compared stripped, as text), or the value of `expression`
+    expected: Any = None
+    expression: str | None = None  # python: evaluated after the code runs, e.g. "add(2, 3)"; compared to expected
+    timeout_s: float = Field(5.0, gt=0)  # python: a longer run fails the check
+    applies_to: str | None = None  # a regex on the question; None = every question
+
+    @field_validator("pattern", "applies_to")
+    @classmethod
+    def _compiles(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as err:
+                raise ValueError(f"not a valid regex ({err})") from None
+        return value
+
+    @model_validator(mode="after")
+    def _kind_fields(self) -> CheckParams:
+        field = {"regex": "pattern", "contains": "value", "python": "expected"}[self.kind]
+        # `expected` may legitimately be null (code that returns None): what counts is whether it was given.
+        given = field in self.model_fields_set if field == "expected" else bool(getattr(self, field))
+        if not given:
+            raise ValueError(f"check '{self.name}' ({self.kind}) needs {field}")
+        return self
+
+
+DEFAULT_RUBRIC = """10: correct and complete; says nothing the reference does not support.
+7-9: correct, with a minor omission or extra detail that is still true.
+4-6: partly correct: misses a key point, or adds a doubtful claim.
+2-3: mostly wrong or off the question, with something relevant in it.
+1: wrong, empty, unreadable or made up."""
+
+DEFAULT_GRADE_PROMPT = """Grade an answer to a question about technical documentation against the reference answer.
+
+Rubric (score 1-10):
+{rubric}
+
+Question: {question}
+
+Reference answer: {reference}
+
+Answer to grade: {answer}
+
+Reply with a JSON object and nothing else: {{"score": <integer 1-10>, "reason": "<one sentence>"}}"""
+
+DEFAULT_PAIRWISE_PROMPT = """Two assistants answered the same question about technical documentation. Decide which
+answer is better by the rubric below, checking both against the reference answer. Neither the order of
+the answers nor their length may sway you.
+
+Rubric:
+{rubric}
+
+Question: {question}
+
+Reference answer: {reference}
+
+Answer A: {answer_a}
+
+Answer B: {answer_b}
+
+Reply with a JSON object and nothing else: {{"winner": "A"}}, {{"winner": "B"}} or {{"winner": "tie"}}"""
+
+DEFAULT_FAILURE_PROMPT = """An answer to a question about technical documentation was graded as a failure. Say why,
+with one label:
+- wrong: it contradicts the reference answer
+- incomplete: what it says is right, but it misses key parts of the reference answer
+- hallucinated: it makes up facts found neither in the reference answer nor in the source passage
+- format: it is empty, cut off, stuck in a loop or unreadable
+
+Question: {question}
+
+Reference answer: {reference}
+
+Source passage: {source}
+
+Answer: {answer}
+
+Reply with a JSON object and nothing else:
+{{"label": "<wrong|incomplete|hallucinated|format>", "reason": "<one sentence>"}}"""
+
+# The fields each judge prompt may use.
+JUDGE_PROMPT_FIELDS = {
+    "grade_prompt": ("rubric", "question", "reference", "answer"),
+    "pairwise_prompt": ("rubric", "question", "reference", "answer_a", "answer_b"),
+    "failure_prompt": ("rubric", "question", "reference", "answer", "source"),
+}
+
+
+class JudgeParams(NoSecrets):
+    """The evaluate stage's judge. `reference` is a rule-based stand-in for offline runs (not an LLM);
+    `hf` and `openai` judges are asked like the generate stage's teachers, through its pool and cache."""
+
+    backend: Literal["reference", "hf", "openai"] = "reference"
+    model: str | None = None  # hf: a model directory or an HF id; openai: the served model name
+    base_url: str | None = None  # openai: e.g. http://127.0.0.1:8000/v1
+    api_key_env: str | None = None  # openai: the NAME of the environment variable holding the key
+    max_new_tokens: int = Field(128, ge=1)
+    batch_size: int = Field(8, ge=1)  # hf: prompts per forward pass
+    concurrency: int = Field(8, ge=1)  # requests in flight
+    requests_per_minute: int = Field(0, ge=0)  # 0: no limit
+    tokens_per_minute: int = Field(0, ge=0)  # 0: no limit
+    max_retries: int = Field(5, ge=0)  # on 429, 5xx and timeouts, with exponential backoff
+    timeout_s: float = Field(60.0, gt=0)
+    rubric: str = DEFAULT_RUBRIC
+    grade_prompt: str = DEFAULT_GRADE_PROMPT  # fields: {rubric} {question} {reference} {answer}
+    pairwise_prompt: str = DEFAULT_PAIRWISE_PROMPT  # fields: {rubric} {question} {reference} {answer_a} {answer_b}
+    failure_prompt: str = DEFAULT_FAILURE_PROMPT  # fields: {rubric} {question} {reference} {answer} {source}
+    fail_below: float = Field(5.0, ge=1, le=11)  # an answer graded below this is a failure, and gets a label
+    # count an unparsable grade as 1 and an unparsable pairwise verdict as a tie, instead of leaving them out
+    score_unparsable: bool = False
+
+    @model_validator(mode="after")
+    def _judge_fields(self) -> JudgeParams:
+        for name, fields in JUDGE_PROMPT_FIELDS.items():
+            try:
+                getattr(self, name).format(**dict.fromkeys(fields, ""))
+            except KeyError as err:
+                raise ValueError(f"{name} uses {{{err.args[0]}}}; its fields are {', '.join(fields)}") from None
+            except (IndexError, ValueError) as err:
+                raise ValueError(f"{name} is not a template ({err}); write a literal brace as {{{{ or }}}}") from None
+        if self.backend == "hf" and self.model == "tiny":
+            raise ValueError("the hf judge needs a model directory or an HF id: `tiny` cannot follow a rubric")
+        if self.backend != "reference":
+            try:
+                self.teacher()
+            except ValidationError as err:
+                raise ValueError(_message(err.errors()[0])) from None
+        return self
+
+    def teacher(self) -> TeacherParams:
+        """The judge as a teacher of the generate stage's pool, greedy so that its verdicts are repeatable."""
+        return TeacherParams(
+            name="judge",
+            backend=self.backend,
+            model=self.model,
+            base_url=self.base_url,
+            api_key_env=self.api_key_env,
+            max_new_tokens=self.max_new_tokens,
+            batch_size=self.batch_size,
+            temperature=0.0,
+        )
+
+
+class EndpointParams(NoSecrets):
+    """A model behind an OpenAI-compatible endpoint (vLLM, Ollama, llama.cpp...), evaluated beside the
+    registry's models: asked through the generate stage's pool (cache, concurrency, retries)."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # its label in the report
+    model: str  # the served model name
+    base_url: str  # e.g. http://127.0.0.1:8080/v1
+    api_key_env: str | None = None  # the NAME of the environment variable holding the key
+    concurrency: int = Field(8, ge=1)
+    max_retries: int = Field(5, ge=0)
+    timeout_s: float = Field(120.0, gt=0)
+
+    def campaign(self, max_new_tokens: int) -> GenerateParams:
+        """The endpoint as a one-teacher campaign, greedy like every evaluated model."""
+        teacher = TeacherParams(
+            name=self.name,
+            backend="openai",
+            model=self.model,
+            base_url=self.base_url,
+            api_key_env=self.api_key_env,
+            max_new_tokens=max_new_tokens,
+            temperature=0.0,
+        )
+        return GenerateParams(
+            teachers=[teacher], concurrency=self.concurrency, max_retries=self.max_retries, timeout_s=self.timeout_s
+        )
+
+
+DEFAULT_RAG_PROMPT = """Answer the question. These excerpts of the documentation may help:
+
+{context}
+
+Question: {question}"""
+
+
 class EvaluateParams(Strict):
-    models: list[str] = ["base", "sft"]
+    models: list[str] = ["base", "sft"]  # registry names: base, sft, dpo or RUN_ID:stage
+    endpoints: list[EndpointParams] = []  # served models to evaluate beside them
+    baseline: str = "base"  # the model every other one is compared with
+    # closed_book: the question alone; rag: with the top rag_k chunks retrieved from the run's Chroma collection
+    conditions: list[Literal["closed_book", "rag"]] = ["closed_book", "rag"]
+    rag_k: int = Field(3, ge=1)
+    # the retrieved text is cut to this many characters (split evenly between chunks): keep prompt and
+    # answer within the smallest context window among the models
+    rag_max_chars: int = Field(4000, ge=100)
+    rag_prompt: str = DEFAULT_RAG_PROMPT  # fields: {context} {question}
     max_examples: int = Field(0, ge=0)  # 0 = the whole test split
     max_new_tokens: int = Field(64, ge=1)
     batch_size: int = Field(16, ge=1)
     n_worst: int = Field(8, ge=0)
+    resamples: int = Field(1000, ge=1000)  # paired bootstrap resamples for every confidence interval
+    contamination_ngram: int = Field(13, ge=1)  # test items sharing an n-gram with the train split are flagged
+    checks: list[CheckParams] = []  # domain checks run on every answer (see tunebook.checks)
+    # a JSONL file of your own {"prompt", "reference", "check"} items, evaluated beside the test split
+    benchmark_file: str | None = None
+    judge: JudgeParams = JudgeParams()  # LLM-as-judge (see tunebook.judge); `reference` runs offline
+    human_ratings: str | None = None  # a filled blind sheet (human/sheet.csv) to measure the judge against
+
+    @model_validator(mode="after")
+    def _names(self) -> EvaluateParams:
+        names = [check.name for check in self.checks]
+        if len(set(names)) != len(names):
+            raise ValueError(f"check names must be unique, got {names}")
+        models = [*self.models, *(e.name for e in self.endpoints)]
+        if len(set(models)) != len(models):
+            raise ValueError(f"model and endpoint names must be unique, got {models}")
+        if self.baseline not in models:
+            raise ValueError(f"baseline {self.baseline!r} is not among the models {models}")
+        try:
+            self.rag_prompt.format(context="", question="")
+        except (KeyError, IndexError, ValueError) as err:
+            raise ValueError(f"rag_prompt: its fields are {{context}} and {{question}} ({err})") from None
+        return self
 
 
 class Params(Strict):
@@ -240,7 +464,7 @@ class Params(Strict):
 
 
 # Sections that more than one stage reads, injected whole into each of those stages' notebooks.
-SHARED_SECTIONS = {"ingest": ("chroma",), "generate": ("chroma", "tiny"), "sft": ("tiny",)}
+SHARED_SECTIONS = {"ingest": ("chroma",), "generate": ("chroma", "tiny"), "sft": ("tiny",), "evaluate": ("chroma",)}
 
 
 def load_params(path: str | Path, overrides: list[str] = ()) -> Params:
@@ -303,7 +527,11 @@ def _message(error: dict) -> str:
 def _did_you_mean(loc: list[str]) -> str:
     model: type[BaseModel] = Params
     for part in loc[:-1]:
+        if part.isdigit():  # an item of a list of sections, e.g. evaluate.checks.0
+            continue
         annotation = model.model_fields[part].annotation
+        if typing.get_origin(annotation) is list:
+            annotation = typing.get_args(annotation)[0]
         if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
             return ""
         model = annotation
@@ -316,6 +544,10 @@ def _line_of(text: str, loc: list[str]) -> int:
     node = yaml.compose(text)
     line = 1
     for part in loc:
+        if isinstance(node, yaml.SequenceNode) and part.isdigit() and int(part) < len(node.value):
+            node = node.value[int(part)]
+            line = node.start_mark.line + 1
+            continue
         if not isinstance(node, yaml.MappingNode):
             break
         for key_node, value_node in node.value:
@@ -337,6 +569,10 @@ def _check_files(params: Params, path: Path) -> None:
     config = params.sft.base_config
     if config and not _resolve_beside(config, path).is_file():
         raise ParamsError(f"{path}: sft.base_config: no such file: {config}")
+    for key in ("benchmark_file", "human_ratings"):
+        given = getattr(params.evaluate, key)
+        if given and not paths.resolve(given).is_file():
+            raise ParamsError(f"{path}: evaluate.{key}: no such file: {paths.resolve(given)}")
 
 
 def _looks_like_path(name: str) -> bool:

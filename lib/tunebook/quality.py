@@ -113,6 +113,21 @@ def row_ngrams(row: dict, n: int) -> set[tuple[str, ...]]:
     return ngrams(question(row), n) | ngrams(answer(row), n)
 
 
+def ngram_overlap(texts: list[str], reference_texts: list[str], n: int = 13) -> list[float]:
+    """Per text, the share of its distinct word n-grams found anywhere in reference_texts.
+
+    Uses the n-grams `decontaminate` compares, so a text scores above 0 exactly when it shares one with
+    the references. A text shorter than n words has no n-grams and scores 0, as decontamination treats
+    it: falling back to shorter grams would flag every short answer ("Yes.") as contaminated.
+    """
+    reference = set().union(*(ngrams(text, n) for text in reference_texts))
+    overlaps = []
+    for text in texts:
+        grams = ngrams(text, n)
+        overlaps.append(len(grams & reference) / len(grams) if grams else 0.0)
+    return overlaps
+
+
 def decontaminate(splits: dict[str, list[dict]], n: int) -> tuple[dict[str, list[dict]], list[dict], dict]:
     """Remove train rows sharing an n-gram with val or test; returns splits, removed rows and a report."""
     held_out = set().union(*(row_ngrams(row, n) for name in ("val", "test") for row in splits[name]))

@@ -1,5 +1,7 @@
 """The quality pipeline's filters, one at a time, on rows shaped like the generate stage's."""
 
+import pytest
+
 from tunebook import quality
 from tunebook.params import FilterParams
 
@@ -76,3 +78,29 @@ def test_decontamination_removes_train_rows_sharing_an_ngram_with_held_out_rows(
     assert report["train_rows_overlapping"] == 1 and report["ngram"] == 13
     _, removed, _ = quality.decontaminate(splits, n=30)  # longer than any shared run
     assert removed == []
+
+
+def test_ngram_overlap_scores_each_text_against_the_references():
+    train = [f"With skipkeys, {CHUNK}", "An unrelated answer about something else entirely."]
+    copied = CHUNK  # every 13-gram of it is in the first training text
+    half = "dict keys that are not of a basic type are skipped instead of raising a TypeError, " + (
+        "whereas this tail was written fresh for the test and shares nothing at all with train"
+    )
+    fresh = "A question written from scratch that shares no thirteen word run with any training row at all."
+    short = "dict keys that are not of a basic type"  # 9 words, copied, but too short to tell
+    overlaps = quality.ngram_overlap([copied, half, fresh, short], train)
+    assert overlaps[0] == 1.0 and overlaps[2] == 0.0 and overlaps[3] == 0.0
+    grams = quality.ngrams(half, 13)
+    assert overlaps[1] == pytest.approx(len(grams & quality.ngrams(train[0], 13)) / len(grams))
+    assert 0 < overlaps[1] < 1
+    assert quality.ngram_overlap([short], train, n=5) == [1.0]
+    assert quality.ngram_overlap([copied], []) == [0.0]
+
+
+def test_ngram_overlap_agrees_with_decontamination():
+    shared = "dict keys that are not of a basic type are skipped instead of raising a TypeError"
+    train = [row("What does skipkeys do?", f"With skipkeys, {shared}."), row("Other?", "An unrelated answer.")]
+    test = [row("Explain skipkeys.", f"When set, {shared}!")]
+    _, removed, _ = quality.decontaminate({"train": train, "val": [], "test": test}, n=13)
+    overlaps = quality.ngram_overlap([quality.answer(r) for r in train], [quality.answer(r) for r in test])
+    assert [r for r, overlap in zip(train, overlaps, strict=True) if overlap > 0] == removed
