@@ -1,86 +1,330 @@
-"""Stage 03: every model answers the test split; metrics per example and per model, and the worst cases."""
+"""Stage 03: every model answers every test item, closed-book and with retrieved chunks (RAG); scores,
+paired-bootstrap confidence intervals for every difference, judge verdicts with their bias controls,
+failure labels, domain checks and contamination, in one report.
+
+A "system" is a model under a condition: `sft` answers closed-book, `sft+rag` with the top-k chunks of the
+run's Chroma collection in its prompt. Every system is compared with the baseline system (closed-book).
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
-from tunebook import metrics, models, registry
+from tunebook import checks, generate, human, ingest, judge, metrics, models, paths, quality, registry, stats
 from tunebook.files import jsonl_text, write_atomic
-from tunebook.params import EvaluateParams
+from tunebook.params import ChromaParams, EndpointParams, EvaluateParams
 
+SCORES = ("exact_match", "f1", "rouge_l")  # per example in [0, 1]; reported in points (x100)
 HEADLINE = ("f1", "rouge_l")
+RAG = "+rag"
+
+
+# --- what is evaluated ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Inputs:
+    items: pd.DataFrame  # what every model answers: id, split, question, reference, chunk_id, check
+    retrieved: pd.DataFrame | None  # the top-k chunks of each item, when a condition is rag
+    train_texts: list[str]  # the train split, to flag test items that overlap it
+    chunk_texts: dict[str, str]  # chunk id -> text: the source passage a judge is shown
+
+
+def inputs(run_id: str, params: EvaluateParams, store: ChromaParams) -> Inputs:
+    """This run's test split (and benchmark file), retrieval from its collection, and its train split."""
+    dataset_dir = paths.stage_dir(run_id, "generate")
+    items = test_items(generate.read_split(dataset_dir, "test"), params)
+    ingest_dir = paths.stage_dir(run_id, "ingest")
+    retrieved = None
+    if "rag" in params.conditions:
+        retrieved = retrieve(items, ingest.recorded_collection(ingest_dir, store), params.rag_k)
+    train = generate.read_split(dataset_dir, "train")
+    train_texts = [" ".join(turn["content"] for turn in row["messages"]) for row in train]
+    chunk_texts = {chunk.id: chunk.text for chunk in ingest.read_chunks(ingest_dir / "chunks.jsonl")}
+    return Inputs(items, retrieved, train_texts, chunk_texts)
+
+
+def test_items(test_rows: list[dict], params: EvaluateParams) -> pd.DataFrame:
+    """One row per item: the test split (the first max_examples of it) and the user's benchmark file."""
+    rows = test_rows[: params.max_examples] if params.max_examples else test_rows
+    items = [_item(row, "test") for row in rows]
+    if params.benchmark_file:
+        items += [_item(row, "benchmark") for row in checks.read_benchmark(params.benchmark_file)]
+    return pd.DataFrame(items)
+
+
+def _item(row: dict, split: str) -> dict:
+    return {
+        "id": row["id"],
+        "split": split,
+        "question": row["messages"][-2]["content"],
+        "reference": row["messages"][-1]["content"],
+        "chunk_id": row.get("chunk_id"),
+        "check": row.get("check"),
+    }
+
+
+def retrieve(items: pd.DataFrame, collection, k: int, batch_size: int = 64) -> pd.DataFrame:
+    """The top-k chunks for each question: id, context (their texts), retrieved ids, and whether the chunk
+    the item was written from is among them (missing for items without a source chunk)."""
+    rows = []
+    for start in range(0, len(items), batch_size):
+        batch = items.iloc[start : start + batch_size]
+        found = collection.query(query_texts=batch["question"].tolist(), n_results=k, include=["documents"])
+        for (_, item), ids, texts in zip(batch.iterrows(), found["ids"], found["documents"], strict=True):
+            hit = item["chunk_id"] in ids if item["chunk_id"] else None
+            rows.append({"id": item["id"], "context": texts, "retrieved": ids, "hit": hit})
+    return pd.DataFrame(rows)
+
+
+def conversations(items: pd.DataFrame, retrieved: pd.DataFrame | None, params: EvaluateParams) -> list[list[dict]]:
+    """The user turns a condition asks: the question alone, or the rag_prompt with retrieved chunks."""
+    if retrieved is None:
+        return [[{"role": "user", "content": q}] for q in items["question"]]
+    contexts = retrieved.set_index("id").loc[items["id"], "context"]
+    share = params.rag_max_chars // params.rag_k
+    return [
+        [{"role": "user", "content": params.rag_prompt.format(context=_context(chunks, share), question=q)}]
+        for q, chunks in zip(items["question"], contexts, strict=True)
+    ]
+
+
+def _context(chunks: list[str], share: int) -> str:
+    return "\n\n---\n\n".join(chunk if len(chunk) <= share else chunk[:share].rsplit(" ", 1)[0] + " ..."
+                                for chunk in chunks)  # fmt: skip
+
+
+# --- answering and scoring ------------------------------------------------------------------------------
 
 
 @dataclass
 class Evaluation:
-    examples: pd.DataFrame  # one row per (model, test item): question, reference, prediction, scores
-    summary: pd.DataFrame  # one row per model: mean scores (0-100), corpus BLEU, perplexity
+    examples: pd.DataFrame  # one row per (system, item): prompt parts, prediction, scores, checks, overlap
+    summary: pd.DataFrame  # one row per system: mean scores (points), corpus BLEU, perplexity, hit rate...
+    models: pd.DataFrame  # one row per model: where it came from and the chat template it answered with
     bleu_signature: str
+    decoding: dict  # the decoding every model used
 
 
-def evaluate_models(test_rows: list[dict], params: EvaluateParams, run_id: str, progress: bool = True) -> Evaluation:
-    rows = test_rows[: params.max_examples] if params.max_examples else test_rows
-    prompts = [row["messages"][:-1] for row in rows]
-    references = [row["messages"][-1]["content"] for row in rows]
-    frames, summaries, signature = [], [], ""
+def evaluate_models(
+    items: pd.DataFrame,
+    params: EvaluateParams,
+    run_id: str,
+    retrieved: pd.DataFrame | None = None,
+    train_texts: list[str] | None = None,
+    progress: bool = True,
+) -> Evaluation:
+    """Every model answers every item under every condition (greedy, the same max_new_tokens); each
+    answer is scored against its reference, checked, and flagged by its item's overlap with train_texts."""
+    frames, model_rows, perplexities = [], [], {}
+    conditions = {c: conversations(items, retrieved if c == "rag" else None, params) for c in params.conditions}
     for name in params.models:
         spec = registry.resolve(name, run_id)
         loaded = models.load_model(name, spec["base_model"], spec["adapter"])
-        generations = models.generate(loaded, prompts, params.max_new_tokens, params.batch_size, progress)
-        predictions = [g.text for g in generations]
-        nll, tokens = models.reference_nll(loaded, [row["messages"] for row in rows], params.batch_size, progress)
-        scores = metrics.score_examples(predictions, references)
-        bleu, signature = metrics.corpus_bleu(predictions, references)
-        frames.append(
-            pd.DataFrame(
-                {
-                    "model": name,
-                    "id": [row["id"] for row in rows],
-                    "question": [p[-1]["content"] for p in prompts],
-                    "reference": references,
-                    "prediction": predictions,
-                    "stopped": [g.stopped for g in generations],
-                }
-            ).join(scores)
-        )
-        means = (scores[["exact_match", "f1", "rouge_l"]].mean() * 100).round(2).to_dict()
-        summaries.append(
-            {
-                "model": name,
-                **means,
-                "bleu": round(bleu, 2),
-                "perplexity": round(models.perplexity(nll, tokens), 3),
-            }
-        )
+        model_rows.append({"model": name, "source": spec["adapter"] or spec["base_model"],
+                           "chat template": _template_id(loaded.tokenizer.chat_template)})  # fmt: skip
+        for condition, asked in conditions.items():
+            answers = models.generate(loaded, asked, params.max_new_tokens, params.batch_size, progress)
+            frames.append(_answers(items, name, condition, [a.text for a in answers], [a.stopped for a in answers]))
+        references = [[*turns, {"role": "assistant", "content": ref}]
+                      for turns, ref in zip(conditions.get("closed_book", conversations(items, None, params)),
+                                            items["reference"], strict=True)]  # fmt: skip
+        nll, tokens = models.reference_nll(loaded, references, params.batch_size, progress)
+        perplexities[name] = models.perplexity(nll, tokens)
         del loaded
-    return Evaluation(pd.concat(frames, ignore_index=True), pd.DataFrame(summaries), signature)
+    for endpoint in params.endpoints:
+        model_rows.append({"model": endpoint.name, "source": endpoint.base_url, "chat template": "the server's"})
+        for condition, asked in conditions.items():
+            texts, stopped = _ask_endpoint(endpoint, asked, params.max_new_tokens, progress)
+            frames.append(_answers(items, endpoint.name, condition, texts, stopped))
+    examples = _score(pd.concat(frames, ignore_index=True), params, retrieved, train_texts or [])
+    summary, signature = summarize(examples, perplexities, retrieved)
+    decoding = {"decoding": "greedy", "max_new_tokens": params.max_new_tokens, "batch_size": params.batch_size,
+                "conditions": params.conditions, "rag_k": params.rag_k}  # fmt: skip
+    return Evaluation(examples, summary, pd.DataFrame(model_rows), signature, decoding)
 
 
-def deltas(summary: pd.DataFrame, baseline: str = "base") -> pd.DataFrame:
-    """Each model's scores minus the baseline's (positive is better, except perplexity)."""
-    table = summary.set_index("model")
-    return (table - table.loc[baseline]).drop(index=baseline).round(2)
+def _template_id(template: str | None) -> str:
+    return hashlib.sha256((template or "").encode()).hexdigest()[:12] if template else "none"
 
 
-def worst_examples(examples: pd.DataFrame, model: str, n: int) -> pd.DataFrame:
+def _ask_endpoint(
+    endpoint: EndpointParams, asked: list[list[dict]], max_new_tokens: int, progress: bool
+) -> tuple[list[str], list[bool]]:
+    campaign = endpoint.campaign(max_new_tokens)
+    chats = generate.run_sync(generate.chat_many(campaign, asked, f"generate {endpoint.name}", progress))
+    # An answer the server garbled scores 0 like any wrong answer, and shows as not stopped.
+    return [c.reply.text.strip() if c.reply else "" for c in chats], [bool(c.reply and c.reply.stopped) for c in chats]
+
+
+def _answers(items: pd.DataFrame, model: str, condition: str, texts: list[str], stopped: list[bool]) -> pd.DataFrame:
+    system = model + (RAG if condition == "rag" else "")
+    frame = items[["id", "split", "question", "reference", "chunk_id", "check"]].copy()
+    return frame.assign(system=system, model=model, condition=condition, prediction=texts, stopped=stopped)
+
+
+def _score(
+    examples: pd.DataFrame, params: EvaluateParams, retrieved: pd.DataFrame | None, train_texts: list[str]
+) -> pd.DataFrame:
+    scores = metrics.score_examples(examples["prediction"].tolist(), examples["reference"].tolist())
+    examples = pd.concat([examples.reset_index(drop=True), scores], axis=1)
+    examples["answer_words"] = examples["prediction"].str.split().str.len()
+    texts = (examples["question"] + " " + examples["reference"]).tolist()
+    examples["train_overlap"] = quality.ngram_overlap(texts, train_texts, params.contamination_ngram)
+    if retrieved is not None:
+        hits = retrieved.set_index("id")["hit"]
+        examples["hit"] = examples["id"].map(hits).where(examples["condition"] == "rag")
+    checked = checks.run_checks(examples, params.checks)
+    return examples.join(checked)
+
+
+def summarize(
+    examples: pd.DataFrame, perplexities: dict[str, float] | None = None, retrieved: pd.DataFrame | None = None
+) -> tuple[pd.DataFrame, str]:
+    """Per system: items, mean scores in points, corpus BLEU, stop rate, perplexity (closed-book, on the
+    references), retrieval hit rate (rag) and each domain check's pass rate."""
+    rows, signature = [], ""
+    check_columns = [c for c in examples.columns if c.startswith("check_") and not c.endswith("_reason")]
+    for system, group in examples.groupby("system", sort=False):
+        bleu, signature = metrics.corpus_bleu(group["prediction"].tolist(), group["reference"].tolist())
+        row = {"system": system, "model": group["model"].iloc[0], "condition": group["condition"].iloc[0],
+               "items": len(group), **(group[list(SCORES)].mean() * 100).round(2).to_dict(), "bleu": round(bleu, 2),
+               "stopped": round(group["stopped"].mean() * 100, 1)}  # fmt: skip
+        if perplexities is not None:
+            closed = row["condition"] == "closed_book"
+            row["perplexity"] = round(perplexities.get(row["model"], float("nan")), 3) if closed else float("nan")
+        if "hit" in group and row["condition"] == "rag":
+            row["retrieval_hit_rate"] = round(group["hit"].dropna().astype(float).mean() * 100, 1)
+        for column in check_columns:
+            row[column] = round(group[column].dropna().mean() * 100, 1)
+        rows.append(row)
+    return pd.DataFrame(rows), signature
+
+
+# --- comparisons ------------------------------------------------------------------------------------------
+
+
+def compare(examples: pd.DataFrame, params: EvaluateParams, seed: int) -> pd.DataFrame:
+    """Every system vs the baseline (closed-book) on every score, the judge's grade included once it is
+    there: the paired-bootstrap delta (points; judge grades on their 1-10 scale), its 95% CI, and whether
+    the CI excludes 0, the only case the report calls significant."""
+    scores = examples.rename(columns={"model": "_model", "system": "model"})
+    tables = [stats.compare(scores, params.baseline, list(SCORES), resamples=params.resamples, seed=seed, scale=100)]
+    if "judge_score" in scores:
+        graded = scores.assign(judge_score=scores["judge_score"].astype(float))
+        tables.append(stats.compare(graded, params.baseline, ["judge_score"], resamples=params.resamples, seed=seed))
+    return pd.concat(tables, ignore_index=True).rename(columns={"model": "system"})
+
+
+def clean_subset(examples: pd.DataFrame) -> pd.DataFrame:
+    """The items that share no n-gram with the training data."""
+    return examples[examples["train_overlap"] == 0]
+
+
+# --- the judge --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Judgement:
+    grades: pd.DataFrame  # one per answer
+    pairs: pd.DataFrame  # each system vs the baseline, every item judged in both orders
+    failures: pd.DataFrame  # answers graded below judge.fail_below, labelled
+    summary: pd.DataFrame  # per system vs the baseline: wins, ties, losses, swap consistency, sign test
+    grade_summary: pd.DataFrame  # per system: answers scored, unparsable, mean grade, failures
+    failure_summary: pd.DataFrame  # per system: failures by label
+
+
+def judge_answers(
+    examples: pd.DataFrame, params: EvaluateParams, chunk_texts: dict[str, str], progress: bool = True
+) -> Judgement:
+    answers = examples.assign(model=examples["system"], source_text=examples["chunk_id"].map(chunk_texts))
+    grades = judge.grade(answers, params.judge, progress=progress)
+    baseline = answers[answers["model"] == params.baseline]
+    pairs, rows = [], []
+    for system in answers["model"].unique():
+        if system == params.baseline:
+            continue
+        pair = judge.pairwise(answers[answers["model"] == system], baseline, params.judge, progress=progress)
+        counts = judge.outcomes(pair)
+        rows.append({"system": system, "baseline": params.baseline, **counts,
+                     "swap_consistency": round(judge.swap_consistency(pair) * 100, 1),
+                     "sign_test_p": stats.sign_test(counts["wins"], counts["losses"])})  # fmt: skip
+        pairs.append(pair)
+    failures = judge.label_failures(answers, grades, params.judge, progress=progress)
+    return Judgement(grades, pd.concat(pairs, ignore_index=True) if pairs else pd.DataFrame(), failures,
+                     pd.DataFrame(rows), judge.grade_summary(grades, params.judge.fail_below),
+                     judge.failure_summary(failures))  # fmt: skip
+
+
+def with_grades(examples: pd.DataFrame, grades: pd.DataFrame) -> pd.DataFrame:
+    scored = grades.rename(columns={"model": "system", "score": "judge_score"})[["system", "id", "judge_score"]]
+    return examples.merge(scored, on=["system", "id"], how="left", validate="one_to_one")
+
+
+def failure_examples(failures: pd.DataFrame, per_label: int = 2) -> pd.DataFrame:
+    """A few failures of each label, the place to start reading."""
+    columns = ["model", "label", "question", "reference", "prediction"]
+    labelled = failures.dropna(subset=["label"])
+    return labelled.groupby("label", group_keys=False).head(per_label)[columns].sort_values(["label", "model"])
+
+
+# --- human evaluation ---------------------------------------------------------------------------------------
+
+
+def human_agreement(ratings_csv: str, sheet_dir: Path, pairs: pd.DataFrame) -> dict[str, float]:
+    """How often the judge's pairwise verdicts agree with filled human ratings of the blind sheet."""
+    ratings = human.import_ratings(ratings_csv, sheet_dir / "sheet_key.json").dropna(subset=["winner"])
+    verdicts = pairs.dropna(subset=["final"])
+    winners = verdicts.apply(lambda p: p["model_" + p["final"]] if p["final"] != "tie" else "tie", axis=1)
+    return human.agreement(ratings[["id", "winner"]], pd.DataFrame({"id": verdicts["id"], "winner": winners}))
+
+
+# --- reading the results --------------------------------------------------------------------------------
+
+
+def changed_most(examples: pd.DataFrame, systems: list[str], n: int) -> pd.DataFrame:
+    """Side by side, the answers of the systems (baseline first) on the items whose F1 moved most between
+    the first system and the last."""
+    wide = examples[examples["system"].isin(systems)].pivot_table(
+        index=["id", "question", "reference"], columns="system", values=["prediction", "f1"], aggfunc="first"
+    )
+    change = (wide[("f1", systems[-1])] - wide[("f1", systems[0])]).abs()
+    top = wide.loc[change.sort_values(ascending=False).index[:n], "prediction"][systems]
+    return top.reset_index(level="id", drop=True).reset_index()
+
+
+def worst_examples(examples: pd.DataFrame, system: str, n: int) -> pd.DataFrame:
     columns = ["question", "reference", "prediction", "f1", "rouge_l"]
-    return examples[examples["model"] == model].nsmallest(n, ["f1", "rouge_l"])[columns]
+    return examples[examples["system"] == system].nsmallest(n, ["f1", "rouge_l"])[columns]
 
 
-def beats(summary: pd.DataFrame, model: str, baseline: str = "base") -> dict[str, bool]:
-    table = summary.set_index("model")
-    return {metric: bool(table.loc[model, metric] > table.loc[baseline, metric]) for metric in HEADLINE}
+def beats(comparison: pd.DataFrame, system: str) -> dict[str, bool]:
+    """Whether system's headline scores are significantly above the baseline's (CI above 0)."""
+    rows = comparison[(comparison["system"] == system) & comparison["metric"].isin(HEADLINE)]
+    return {row["metric"]: bool(row["significant"] and row["delta"] > 0) for _, row in rows.iterrows()}
 
 
-def write_results(evaluation: Evaluation, out_dir: Path) -> None:
-    """metrics.json (read by the runs index) and predictions.jsonl (every answer, for later analysis)."""
-    summary = {
-        row["model"]: {k: v for k, v in row.items() if k != "model"} for row in evaluation.summary.to_dict("records")
+def write_results(
+    evaluation: Evaluation, comparison: pd.DataFrame, judgement: Judgement, out_dir: Path, extra: dict
+) -> None:
+    """metrics.json (read by the runs index and `tunebook compare`), predictions.jsonl (every answer)
+    and failures.jsonl (the labelled failures, which the DPO stage's self-critique reads)."""
+    summary = evaluation.summary.set_index("system")
+    result = {
+        "models": json.loads(summary.to_json(orient="index")),
+        "deltas": json.loads(comparison.to_json(orient="records")),
+        "judge": json.loads(judgement.summary.to_json(orient="records")),
+        "bleu_signature": evaluation.bleu_signature,
+        "decoding": evaluation.decoding,
+        "headline": list(HEADLINE),
+        **extra,
     }
-    result = {"models": summary, "bleu_signature": evaluation.bleu_signature, "headline": list(HEADLINE)}
     write_atomic(out_dir / "metrics.json", json.dumps(result, indent=2, sort_keys=True) + "\n")
-    write_atomic(out_dir / "predictions.jsonl", jsonl_text(evaluation.examples.to_dict("records")))
+    predictions = evaluation.examples.drop(columns=["check"]).to_dict("records")
+    write_atomic(out_dir / "predictions.jsonl", jsonl_text(predictions))
+    judge.write_failures(judgement.failures, out_dir / "failures.jsonl")

@@ -13,6 +13,9 @@ _FIXED = {
     "base": _PALETTE[7],
     "sft": _PALETTE[0],
     "dpo": _PALETTE[2],
+    "base+rag": _PALETTE[8],
+    "sft+rag": _PALETTE[9],
+    "dpo+rag": _PALETTE[4],
     "train": _PALETTE[0],
     "eval": _PALETTE[1],
 }
@@ -63,10 +66,10 @@ def loss_curves(history: pd.DataFrame, title: str = "SFT loss"):
     return fig
 
 
-def metric_bars(summary: pd.DataFrame, metrics: list[str], title: str = "Test-split metrics"):
-    long = summary.melt(id_vars="model", value_vars=metrics, var_name="metric", value_name="score")
+def metric_bars(summary: pd.DataFrame, metrics: list[str], title: str = "Test-split metrics", by: str = "model"):
+    long = summary.melt(id_vars=by, value_vars=metrics, var_name="metric", value_name="score")
     fig, ax = _figure(title)
-    sns.barplot(data=long, x="metric", y="score", hue="model", palette={m: color(m) for m in summary["model"]}, ax=ax)
+    sns.barplot(data=long, x="metric", y="score", hue=by, palette={m: color(m) for m in summary[by]}, ax=ax)
     ax.set_ylabel("score (0-100)")
     ax.set_xlabel("")
     return fig
@@ -90,4 +93,39 @@ def token_mask(tokens: list[str], trained: list[bool], title: str = "Tokens the 
             )  # fmt: skip
     ax.text(0, len(rows) + 0.2, "green: trained (assistant answer and its end of turn); grey: context only",
             fontsize=8, va="top")  # fmt: skip
+    return fig
+
+
+def deltas(comparison: pd.DataFrame, title: str = "Difference from the baseline, with 95% CIs"):
+    """One row per (system, metric): the delta as a dot, its paired-bootstrap CI as a bar; 0 is no change."""
+    table = comparison.reset_index(drop=True)
+    fig, ax = _figure(title, height=0.35 * len(table) + 1.2)
+    labels = table["system"] + "  " + table["metric"]
+    for y, row in table.iterrows():
+        ax.plot([row["ci_low"], row["ci_high"]], [y, y], color=color(row["system"]), linewidth=3)
+        ax.plot(row["delta"], y, "o", color="black", markersize=4)
+    ax.axvline(0, color="grey", linestyle="--", linewidth=1)
+    ax.set_yticks(range(len(table)), labels)
+    ax.invert_yaxis()
+    ax.set_xlabel("delta (points; judge grade on its 1-10 scale)")
+    return fig
+
+
+def judge_outcomes(summary: pd.DataFrame, title: str = "Pairwise judge: wins, ties and losses vs the baseline"):
+    counts = summary.set_index("system")[["wins", "ties", "losses", "unparsable"]]
+    fig, ax = _figure(title, height=0.5 * len(counts) + 1.5)
+    counts.plot.barh(stacked=True, ax=ax, color=[_PALETTE[2], _PALETTE[7], _PALETTE[3], _PALETTE[5]])
+    ax.set_xlabel("items")
+    ax.set_ylabel("")
+    ax.invert_yaxis()
+    return fig
+
+
+def score_vs_length(examples: pd.DataFrame, score: str = "f1", title: str = "F1 vs answer length"):
+    fig, ax = _figure(title)
+    systems = list(examples["system"].unique())
+    sns.scatterplot(data=examples, x="answer_words", y=score, hue="system", alpha=0.6, s=18, ax=ax,
+                    palette={s: color(s) for s in systems}, style="condition")  # fmt: skip
+    ax.set_xlabel("answer length (words)")
+    ax.set_ylabel(f"{score} (0-1)")
     return fig

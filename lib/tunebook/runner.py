@@ -46,10 +46,10 @@ UPSTREAM = {
     "ingest": (),
     "generate": ("ingest",),
     "sft": ("ingest", "generate"),
-    "evaluate": ("generate", "sft"),
+    "evaluate": ("ingest", "generate", "sft"),
 }
 # Bulky or time-stamped by-products that are not part of a stage's output identity.
-NOT_OUTPUTS = ("checkpoints", "tensorboard")
+NOT_OUTPUTS = ("checkpoints", "tensorboard", "wandb")
 
 
 class RunError(Exception):
@@ -113,13 +113,18 @@ def cache_key(params: Params, stage: str, manifest_stages: dict) -> str:
 
 
 def input_hashes(params: Params, stage: str, manifest_stages: dict) -> dict[str, str | None]:
-    """Content hashes of what a stage reads: upstream outputs, and for ingest the corpus itself."""
+    """Content hashes of what a stage reads: upstream outputs, for ingest the corpus itself, and for
+    evaluate the user's benchmark file and human ratings."""
     hashes = {up: manifest_stages.get(up, {}).get("outputs_hash") for up in UPSTREAM[stage]}
     if stage == "ingest":
         corpus = paths.resolve(params.ingest.corpus_dir)
         # The demo corpus is written by the stage from the installed Python's own documentation.
         generated = bool(params.ingest.stdlib_modules)
         hashes["corpus"] = sys.version if generated else hash_tree(corpus) if corpus.is_dir() else None
+    if stage == "evaluate":
+        for name in ("benchmark_file", "human_ratings"):
+            if path := getattr(params.evaluate, name):
+                hashes[name] = hash_tree(paths.resolve(path)) if paths.resolve(path).is_file() else None
     return hashes
 
 

