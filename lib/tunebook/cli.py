@@ -39,6 +39,11 @@ def _parser() -> argparse.ArgumentParser:
 
     runs = sub.add_parser("runs", help="list runs with status, stage reached and headline metrics")
     runs.set_defaults(command=_runs)
+
+    compare = sub.add_parser("compare", help="an HTML diff of two runs: params, and metrics side by side with CIs")
+    compare.add_argument("run_a", help="the run to compare against (A)")
+    compare.add_argument("run_b", help="the other run (B)")
+    compare.set_defaults(command=_compare)
     return parser
 
 
@@ -82,6 +87,13 @@ def _run(args: argparse.Namespace) -> int:
 def _runs(args: argparse.Namespace) -> int:
     table = reports.runs_table()
     print(table.to_string(index=False) if len(table) else "no runs yet")
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from tunebook.compare import compare_runs
+
+    print(f"comparison: {compare_runs(args.run_a, args.run_b)}")
     return 0
 
 

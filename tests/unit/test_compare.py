@@ -1,0 +1,46 @@
+"""`tunebook compare`: two runs' params diff and their evaluations side by side, with paired CIs."""
+
+import json
+
+import pandas as pd
+from test_evaluate import QA, rows
+
+from tunebook import evaluate, paths
+from tunebook.cli import main
+from tunebook.files import jsonl_text, write_atomic
+from tunebook.params import EvaluateParams
+
+
+def fake_run(run_id: str, lora_r: int, sft_answers: list[str]) -> None:
+    """A run's manifest and evaluation outputs, made by the evaluate stage's own functions."""
+    items = evaluate.test_items(rows(), EvaluateParams())
+    frames = [evaluate._answers(items, "base", "closed_book", ["no idea"] * 6, [True] * 6),
+              evaluate._answers(items, "sft", "closed_book", sft_answers, [True] * 6)]  # fmt: skip
+    examples = evaluate._score(pd.concat(frames, ignore_index=True), EvaluateParams(), None, [])
+    summary, _ = evaluate.summarize(examples)
+    deltas = evaluate.compare(examples, EvaluateParams(), seed=0)
+    out = paths.run_dir(run_id) / "evaluate"
+    metrics = {"models": json.loads(summary.set_index("system").to_json(orient="index")),
+               "deltas": json.loads(deltas.to_json(orient="records")), "headline": ["f1", "rouge_l"]}  # fmt: skip
+    write_atomic(out / "metrics.json", json.dumps(metrics))
+    write_atomic(out / "predictions.jsonl", jsonl_text(examples.drop(columns=["check"]).to_dict("records")))
+    manifest = {"run_id": run_id, "params": {"sft": {"lora_r": lora_r, "method": "lora"}, "seed": 0}}
+    write_atomic(paths.reports_dir() / run_id / "run.json", json.dumps(manifest))
+
+
+def test_compare_diffs_params_and_sets_the_runs_side_by_side_with_paired_cis(capsys):
+    fake_run("a", 8, ["no idea"] * 6)
+    fake_run("b", 16, [answer for _, answer in QA])
+    assert main(["compare", "a", "b"]) == 0
+    page = (paths.reports_dir() / "compare" / "a_vs_b.html").read_text()
+    assert "sft.lora_r" in page and "sft.method" not in page  # only what differs
+    assert "B minus A, paired by test item" in page and "[+" in page  # B's sft is better: a positive CI
+    assert "a: each system vs its baseline" in page and "b: each system vs its baseline" in page
+    assert "a_vs_b.html" in capsys.readouterr().out
+
+
+def test_comparing_with_a_run_that_has_not_run_is_one_line(capsys):
+    fake_run("a", 8, ["no idea"] * 6)
+    assert main(["compare", "a", "nope"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "run 'nope': no run.json" in err
