@@ -58,28 +58,58 @@ def generate(
     progress: bool = True,
     temperature: float = 0.0,
 ) -> list[Generation]:
-    """Answers to each conversation's last user turn, in batches with left padding; greedy at temperature 0."""
+    """Answers to each conversation's last user turn, in the input order; greedy at temperature 0.
+
+    Prompts run in batches of similar length (longest first), left-padded, with the KV cache. Greedy
+    answers are the ones each prompt gets alone (tests/unit/test_models.py; benchmarks/bench_evaluate.py on
+    the demo). The logits agree to ~1e-5 on the demo model rather than to the bit, so only a near tie
+    between the two best tokens could break another way. No attention implementation closes that gap on a
+    CPU (measured): with sdpa and eager alike, padding lengthens the key axis the kernels sum over and
+    regroups the sums, and the BLAS rounds a matmul's rows differently with the number of rows (MKL: under
+    4 rows, and by how rows split across threads). So the model keeps its default attention, sdpa: as fast
+    as eager here, and much faster on a GPU.
+    """
     tokenizer = loaded.tokenizer
-    tokenizer.padding_side = "left"
+    eos_id = tokenizer.eos_token_id
+    # Many base models ship without a pad token; eos can pad instead, as the attention mask hides padding
+    # whatever its id.
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_id
     prompts = tokenizer.apply_chat_template(conversations, add_generation_prompt=True, tokenize=False)
-    answers = []
-    batches = range(0, len(prompts), batch_size)
+    prompt_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
+    # Batches of similar lengths pad little, and longest first makes the batch that needs the most memory
+    # the first one to run.
+    order = sorted(range(len(prompt_ids)), key=lambda i: len(prompt_ids[i]), reverse=True)
+    answers: dict[int, Generation] = {}
+    batches = range(0, len(order), batch_size)
     for start in tqdm(batches, desc=f"generate {loaded.name}", disable=not progress):
-        batch = tokenizer(
-            prompts[start : start + batch_size], return_tensors="pt", padding=True, add_special_tokens=False
-        ).to(device())
+        rows = order[start : start + batch_size]
+        input_ids, attention_mask = left_padded([prompt_ids[i] for i in rows], pad_id)
+        # transformers derives position ids from the attention mask, so a padded prompt's first real
+        # token sits at position 0, as it does when the prompt runs alone.
         output = loaded.model.generate(
-            **batch,
+            input_ids=input_ids.to(device()),
+            attention_mask=attention_mask.to(device()),
             max_new_tokens=max_new_tokens,
             **({"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}),
-            pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=pad_id,
+            eos_token_id=eos_id,
         )
-        new_tokens = output[:, batch["input_ids"].shape[1] :]
+        new_tokens = output[:, input_ids.shape[1] :]
+        # A row that ends before the rest of its batch is padded after its eos: decoding skips both, and
+        # the eos alone says that the row stopped.
         texts = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
-        stopped = (new_tokens == tokenizer.eos_token_id).any(dim=1).tolist()
-        answers += [Generation(text.strip(), ended) for text, ended in zip(texts, stopped, strict=True)]
-    return answers
+        for row, tokens, text in zip(rows, new_tokens.tolist(), texts, strict=True):
+            answers[row] = Generation(text.strip(), eos_id in tokens)
+    return [answers[i] for i in range(len(conversations))]
+
+
+def left_padded(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids padded on the left to the longest prompt, so every row's next token goes at the end,
+    and the attention mask that hides the padding."""
+    width = max(len(ids) for ids in prompts)
+    input_ids = torch.tensor([[pad_id] * (width - len(ids)) + ids for ids in prompts])
+    attention_mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in prompts])
+    return input_ids, attention_mask
 
 
 @torch.inference_mode()
