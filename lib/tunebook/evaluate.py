@@ -127,7 +127,7 @@ def evaluate_models(
         spec = registry.resolve(name, run_id)
         loaded = models.load_model(name, spec["base_model"], spec["adapter"])
         model_rows.append({"model": name, "source": spec["adapter"] or spec["base_model"],
-                           "chat template": _template_id(loaded.tokenizer.chat_template)})  # fmt: skip
+                           "chat template": template_id(loaded.tokenizer.chat_template)})  # fmt: skip
         for condition, asked in conditions.items():
             answers = models.generate(loaded, asked, params.max_new_tokens, params.batch_size, progress)
             frames.append(_answers(items, name, condition, [a.text for a in answers], [a.stopped for a in answers]))
@@ -149,7 +149,7 @@ def evaluate_models(
     return Evaluation(examples, summary, pd.DataFrame(model_rows), signature, decoding)
 
 
-def _template_id(template: str | None) -> str:
+def template_id(template: str | None) -> str:
     return hashlib.sha256((template or "").encode()).hexdigest()[:12] if template else "none"
 
 

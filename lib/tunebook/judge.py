@@ -50,7 +50,7 @@ class Judged:
 # --- parsing LLM replies --------------------------------------------------------------------------------
 
 
-def _first_object(reply: str) -> dict | None:
+def first_object(reply: str) -> dict | None:
     """The first JSON object in the reply; a JSON value may contain braces, so each '{' is tried in turn."""
     decoder = json.JSONDecoder()
     for match in re.finditer(r"\{", reply):
@@ -67,7 +67,7 @@ def _value(reply: str, key: str) -> tuple[Any, str | None]:
     """The reply's value for key: from its first JSON object, else a bare `key: value` or `[[value]]`."""
     if not reply.strip():
         return None, "an empty reply"
-    found = _first_object(reply)
+    found = first_object(reply)
     if found is not None and key in found:
         return found[key], None
     bare = re.search(rf"\b{key}\"?\s*[:=]\s*\"?([\w.+-]+)", reply, re.IGNORECASE) or re.search(
@@ -187,7 +187,7 @@ def _judge(
     return generate.run_sync(_ask_all(kind, prompts, parse, params, progress, cache, transport))
 
 
-def _as_campaign(params: JudgeParams) -> GenerateParams:
+def as_campaign(params: JudgeParams) -> GenerateParams:
     """The judge as a one-teacher campaign: the pool takes its concurrency, rate limits and retries from it."""
     return GenerateParams(
         teachers=[params.teacher()],
@@ -209,7 +209,7 @@ async def _ask_all(
     transport: httpx.AsyncBaseTransport | None,
 ) -> list[Judged]:
     conversations = [[{"role": "user", "content": prompt}] for prompt in prompts]
-    campaign = _as_campaign(params)
+    campaign = as_campaign(params)
     answered = await generate.chat_many(campaign, conversations, f"judge {kind}", progress, cache, transport)
     judged = []
     for chat in answered:

@@ -446,6 +446,71 @@ class EvaluateParams(Strict):
         return self
 
 
+DEFAULT_CRITIQUE_PROMPT = """Here is a question, a reference answer and an answer that was judged a failure ({label}).
+Say in one sentence what is wrong with the answer, then write a better answer.
+
+Question: {question}
+
+Reference answer: {reference}
+
+Answer: {answer}
+
+Reply with a JSON object and nothing else: {{"critique": "<one sentence>", "revision": "<the better answer>"}}"""
+
+
+class RewardParams(Strict):
+    """A reward model trained from the preference pairs: LoRA on the base with a scalar head (TRL)."""
+
+    enabled: bool = True
+    lora_r: int = Field(8, ge=1)
+    lora_alpha: int = Field(16, ge=1)
+    learning_rate: float = Field(1e-4, gt=0)
+    epochs: float = Field(1.0, gt=0)
+    batch_size: int = Field(8, ge=1)
+    max_length: int = Field(512, ge=16)
+    held_out_fraction: float = Field(0.2, gt=0, lt=1)  # pairs kept out of training to measure its accuracy
+
+
+class DpoParams(Strict):
+    model: str = "sft"  # the registry model DPO starts from; it is also the reference model
+    # sample_judge: sample candidates, score them, best vs a worse one; self_critique: evaluate's failures,
+    # critiqued and revised, revision over original
+    strategies: list[Literal["sample_judge", "self_critique"]] = ["sample_judge", "self_critique"]
+    prompts: int = Field(64, ge=0)  # train prompts to sample candidates for; 0 = the whole train split
+    candidates: int = Field(4, ge=2)  # samples a prompt
+    temperature: float = Field(1.0, gt=0)  # sampling temperature of the candidates
+    max_new_tokens: int = Field(64, ge=1)
+    # what ranks candidates and revisions: the judge's grade, a metric against the reference, or the reward model
+    scorer: Literal["judge", "metric", "reward_model"] = "metric"
+    metric: Literal["f1", "rouge_l"] = "rouge_l"
+    min_gap: float = Field(0.0, ge=0)  # a score gap at most this is a tie: the pair is dropped
+    # self_critique: who critiques and revises: the model itself (`self`) or the judge's backend (`judge`)
+    critic: Literal["self", "judge"] = "self"
+    critique_prompt: str = DEFAULT_CRITIQUE_PROMPT  # fields: {label} {question} {reference} {answer}
+    judge: JudgeParams = JudgeParams()
+    beta: float = Field(0.1, gt=0)  # DPO's KL strength
+    learning_rate: float = Field(5e-6, gt=0)
+    epochs: float = Field(1.0, gt=0)
+    batch_size: int = Field(8, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    max_length: int = Field(512, ge=16)
+    precompute_ref_log_probs: bool = False  # compute the reference's log-probs once up front, to save memory
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    logging_steps: int = Field(5, ge=1)
+    reward: RewardParams = RewardParams()
+    val_fraction: float = Field(0.1, ge=0, lt=1)  # pairs held out to watch reward accuracy during DPO
+
+    @model_validator(mode="after")
+    def _scorer(self) -> DpoParams:
+        if self.scorer == "reward_model" and not self.reward.enabled:
+            raise ValueError("scorer: reward_model needs reward.enabled")
+        try:
+            self.critique_prompt.format(label="", question="", reference="", answer="")
+        except (KeyError, IndexError, ValueError) as err:
+            raise ValueError(f"critique_prompt: its fields are label, question, reference, answer ({err})") from None
+        return self
+
+
 class Params(Strict):
     name: str = "demo"
     seed: int = 0
@@ -456,6 +521,7 @@ class Params(Strict):
     generate: GenerateParams = GenerateParams()
     sft: SftParams = SftParams()
     evaluate: EvaluateParams = EvaluateParams()
+    dpo: DpoParams = DpoParams()
 
     def stage_parameters(self, stage: str) -> dict[str, Any]:
         """What papermill injects into a stage notebook's `parameters` cell: its section, then shared ones."""

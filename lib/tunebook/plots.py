@@ -18,6 +18,9 @@ _FIXED = {
     "dpo+rag": _PALETTE[4],
     "train": _PALETTE[0],
     "eval": _PALETTE[1],
+    "val": _PALETTE[1],
+    "sample_judge": _PALETTE[0],
+    "self_critique": _PALETTE[3],
 }
 
 
@@ -31,6 +34,13 @@ def _figure(title: str, width: float = 7, height: float = 3.5):
     fig, ax = plt.subplots(figsize=(width, height), dpi=80)
     ax.set_title(title)
     return fig, ax
+
+
+def _panels(title: str, n: int):
+    sns.set_theme(style="whitegrid", context="notebook")
+    fig, axes = plt.subplots(1, n, figsize=(5 * n, 3.5), dpi=80)
+    fig.suptitle(title)
+    return fig, axes
 
 
 def histogram(values: pd.Series, title: str, xlabel: str):
@@ -128,4 +138,34 @@ def score_vs_length(examples: pd.DataFrame, score: str = "f1", title: str = "F1 
                     palette={s: color(s) for s in systems}, style="condition")  # fmt: skip
     ax.set_xlabel("answer length (words)")
     ax.set_ylabel(f"{score} (0-1)")
+    return fig
+
+
+def dpo_curves(history: pd.DataFrame, title: str = "DPO: reward margin and accuracy"):
+    """The implicit reward's margin (chosen minus rejected) and how often chosen wins, per logged step."""
+    fig, axes = _panels(title, 2)
+    splits = list(history["split"].unique())
+    for ax, column, unit in ((axes[0], "reward margin", "nats x beta"), (axes[1], "reward accuracy", "share")):
+        sns.lineplot(data=history, x="step", y=column, hue="split", marker="o", ax=ax,
+                     palette={s: color(s) for s in splits})  # fmt: skip
+        ax.set_xlabel("optimizer step")
+        ax.set_ylabel(f"{column} ({unit})")
+    fig.tight_layout()
+    return fig
+
+
+def pair_statistics(stats: pd.DataFrame, title: str = "Preference pairs"):
+    """Score gaps by strategy, and chosen vs rejected length: a cloud above the diagonal is a length bias."""
+    fig, axes = _panels(title, 2)
+    strategies = list(stats["strategy"].unique())
+    palette = {s: color(s) for s in strategies}
+    sns.histplot(data=stats, x="gap", hue="strategy", bins=20, ax=axes[0], palette=palette, multiple="stack")
+    axes[0].set_xlabel("score gap, chosen minus rejected")
+    sns.scatterplot(data=stats, x="rejected_words", y="chosen_words", hue="strategy", ax=axes[1], palette=palette,
+                    alpha=0.7, s=20)  # fmt: skip
+    top = max(stats["chosen_words"].max(), stats["rejected_words"].max(), 1)
+    axes[1].plot([0, top], [0, top], color="grey", linestyle="--", linewidth=1)
+    axes[1].set_xlabel("rejected length (words)")
+    axes[1].set_ylabel("chosen length (words)")
+    fig.tight_layout()
     return fig

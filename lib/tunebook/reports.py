@@ -16,12 +16,16 @@ from tunebook.files import read_progress, write_atomic
 
 
 def headline_metrics(run_id: str) -> dict:
-    """The evaluate stage's headline scores per model, e.g. {'sft': {'f1': 41.2, ...}}."""
-    path = paths.run_dir(run_id) / "evaluate" / "metrics.json"
-    if not path.exists():
-        return {}
-    result = json.loads(path.read_text(encoding="utf-8"))
-    return {model: {k: scores[k] for k in result["headline"]} for model, scores in result["models"].items()}
+    """The headline scores per system, e.g. {'sft': {'f1': 41.2, ...}}: the evaluate stage's, and the DPO
+    model's from the DPO stage's re-evaluation."""
+    headline = {}
+    for stage, keep in (("evaluate", None), ("dpo/evaluation", "dpo")):
+        path = paths.run_dir(run_id) / stage / "metrics.json"
+        if path.exists():
+            result = json.loads(path.read_text(encoding="utf-8"))
+            headline |= {system: {k: scores[k] for k in result["headline"]}
+                         for system, scores in result["models"].items() if keep in (None, system)}  # fmt: skip
+    return headline
 
 
 def manifests() -> list[dict]:

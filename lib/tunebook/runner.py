@@ -47,6 +47,7 @@ UPSTREAM = {
     "generate": ("ingest",),
     "sft": ("ingest", "generate"),
     "evaluate": ("ingest", "generate", "sft"),
+    "dpo": ("ingest", "generate", "sft", "evaluate"),
 }
 # Bulky or time-stamped by-products that are not part of a stage's output identity.
 NOT_OUTPUTS = ("checkpoints", "tensorboard", "wandb")

@@ -419,17 +419,18 @@ def _load_kwargs(params: SftParams) -> dict:
                 bnb_4bit_compute_dtype=torch.bfloat16,
             )
         }
-    return {"dtype": torch.bfloat16 if _precision(params) == "bf16" else torch.float32}
+    return {"dtype": torch.bfloat16 if precision(params.precision) == "bf16" else torch.float32}
 
 
-def _precision(params: SftParams) -> str:
-    if params.precision != "auto":
-        return params.precision
+def precision(setting: str) -> str:
+    """The precision to train in: the setting, or with `auto`, bf16 on a GPU that has it and fp32 elsewhere."""
+    if setting != "auto":
+        return setting
     return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
 
 
 def _sft_config(params: SftParams, out_dir: Path, seed: int, has_val: bool, progress: bool) -> SFTConfig:
-    precision = _precision(params)
+    dtype = precision(params.precision)
     return SFTConfig(
         output_dir=str(out_dir / "checkpoints"),
         assistant_only_loss=params.task == "chat",
@@ -455,8 +456,8 @@ def _sft_config(params: SftParams, out_dir: Path, seed: int, has_val: bool, prog
         eval_steps=params.eval_steps,
         save_steps=params.save_steps,
         save_total_limit=2,
-        bf16=precision == "bf16",
-        fp16=precision == "fp16",
+        bf16=dtype == "bf16",
+        fp16=dtype == "fp16",
         use_cpu=not torch.cuda.is_available(),
         seed=seed,
         # TensorBoard is attached explicitly so that its logs land in the run directory.

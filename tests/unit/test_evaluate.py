@@ -142,3 +142,19 @@ def test_evaluate_params_are_checked(override, message):
 
     with pytest.raises(ValidationError, match=message):
         EvaluateParams(**override)
+
+
+def test_a_users_benchmark_file_is_answered_scored_and_checked_beside_the_test_split(workdir):
+    lines = [{"prompt": "Print two plus two.", "reference": "print(4)", "check": {"kind": "python", "expected": 4}},
+             {"prompt": "Name the JSON module.", "reference": "json"}]  # fmt: skip
+    (workdir / "bench.jsonl").write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    params = EvaluateParams(benchmark_file="bench.jsonl", max_examples=2,
+                            checks=[{"name": "mentions_json", "kind": "contains", "value": "json"}])  # fmt: skip
+    items = evaluate.test_items(rows(), params)
+    assert items["split"].tolist() == ["test", "test", "benchmark", "benchmark"]
+    answers = ["a str", "the smallest item", "```python\nprint(2 + 2)\n```", "json"]
+    examples = evaluate._score(evaluate._answers(items, "sft", "closed_book", answers, [True] * 4), params, None, [])
+    assert examples["check_benchmark"].tolist()[2] == 1.0 and pd.isna(examples["check_benchmark"].iloc[0])
+    assert examples["check_mentions_json"].tolist() == [0.0, 0.0, 0.0, 1.0]
+    summary, _ = evaluate.summarize(examples)
+    assert summary.iloc[0]["check_benchmark"] == 100.0 and summary.iloc[0]["check_mentions_json"] == 25.0

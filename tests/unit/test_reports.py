@@ -77,3 +77,20 @@ def test_the_terminal_mirrors_a_running_stage_progress(tmp_path, capsys):
         time.sleep(1.2)
     err = capsys.readouterr().err
     assert "generate progress" in err and "3/4" in err and "1/9" not in err
+
+
+def test_headline_metrics_add_the_dpo_model_from_its_re_evaluation(workdir):
+    import json
+
+    from tunebook import paths
+    from tunebook.files import write_atomic
+    from tunebook.reports import headline_metrics
+
+    def metrics(stage: str, systems: dict) -> None:
+        record = {"models": systems, "headline": ["f1"]}
+        write_atomic(paths.run_dir("r") / stage / "metrics.json", json.dumps(record))
+
+    metrics("evaluate", {"base": {"f1": 1.0, "bleu": 0}, "sft": {"f1": 5.0, "bleu": 0}})
+    assert headline_metrics("r") == {"base": {"f1": 1.0}, "sft": {"f1": 5.0}}
+    metrics("dpo/evaluation", {"base": {"f1": 1.5}, "sft": {"f1": 5.5}, "dpo": {"f1": 7.0}})
+    assert headline_metrics("r") == {"base": {"f1": 1.0}, "sft": {"f1": 5.0}, "dpo": {"f1": 7.0}}

@@ -1,0 +1,198 @@
+"""A reward model from preference pairs: LoRA on the base with a scalar head (TRL's RewardTrainer), its
+pairwise accuracy on held-out pairs, and scoring conversations with it.
+
+Only `train_reward_model` imports trl; loading and scoring are inference only, so the DPO stage and any
+server can rank answers without the trainers.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import torch
+from datasets import Dataset
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import logging as transformers_logging
+
+from tunebook.files import sha256_text
+from tunebook.models import device
+from tunebook.params import RewardParams
+
+PAIR_KEYS = ("prompt", "chosen", "rejected")
+
+
+@dataclass
+class RewardResult:
+    adapter_dir: Path  # the LoRA adapter with its score head, and the tokenizer with its chat template
+    train_pairs: int  # pairs trained on (after TRL drops those longer than max_length)
+    held_out_pairs: int
+    accuracy: float  # held-out pairs whose chosen answer scores above the rejected one; NaN when none are held out
+    accuracy_train: float
+    history: pd.DataFrame  # one row per logged step: step, loss
+
+
+@dataclass
+class RewardScorer:
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+
+
+def split_pairs(pairs: list[dict], held_out_fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
+    """(train, held_out), by a hash of each pair's prompt: every pair of one prompt lands on the same side, so
+    the held-out accuracy is measured on prompts the model never saw, and a pair keeps its side when others
+    are added or reordered."""
+    train, held_out = [], []
+    for pair in pairs:
+        key = sha256_text(f"{seed}:{json.dumps(pair['prompt'], sort_keys=True)}")
+        (held_out if int(key[:12], 16) / 16**12 < held_out_fraction else train).append(pair)
+    return train, held_out
+
+
+def train_reward_model(
+    pairs: list[dict], base_model: str, params: RewardParams, out_dir: Path, seed: int, progress: bool = True
+) -> RewardResult:
+    """Train on the train side of `split_pairs`; save the adapter (+ tokenizer) to out_dir/adapter and
+    measure pairwise accuracy on both sides."""
+    from peft import LoraConfig
+    from trl import RewardConfig, RewardTrainer
+
+    from tunebook.sft import StopOnNonFinite
+
+    train, held_out = split_pairs(
+        [_preference(pair, i) for i, pair in enumerate(pairs)], params.held_out_fraction, seed
+    )
+    if len(train) < 2:
+        raise ValueError(
+            f"reward model: {len(train)} of {len(pairs)} preference pairs fall on the train side (held_out_fraction "
+            f"{params.held_out_fraction}); at least 2 are needed: generate more pairs or lower the held-out fraction"
+        )
+    tokenizer = AutoTokenizer.from_pretrained(base_model)
+    # The score is read at the last non-pad token, so sequence classification needs a pad id to find it.
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    config = RewardConfig(
+        output_dir=str(out_dir / "checkpoints"),
+        # fp32 weights, bf16 only as autocast on a GPU: the head's small AdamW updates would round away in bf16.
+        model_init_kwargs={"dtype": torch.float32},
+        max_length=params.max_length,
+        num_train_epochs=params.epochs,
+        per_device_train_batch_size=params.batch_size,
+        learning_rate=params.learning_rate,
+        activation_checkpointing=True,  # TRL's default for reward models: memory over a little compute
+        logging_steps=0.05,  # about 20 points of history whatever the run's length
+        logging_first_step=True,
+        logging_nan_inf_filter=False,  # a NaN must reach StopOnNonFinite, not be averaged away
+        save_strategy="no",
+        bf16=bf16,
+        use_cpu=not torch.cuda.is_available(),
+        seed=seed,
+        report_to="none",
+        disable_tqdm=not progress,
+        dataloader_num_workers=0,
+    )
+    trainer = RewardTrainer(
+        # Given a name, TRL seeds before loading, so the random score head and LoRA weights are reproducible; it
+        # loads with num_labels=1 and copies the tokenizer's pad id into the model's config.
+        model=base_model,
+        args=config,
+        train_dataset=Dataset.from_list(train),
+        processing_class=tokenizer,
+        # SEQ_CLS: PEFT trains and saves the new score head in full beside the LoRA weights.
+        peft_config=LoraConfig(
+            r=params.lora_r,
+            lora_alpha=params.lora_alpha,
+            target_modules="all-linear",
+            modules_to_save=["score"],
+            task_type="SEQ_CLS",
+        ),
+        callbacks=[StopOnNonFinite()],
+    )
+    kept = len(trainer.train_dataset)
+    if kept < 2:
+        raise ValueError(
+            f"reward model: {len(train) - kept} of the {len(train)} train pairs are longer than "
+            f"dpo.reward.max_length={params.max_length} tokens and were dropped; at least 2 must remain"
+        )
+    try:
+        trainer.train()
+    except torch.OutOfMemoryError:
+        raise MemoryError(
+            f"out of memory while training the reward model; try dpo.reward.batch_size={max(1, params.batch_size // 2)}"
+            f" or a shorter dpo.reward.max_length (now {params.max_length})"
+        ) from None
+    adapter_dir = out_dir / "adapter"
+    trainer.save_model(str(adapter_dir))  # the adapter with its score head + the tokenizer with its chat template
+    tokenizer.padding_side = "right"  # as load_scorer pads
+    scorer = RewardScorer(trainer.model.eval(), tokenizer)
+    return RewardResult(
+        adapter_dir=adapter_dir,
+        train_pairs=kept,
+        held_out_pairs=len(held_out),
+        accuracy=pairwise_accuracy(scorer, held_out, params.batch_size),
+        accuracy_train=pairwise_accuracy(scorer, train, params.batch_size),
+        history=_history(trainer.state.log_history),
+    )
+
+
+def load_scorer(base_model: str, adapter_dir: Path) -> RewardScorer:
+    """The base with the reward adapter on top, and the tokenizer (so the chat template) it was trained with."""
+    from peft import PeftModel
+
+    tokenizer = AutoTokenizer.from_pretrained(adapter_dir)
+    # Right padding, as in training: the score is read at the last non-pad token.
+    tokenizer.padding_side = "right"
+    # Loading a causal LM as a classifier reports its new score head and unused LM head; the adapter brings the
+    # trained head, so the report would only mislead.
+    verbosity = transformers_logging.get_verbosity()
+    transformers_logging.set_verbosity_error()
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(base_model, num_labels=1, dtype=torch.float32)
+    finally:
+        transformers_logging.set_verbosity(verbosity)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    model = PeftModel.from_pretrained(model, str(adapter_dir))
+    return RewardScorer(model.to(device()).eval(), tokenizer)
+
+
+@torch.inference_mode()
+def score(scorer: RewardScorer, conversations: list[list[dict]], batch_size: int = 16) -> list[float]:
+    """The reward of each whole conversation (prompt and answer), tokenized by the chat template as in training."""
+    rewards: list[float] = []
+    for start in range(0, len(conversations), batch_size):
+        encoded = scorer.tokenizer.apply_chat_template(
+            conversations[start : start + batch_size],
+            tokenize=True,
+            return_dict=True,
+            padding=True,
+            return_tensors="pt",
+        ).to(device())
+        logits = scorer.model(input_ids=encoded["input_ids"], attention_mask=encoded["attention_mask"]).logits
+        rewards += logits[:, 0].float().tolist()
+    return rewards
+
+
+def pairwise_accuracy(scorer: RewardScorer, pairs: list[dict], batch_size: int = 16) -> float:
+    """The share of pairs whose chosen answer gets a higher reward than the rejected one; NaN without pairs."""
+    if not pairs:
+        return math.nan
+    chosen = score(scorer, [pair["prompt"] + pair["chosen"] for pair in pairs], batch_size)
+    rejected = score(scorer, [pair["prompt"] + pair["rejected"] for pair in pairs], batch_size)
+    return sum(c > r for c, r in zip(chosen, rejected, strict=True)) / len(pairs)
+
+
+def _preference(pair: dict, index: int) -> dict:
+    """The three keys TRL trains on; others (id, strategy, ...) would only confuse its column handling."""
+    missing = [key for key in PAIR_KEYS if not pair.get(key)]
+    if missing:
+        raise ValueError(f"preference pair {index} (id {pair.get('id')!r}) has no {', '.join(missing)}")
+    return {key: pair[key] for key in PAIR_KEYS}
+
+
+def _history(log_history: list[dict]) -> pd.DataFrame:
+    rows = [{"step": entry["step"], "loss": entry["loss"]} for entry in log_history if "loss" in entry]
+    return pd.DataFrame(rows, columns=["step", "loss"])
