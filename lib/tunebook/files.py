@@ -82,8 +82,18 @@ def hash_tree(path: Path) -> str:
         if any(part.startswith(".") for part in Path(relative).parts):
             continue
         digest.update(relative.encode() + b"\0")
-        with open(file, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
+        _digest_file(file, digest)
         digest.update(b"\0")
     return digest.hexdigest()
+
+
+def sha256_file(path: Path) -> str:
+    """What `sha256sum` prints for the file."""
+    return _digest_file(path, hashlib.sha256()).hexdigest()
+
+
+def _digest_file(path: Path, digest):
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest

@@ -95,3 +95,20 @@ def openai_server(tiny_model: str, tmp_path_factory: pytest.TempPathFactory) -> 
     log_path = tmp_path_factory.mktemp("openai-server") / "serve.log"
     with servers.openai_server(tiny_model, log_path) as base_url:
         yield Served(base_url, log_path)
+
+
+@pytest.fixture(scope="session")
+def lora_adapter(tiny_model: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A LoRA adapter on the tiny model, trained a few real steps by tunebook's SFT (its B matrices are
+    no longer zero, so merging it changes the weights)."""
+    from datasets import Dataset
+
+    from tunebook.params import SftParams
+    from tunebook.sft import TrainingData, train_sft
+
+    out = tmp_path_factory.mktemp("lora-adapter")
+    rows = [{"messages": [{"role": "user", "content": f"What is item {i}?"},
+                          {"role": "assistant", "content": f"Item {i} is a number."}]} for i in range(8)]  # fmt: skip
+    data = TrainingData(Dataset.from_list(rows), Dataset.from_list([]), "h", out, [])
+    params = SftParams(max_steps=3, learning_rate=1e-2, save_steps=10, logging_steps=1, max_length=64, precision="fp32")
+    return train_sft(params, tiny_model, data, out / "sft", seed=0, progress=False).output_dir
