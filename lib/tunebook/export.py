@@ -19,8 +19,9 @@ import pandas as pd
 import torch
 from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 
-from tunebook import models
+from tunebook import generate, models, paths, registry
 from tunebook.files import sha256_file
+from tunebook.params import ExportParams
 
 # What a PEFT adapter directory needs to be loaded and served; training_args.bin (a pickle) stays behind.
 ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json", "tokenizer.json", "tokenizer_config.json",
@@ -29,6 +30,34 @@ ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json", "tokenizer.
 
 class ExportError(ValueError):
     """An export that would ship a model unlike the evaluated one: the message says what and why."""
+
+
+@dataclass
+class Inputs:
+    base_model: str
+    adapter_dir: Path
+    reference: models.LoadedModel  # base + adapter, as the evaluate stage ran it
+    prompts: list[list[dict]]  # test prompts the export is checked on
+
+
+def inputs(run_id: str, params: ExportParams) -> Inputs:
+    """The registry model to ship, loaded as it was evaluated, and the test prompts to check it on."""
+    spec = registry.resolve(params.model, run_id)
+    if not spec["adapter"]:
+        raise ExportError(f"{params.model} is a fully fine-tuned model, not an adapter: its directory "
+                          f"{spec['base_model']} is already the merged model")  # fmt: skip
+    test = generate.read_split(paths.stage_dir(run_id, "generate"), "test")[: params.verify_prompts]
+    reference = models.load_model(params.model, spec["base_model"], spec["adapter"])
+    return Inputs(spec["base_model"], Path(spec["adapter"]), reference, [row["messages"][:-1] for row in test])
+
+
+def merge_and_verify(inputs: Inputs, params: ExportParams) -> tuple[PreTrainedModel, MergeCheck]:
+    """The merged model, once it is shown to behave as base + adapter; otherwise ExportError."""
+    dtype = torch.bfloat16 if params.dtype == "bf16" else torch.float32
+    merged = merge(inputs.base_model, inputs.adapter_dir, dtype).to(models.device())
+    check = verify_merge(merged, inputs.reference, inputs.prompts, params.max_new_tokens, params.tolerance)
+    require(check)
+    return merged, check
 
 
 def merge(base_model: str, adapter_dir: Path, dtype: torch.dtype = torch.float32) -> PreTrainedModel:

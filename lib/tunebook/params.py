@@ -511,6 +511,15 @@ class DpoParams(Strict):
         return self
 
 
+class ExportParams(Strict):
+    model: str = "dpo"  # the registry model to ship: sft, dpo or RUN_ID:stage
+    name: str = Field("tunebook-demo", pattern=r"^[a-z0-9][a-z0-9_.-]*$")  # the served model's name
+    dtype: Literal["fp32", "bf16"] = "fp32"  # the merged model's precision (never 4-bit: see tunebook.export)
+    verify_prompts: int = Field(16, ge=1)  # test prompts the merge is checked on
+    tolerance: float = Field(1e-3, gt=0)  # largest logit difference allowed between merged and base + adapter
+    max_new_tokens: int = Field(64, ge=1)  # greedy answer length in the checks
+
+
 class Params(Strict):
     name: str = "demo"
     seed: int = 0
@@ -522,6 +531,7 @@ class Params(Strict):
     sft: SftParams = SftParams()
     evaluate: EvaluateParams = EvaluateParams()
     dpo: DpoParams = DpoParams()
+    export: ExportParams = ExportParams()
 
     def stage_parameters(self, stage: str) -> dict[str, Any]:
         """What papermill injects into a stage notebook's `parameters` cell: its section, then shared ones."""

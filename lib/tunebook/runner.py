@@ -48,6 +48,7 @@ UPSTREAM = {
     "sft": ("ingest", "generate"),
     "evaluate": ("ingest", "generate", "sft"),
     "dpo": ("ingest", "generate", "sft", "evaluate"),
+    "export": ("generate", "sft", "dpo"),
 }
 # Bulky or time-stamped by-products that are not part of a stage's output identity.
 NOT_OUTPUTS = ("checkpoints", "tensorboard", "wandb")

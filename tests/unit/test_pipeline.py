@@ -63,7 +63,7 @@ def test_index_links_every_stage_report(first_run, workdir):
 def test_second_run_reuses_every_stage(first_run, workdir, capsys):
     assert main(["plan", CI]) == 0
     out = capsys.readouterr().out
-    assert "ingest [cached], generate [cached], sft [cached], evaluate [cached], dpo [cached]" in out
+    assert "ingest [cached], generate [cached], sft [cached], evaluate [cached], dpo [cached], export [cached]" in out
     assert main(["run", CI]) == 0
     manifest = json.loads((workdir / "reports" / "ci" / "run.json").read_text())
     assert {s["status"] for s in manifest["stages"].values()} == {"cached"}
@@ -71,9 +71,11 @@ def test_second_run_reuses_every_stage(first_run, workdir, capsys):
 
 def test_changed_param_reruns_that_stage_and_downstream_only(first_run, capsys):
     assert main(["plan", CI, "--set", "evaluate.n_worst=3"]) == 0
-    assert "sft [cached], evaluate [run], dpo [run]" in capsys.readouterr().out
+    assert "sft [cached], evaluate [run], dpo [run], export [run]" in capsys.readouterr().out
     assert main(["plan", CI, "--set", "generate.max_answer_chars=250"]) == 0
-    assert "ingest [cached], generate [run], sft [run], evaluate [run], dpo [run]" in capsys.readouterr().out
+    assert (
+        "ingest [cached], generate [run], sft [run], evaluate [run], dpo [run], export [run]" in capsys.readouterr().out
+    )
 
 
 def test_failure_names_stage_and_cell_then_from_resumes(first_run, workdir, capsys):
