@@ -57,9 +57,9 @@ def train_prompts(train_rows: list[dict], test_rows: list[dict], params: DpoPara
     """Train rows to build pairs from (a seeded sample of `prompts` of them), never one sharing a question
     or an n-gram of 13 words with a test item: pairs are decontaminated against the test split."""
     test_ids = {row["id"] for row in test_rows}
-    test_texts = [" ".join(turn["content"] for turn in row["messages"]) for row in test_rows]
+    test_texts = [quality.conversation_text(row) for row in test_rows]
     rows = [row for row in train_rows if row["id"] not in test_ids]
-    texts = [" ".join(turn["content"] for turn in row["messages"]) for row in rows]
+    texts = [quality.conversation_text(row) for row in rows]
     overlap = quality.ngram_overlap(texts, test_texts, 13)
     rows = [row for row, shared in zip(rows, overlap, strict=True) if shared == 0]
     if params.prompts and len(rows) > params.prompts:

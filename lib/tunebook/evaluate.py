@@ -44,7 +44,7 @@ def inputs(run_id: str, params: EvaluateParams, store: ChromaParams) -> Inputs:
     if "rag" in params.conditions:
         retrieved = retrieve(items, ingest.recorded_collection(ingest_dir, store), params.rag_k)
     train = generate.read_split(dataset_dir, "train")
-    train_texts = [" ".join(turn["content"] for turn in row["messages"]) for row in train]
+    train_texts = [quality.conversation_text(row) for row in train]
     chunk_texts = {chunk.id: chunk.text for chunk in ingest.read_chunks(ingest_dir / "chunks.jsonl")}
     return Inputs(items, retrieved, train_texts, chunk_texts)
 
@@ -123,6 +123,10 @@ def evaluate_models(
     answer is scored against its reference, checked, and flagged by its item's overlap with train_texts."""
     frames, model_rows, perplexities = [], [], {}
     conditions = {c: conversations(items, retrieved if c == "rag" else None, params) for c in params.conditions}
+    # Perplexity is measured on the references answering the bare questions, the same for every model.
+    questions = conversations(items, None, params)
+    references = [[*turns, {"role": "assistant", "content": reference}]
+                  for turns, reference in zip(questions, items["reference"], strict=True)]  # fmt: skip
     for name in params.models:
         spec = registry.resolve(name, run_id)
         loaded = models.load_model(name, spec["base_model"], spec["adapter"])
@@ -131,9 +135,6 @@ def evaluate_models(
         for condition, asked in conditions.items():
             answers = models.generate(loaded, asked, params.max_new_tokens, params.batch_size, progress)
             frames.append(_answers(items, name, condition, [a.text for a in answers], [a.stopped for a in answers]))
-        references = [[*turns, {"role": "assistant", "content": ref}]
-                      for turns, ref in zip(conditions.get("closed_book", conversations(items, None, params)),
-                                            items["reference"], strict=True)]  # fmt: skip
         nll, tokens = models.reference_nll(loaded, references, params.batch_size, progress)
         perplexities[name] = models.perplexity(nll, tokens)
         del loaded

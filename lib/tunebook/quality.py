@@ -34,6 +34,11 @@ def answer(row: dict) -> str:
     return row["messages"][-1]["content"]
 
 
+def conversation_text(row: dict) -> str:
+    """Every turn of a row, as one text: what overlap with another split is measured on."""
+    return " ".join(turn["content"] for turn in row["messages"])
+
+
 def by_length(rows: list[dict], filters: FilterParams) -> tuple[list[dict], list[dict]]:
     kept, removed = [], []
     for row in rows:
