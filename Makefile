@@ -9,18 +9,50 @@ TORCH_PIP_ARGS ?=
 PARAMS ?= params/demo.yaml
 NBVAL := --nbval-lax --nbval-current-env --sanitize-with tests/nbval/sanitize.cfg
 
+# llama.cpp, for GGUF export and serving parity (stage 05). Its converter comes from llama-cpp-python's source
+# distribution and llama-cpp-python itself is compiled from it once into a wheel cache; both live in .cache/
+# (never in git, kept by `make clean`), so a new venv installs in a second. The version is pinned once, in
+# pyproject.toml's `gguf` extra. The build is CPU-only and portable (AVX2), without the multimodal and `common`
+# libraries the Python bindings never load. CUDA: make install LLAMA_CMAKE_ARGS="-DGGML_CUDA=on".
+LLAMA_CPP_VERSION := $(shell sed -n 's/.*"llama-cpp-python\[server\]==\([0-9.]*\)".*/\1/p' pyproject.toml)
+LLAMA_CACHE := .cache/llama.cpp
+LLAMA_SDIST := $(LLAMA_CACHE)/sdist/llama_cpp_python-$(LLAMA_CPP_VERSION).tar.gz
+LLAMA_CONVERTER := $(LLAMA_CACHE)/converter-$(LLAMA_CPP_VERSION)
+LLAMA_WHEEL := $(LLAMA_CACHE)/wheels/.built-$(LLAMA_CPP_VERSION)
+LLAMA_CMAKE_ARGS ?= -DLLAVA_BUILD=OFF -DGGML_NATIVE=OFF -DLLAMA_OPENSSL=OFF
+
 .PHONY: install demo test lint format golden bench lab clean
 .DEFAULT_GOAL := demo
 
-$(BIN)/.installed: pyproject.toml
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(BIN)/.installed: pyproject.toml $(LLAMA_CONVERTER) $(LLAMA_WHEEL) | $(BIN)/python
 	$(BIN)/pip install --quiet $(TORCH_SPEC) $(TORCH_PIP_ARGS)
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet --find-links $(LLAMA_CACHE)/wheels -e '.[dev,gguf]'
 	$(BIN)/python -m ipykernel install --sys-prefix --name tunebook --display-name "Python (tunebook)" >/dev/null
 	touch $@
 
 install: $(BIN)/.installed
+
+$(LLAMA_SDIST): | $(BIN)/python
+	$(BIN)/pip download --quiet --no-binary :all: --no-deps llama-cpp-python==$(LLAMA_CPP_VERSION) -d $(@D)
+
+# Only the converter and what it imports (2 MB of the sdist's 77), with llama.cpp's licence.
+$(LLAMA_CONVERTER): $(LLAMA_SDIST)
+	rm -rf $@.tmp && mkdir -p $@.tmp
+	tar xzf $< -C $@.tmp --strip-components=3 $(addprefix llama_cpp_python-$(LLAMA_CPP_VERSION)/vendor/llama.cpp/,\
+		convert_hf_to_gguf.py conversion gguf-py LICENSE)
+	rm -rf $@ && mv $@.tmp $@
+
+# llama-cpp-python FORCEs LLAMA_BUILD_COMMON on; a normal variable set right after project() shadows it.
+$(LLAMA_WHEEL): $(LLAMA_SDIST)
+	@echo "Compiling llama-cpp-python $(LLAMA_CPP_VERSION) once (3-6 minutes on 2 cores); later installs reuse $(@D)"
+	echo 'set(LLAMA_BUILD_COMMON OFF)' > $(LLAMA_CACHE)/no-common.cmake
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS) -DCMAKE_PROJECT_llama.cpp_INCLUDE=$(CURDIR)/$(LLAMA_CACHE)/no-common.cmake" \
+		$(BIN)/pip wheel --quiet --no-deps -w $(@D) $<
+	touch $@
 
 demo: install
 	$(BIN)/tunebook run $(PARAMS)
