@@ -42,7 +42,7 @@ from tunebook import paths
 from tunebook.params import TinyParams
 
 # Bump when a change here would build a different model from the same corpus and params.
-BUILD_VERSION = 1
+BUILD_VERSION = 2
 
 IM_START, IM_END = "<|im_start|>", "<|im_end|>"
 UNK, BOS, PAD = "<unk>", "<s>", "<pad>"
@@ -164,6 +164,12 @@ def train_tokenizer(texts: list[str], out_dir: Path, cfg: TinyParams) -> PreTrai
         minloglevel=2,
     )
     (out_dir / "tokenizer.model").write_bytes(model_bytes.getvalue())
+    trained = spm.SentencePieceProcessor(model_proto=model_bytes.getvalue())
+    # Marked special here so that every reader types them as control tokens; llama.cpp's GGUF converter takes
+    # the types from this map alone, and would otherwise split <|im_start|> into ordinary pieces.
+    added_tokens = {str(trained.PieceToId(piece)): {"content": piece, "lstrip": False, "rstrip": False,
+                                                    "normalized": False, "single_word": False, "special": True}
+                    for piece in (UNK, BOS, PAD, IM_START, IM_END)}  # fmt: skip
     tokenizer_config = {
         "tokenizer_class": "LlamaTokenizer",
         "add_prefix_space": False,
@@ -178,6 +184,7 @@ def train_tokenizer(texts: list[str], out_dir: Path, cfg: TinyParams) -> PreTrai
         "clean_up_tokenization_spaces": False,
         "model_max_length": cfg.context_length,
         "chat_template": CHAT_TEMPLATE,
+        "added_tokens_decoder": added_tokens,
     }
     config_text = json.dumps(tokenizer_config, indent=2, ensure_ascii=False) + "\n"
     (out_dir / "tokenizer_config.json").write_text(config_text, encoding="utf-8")
