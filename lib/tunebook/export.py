@@ -4,24 +4,26 @@ The adapter is merged into a full-precision copy of its base (never into a 4-bit
 checked against base + adapter on evaluation prompts: logits within a tolerance and identical greedy
 answers, or nothing is exported. The merged directory carries the tokenizer, the chat template and a
 generation config whose end ids include the end-of-turn token, so a server stops where the model was
-trained to stop.
+trained to stop. GGUF files, their checks and the Ollama Modelfile are in tunebook.gguf.
 
 Inference only: nothing here imports a trainer.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 import torch
+from tqdm import tqdm
 from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 
-from tunebook import generate, models, paths, registry
-from tunebook.files import sha256_file
-from tunebook.params import ExportParams
+from tunebook import evaluate, generate, gguf, models, paths, registry, servers
+from tunebook.files import hash_tree, sha256_file, write_atomic
+from tunebook.params import EndpointParams, EvaluateParams, ExportParams
 
 # What a PEFT adapter directory needs to be loaded and served; training_args.bin (a pickle) stays behind.
 ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json", "tokenizer.json", "tokenizer_config.json",
@@ -34,21 +36,25 @@ class ExportError(ValueError):
 
 @dataclass
 class Inputs:
+    model: str  # the registry name of what is shipped
     base_model: str
     adapter_dir: Path
     reference: models.LoadedModel  # base + adapter, as the evaluate stage ran it
-    prompts: list[list[dict]]  # test prompts the export is checked on
+    items: pd.DataFrame  # the test items the export is checked on (evaluate.test_items)
+    prompts: list[list[dict]]  # their questions, asked as the evaluate stage asks them
 
 
 def inputs(run_id: str, params: ExportParams) -> Inputs:
-    """The registry model to ship, loaded as it was evaluated, and the test prompts to check it on."""
+    """The registry model to ship, loaded as it was evaluated, and the test items to check it on."""
     spec = registry.resolve(params.model, run_id)
     if not spec["adapter"]:
         raise ExportError(f"{params.model} is a fully fine-tuned model, not an adapter: its directory "
                           f"{spec['base_model']} is already the merged model")  # fmt: skip
-    test = generate.read_split(paths.stage_dir(run_id, "generate"), "test")[: params.verify_prompts]
+    test = generate.read_split(paths.stage_dir(run_id, "generate"), "test")
+    items = evaluate.test_items(test, EvaluateParams(max_examples=params.verify_prompts))
+    prompts = evaluate.conversations(items, None, EvaluateParams())
     reference = models.load_model(params.model, spec["base_model"], spec["adapter"])
-    return Inputs(spec["base_model"], Path(spec["adapter"]), reference, [row["messages"][:-1] for row in test])
+    return Inputs(params.model, spec["base_model"], Path(spec["adapter"]), reference, items, prompts)
 
 
 def merge_and_verify(inputs: Inputs, params: ExportParams) -> tuple[PreTrainedModel, MergeCheck]:
@@ -88,6 +94,7 @@ class MergeCheck:
     tolerance: float
     greedy_identical: int  # prompts whose greedy answers are the same text from both
     differing: list[dict]  # the prompts whose answers differ: question, both answers
+    answers: list[models.Generation]  # base + adapter's greedy answers: what every export is compared with
 
     @property
     def ok(self) -> bool:
@@ -117,7 +124,7 @@ def verify_merge(
     theirs = models.generate(reference, conversations, max_new_tokens, batch_size, progress=False)
     differing = [{"question": c[-1]["content"], "merged": a.text, "base + adapter": b.text}
                  for c, a, b in zip(conversations, ours, theirs, strict=True) if a.text != b.text]  # fmt: skip
-    return MergeCheck(len(conversations), gap, tolerance, len(conversations) - len(differing), differing)
+    return MergeCheck(len(conversations), gap, tolerance, len(conversations) - len(differing), differing, theirs)
 
 
 def require(check: MergeCheck) -> None:
@@ -147,15 +154,66 @@ def end_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
     return ids
 
 
-def save_merged(merged: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out_dir: Path) -> Path:
+def save_merged(
+    merged: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out_dir: Path, tokenizer_sources: list[str | Path]
+) -> Path:
     """safetensors weights, the tokenizer with its chat template, and a generation config that stops at
-    every end id."""
+    every end id. tokenizer_sources are where the tokenizer was loaded from (adapter, then base)."""
     stops = end_ids(tokenizer)
     merged.generation_config.eos_token_id = stops if len(stops) > 1 else stops[0]
     merged.generation_config.pad_token_id = tokenizer.pad_token_id
     merged.save_pretrained(str(out_dir), safe_serialization=True)
     tokenizer.save_pretrained(str(out_dir))
+    complete_tokenizer_files(tokenizer, out_dir, tokenizer_sources)
     return out_dir
+
+
+def complete_tokenizer_files(tokenizer: PreTrainedTokenizerBase, out_dir: Path, sources: list[str | Path]) -> None:
+    """transformers 5 saves a SentencePiece tokenizer as tokenizer.json alone, with a tokenizer_config.json
+    that says neither whether BOS is added nor which tokens are special; transformers knows, but other
+    readers guess, and llama.cpp's converter guesses wrong (placeholder merge scores, <|im_start|> as text,
+    an added BOS). Copy the SentencePiece model from where the tokenizer came from, and write the facts down."""
+    for source in sources:
+        model_file = _tokenizer_model(source)
+        if model_file is not None:
+            shutil.copy2(model_file, out_dir / "tokenizer.model")
+            break
+    config_path = out_dir / "tokenizer_config.json"
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    probe = tokenizer("a")["input_ids"]
+    config["add_bos_token"] = tokenizer.bos_token_id is not None and probe[:1] == [tokenizer.bos_token_id]
+    config["add_eos_token"] = tokenizer.eos_token_id is not None and probe[-1:] == [tokenizer.eos_token_id]
+    config["added_tokens_decoder"] = {
+        str(token_id): {"content": token.content, "lstrip": token.lstrip, "rstrip": token.rstrip,
+                        "normalized": token.normalized, "single_word": token.single_word, "special": token.special}
+        for token_id, token in sorted(tokenizer.added_tokens_decoder.items())
+    }  # fmt: skip
+    config_path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def _tokenizer_model(source: str | Path) -> Path | None:
+    local = Path(source) / "tokenizer.model"
+    if local.is_file():
+        return local
+    if Path(source).exists():
+        return None
+    from huggingface_hub import try_to_load_from_cache  # a hub id: the file if it was ever downloaded
+
+    cached = try_to_load_from_cache(str(source), "tokenizer.model")
+    return Path(cached) if isinstance(cached, str) else None
+
+
+def register(run_id: str, inputs: Inputs, merged_dir: Path, check: MergeCheck) -> str:
+    """The merged model as RUN_ID:export, a model directory of its own that any stage can load by name."""
+    record = {
+        "base_model": inputs.base_model,
+        "adapter": None,
+        "model_dir": str(merged_dir),
+        "merged_from": inputs.model,
+        "metrics": {"max_logit_diff": check.max_logit_diff, "greedy_identical": check.greedy_identical},
+        "output_hash": hash_tree(merged_dir),
+    }
+    return registry.register(run_id, "export", record)
 
 
 def save_adapter(adapter_dir: Path, out_dir: Path) -> Path:
@@ -167,12 +225,114 @@ def save_adapter(adapter_dir: Path, out_dir: Path) -> Path:
     return out_dir
 
 
-def vllm_commands(merged_dir: Path, base_model: str, adapter_dir: Path, name: str) -> dict[str, str]:
-    """How to serve the export with vLLM: the merged model, or the base with the adapter as a LoRA module."""
-    return {
-        "merged": f"vllm serve {merged_dir} --served-model-name {name} --generation-config auto",
-        "base + adapter": f"vllm serve {base_model} --enable-lora --lora-modules {name}={adapter_dir}",
+def context_length(model_dir: Path, cap: int = 4096) -> int:
+    """The context llama.cpp is given: the model's own, up to cap (its KV cache is allocated in full)."""
+    config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+    return min(config.get("max_position_embeddings") or cap, cap)
+
+
+# --- GGUF, and proof that every output answers like the evaluated model --------------------------------
+
+
+def write_gguf(merged_dir: Path, out_dir: Path, inputs: Inputs, params: ExportParams) -> tuple[dict, pd.DataFrame]:
+    """Each GGUF type of params as out_dir/NAME-TYPE.gguf, made by llama.cpp's converter from the merged
+    directory, and checked against the HF tokenizer before anything else reads it (GGUFError otherwise)."""
+    stops = end_ids(inputs.reference.tokenizer)
+    files, checked = {}, []
+    for outtype in tqdm(params.gguf, desc="GGUF"):
+        path = gguf.convert(merged_dir, outtype, out_dir / f"{params.name}-{outtype}.gguf")
+        checked.append(gguf.check_tokenizer(path, inputs.reference.tokenizer, inputs.prompts, stops))
+        files[outtype] = path
+    return files, pd.DataFrame(checked)
+
+
+def gguf_answers(files: dict[str, Path], inputs: Inputs, params: ExportParams, context: int) -> dict[str, list]:
+    """Every GGUF's greedy answers to the prompts, from llama-cpp-python in this process."""
+    return {f"{outtype} · llama-cpp-python": gguf.generate(path, inputs.prompts, params.max_new_tokens, context)
+            for outtype, path in files.items()}  # fmt: skip
+
+
+def gguf_logits(files: dict[str, Path], inputs: Inputs, check: MergeCheck, context: int) -> pd.DataFrame:
+    """Every GGUF's logits against base + adapter's, teacher-forced on the prompts and its answers."""
+    answers = [answer.text for answer in check.answers]
+    rows = [{"gguf": path.name, **gguf.logit_agreement(path, inputs.reference, inputs.prompts, answers, context)}
+            for path in files.values()]  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+SERVED = "llama.cpp-server"  # the served GGUF's name in the served evaluation
+
+
+def served_evaluation(
+    run_id: str, registered: str, gguf_path: Path, inputs: Inputs, params: ExportParams, context: int, log_path: Path
+) -> evaluate.Evaluation:
+    """The evaluate module on the merged model as registered (loaded from disk) and on the GGUF behind
+    llama-cpp-python's OpenAI-compatible server on loopback, closed-book and greedy, as the evaluate stage
+    asks every model."""
+    with servers.llama_server(gguf_path, log_path, params.name, context) as base_url:
+        served = EndpointParams(name=SERVED, model=params.name, base_url=base_url, concurrency=1,
+                                extra_body=servers.LLAMA_GREEDY)  # fmt: skip
+        asked = EvaluateParams(models=[registered], endpoints=[served], baseline=registered,
+                               conditions=["closed_book"], max_new_tokens=params.max_new_tokens)  # fmt: skip
+        return evaluate.evaluate_models(inputs.items, asked, run_id)
+
+
+def parity(
+    inputs: Inputs,
+    check: MergeCheck,
+    answers: dict[str, list[models.Generation]],
+    served: evaluate.Evaluation | None,
+    registered: str,
+    params: ExportParams,
+) -> gguf.Parity:
+    """Every output against base + adapter: the merged model from disk, each GGUF in-process and the first
+    one served. The merged model and the first GGUF, in-process and served, are held to min_agreement."""
+    outputs = dict(answers)
+    gated = {name for name in answers if params.gguf and name.startswith(params.gguf[0])}
+    if served is not None:
+        merged_name, served_name = "merged · transformers", f"{params.gguf[0]} · llama.cpp server"
+        outputs = {merged_name: _answers_of(served, registered, inputs.items), **outputs,
+                   served_name: _answers_of(served, SERVED, inputs.items)}  # fmt: skip
+        gated |= {merged_name, served_name}
+    return gguf.parity(inputs.items, check.answers, outputs, gated, params.min_agreement)
+
+
+def _answers_of(evaluation: evaluate.Evaluation, model: str, items: pd.DataFrame) -> list[models.Generation]:
+    rows = evaluation.examples[evaluation.examples["model"] == model].set_index("id").loc[items["id"]]
+    pairs = zip(rows["prediction"], rows["stopped"], strict=True)
+    return [models.Generation(text, bool(stopped)) for text, stopped in pairs]
+
+
+def write_modelfile(files: dict[str, Path], inputs: Inputs, params: ExportParams, context: int) -> Path | None:
+    """An Ollama Modelfile beside the GGUF it names; None when params ask for none."""
+    if params.modelfile is None:
+        return None
+    tokenizer = inputs.reference.tokenizer
+    text = gguf.modelfile(files[params.modelfile].name, tokenizer, end_ids(tokenizer), context)
+    path = files[params.modelfile].parent / "Modelfile"
+    write_atomic(path, text)
+    return path
+
+
+def serving_commands(
+    merged_dir: Path, inputs: Inputs, name: str, files: dict[str, Path], modelfile: Path | None
+) -> dict[str, str]:
+    """How to run each output: transformers, vLLM (merged, or base + the adapter as a LoRA module),
+    llama.cpp's server and Ollama. The llama.cpp and Ollama lines keep decoding greedy as evaluated."""
+    commands = {
+        "transformers": f"AutoModelForCausalLM.from_pretrained('{merged_dir}')",
+        "vllm (merged)": f"vllm serve {merged_dir} --served-model-name {name} --generation-config auto",
+        "vllm (base + adapter)": f"vllm serve {inputs.base_model} --enable-lora "
+        f"--lora-modules {name}={inputs.adapter_dir}",
     }
+    for outtype, path in files.items():
+        commands[f"llama.cpp server ({outtype})"] = (
+            f"python -m llama_cpp.server --model {path} --model_alias {name}   "
+            '# send "repeat_penalty": 1.0 with each request for greedy answers'
+        )
+    if modelfile is not None:
+        commands["ollama"] = f"cd {modelfile.parent} && ollama create {name} -f Modelfile && ollama run {name}"
+    return commands
 
 
 def files_table(directory: Path) -> pd.DataFrame:

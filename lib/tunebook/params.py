@@ -93,6 +93,8 @@ class TeacherParams(NoSecrets):
     model: str | None = None  # hf: `tiny`, a local directory or an HF id; openai: the served model name
     base_url: str | None = None  # openai: e.g. http://127.0.0.1:8000/v1
     api_key_env: str | None = None  # openai: the NAME of the environment variable holding the key
+    # openai: fields added to every request, e.g. {repeat_penalty: 1.0} for llama.cpp's server (default 1.1)
+    extra_body: dict[str, Any] = {}
     # chat teachers: write their own questions from the chunk, or answer the extractive teacher's
     questions: Literal["generate", "extractive"] = "generate"
     max_new_tokens: int = Field(256, ge=1)
@@ -324,6 +326,7 @@ class JudgeParams(NoSecrets):
     model: str | None = None  # hf: a model directory or an HF id; openai: the served model name
     base_url: str | None = None  # openai: e.g. http://127.0.0.1:8000/v1
     api_key_env: str | None = None  # openai: the NAME of the environment variable holding the key
+    extra_body: dict[str, Any] = {}  # openai: fields added to every request (see TeacherParams)
     max_new_tokens: int = Field(128, ge=1)
     batch_size: int = Field(8, ge=1)  # hf: prompts per forward pass
     concurrency: int = Field(8, ge=1)  # requests in flight
@@ -365,6 +368,7 @@ class JudgeParams(NoSecrets):
             model=self.model,
             base_url=self.base_url,
             api_key_env=self.api_key_env,
+            extra_body=self.extra_body,
             max_new_tokens=self.max_new_tokens,
             batch_size=self.batch_size,
             temperature=0.0,
@@ -379,6 +383,8 @@ class EndpointParams(NoSecrets):
     model: str  # the served model name
     base_url: str  # e.g. http://127.0.0.1:8080/v1
     api_key_env: str | None = None  # the NAME of the environment variable holding the key
+    # fields added to every request: llama.cpp's server needs {repeat_penalty: 1.0} to decode greedily
+    extra_body: dict[str, Any] = {}
     concurrency: int = Field(8, ge=1)
     max_retries: int = Field(5, ge=0)
     timeout_s: float = Field(120.0, gt=0)
@@ -391,6 +397,7 @@ class EndpointParams(NoSecrets):
             model=self.model,
             base_url=self.base_url,
             api_key_env=self.api_key_env,
+            extra_body=self.extra_body,
             max_new_tokens=max_new_tokens,
             temperature=0.0,
         )
@@ -515,9 +522,21 @@ class ExportParams(Strict):
     model: str = "dpo"  # the registry model to ship: sft, dpo or RUN_ID:stage
     name: str = Field("tunebook-demo", pattern=r"^[a-z0-9][a-z0-9_.-]*$")  # the served model's name
     dtype: Literal["fp32", "bf16"] = "fp32"  # the merged model's precision (never 4-bit: see tunebook.export)
-    verify_prompts: int = Field(16, ge=1)  # test prompts the merge is checked on
+    verify_prompts: int = Field(32, ge=1)  # test prompts the merge and every GGUF are checked on
     tolerance: float = Field(1e-3, gt=0)  # largest logit difference allowed between merged and base + adapter
     max_new_tokens: int = Field(64, ge=1)  # greedy answer length in the checks
+    # GGUF files made with llama.cpp's converter ([] for none); the first is also served and held to min_agreement
+    gguf: list[Literal["f32", "f16", "bf16", "q8_0"]] = ["f16", "q8_0"]
+    min_agreement: float = Field(0.95, gt=0, le=1)  # share of prompts the first GGUF answers as the evaluated model
+    modelfile: str | None = "q8_0"  # the GGUF an Ollama Modelfile is written for (one of gguf), or null
+
+    @model_validator(mode="after")
+    def _outputs(self) -> ExportParams:
+        if len(set(self.gguf)) != len(self.gguf):
+            raise ValueError(f"gguf lists a type twice: {self.gguf}")
+        if self.modelfile is not None and self.modelfile not in self.gguf:
+            raise ValueError(f"modelfile {self.modelfile!r} is not among the GGUF files {self.gguf}")
+        return self
 
 
 class Params(Strict):

@@ -1,4 +1,5 @@
-"""Local servers started and stopped from Python: a `chroma run` store, an OpenAI-compatible endpoint.
+"""Local servers started and stopped from Python: a `chroma run` store, OpenAI-compatible endpoints
+(`transformers serve` over a model directory, llama-cpp-python's server over a GGUF file).
 
 Tests and benchmarks talk to the real thing on loopback; these helpers start it, wait until it answers
 and always stop it, with its log at hand when it does not come up.
@@ -75,6 +76,23 @@ def openai_server(model_dir: str, log_path: Path, batching: bool = False) -> Ite
     command = [venv_command("transformers"), "serve", model_dir, "--host", HOST, "--port", str(port)]
     command += ["--device", "cpu", "--log-level", "warning", *(["--continuous-batching"] if batching else [])]
     with running(command, log_path, lambda: answers(f"http://{HOST}:{port}/health")):
+        yield f"http://{HOST}:{port}/v1"
+
+
+# llama.cpp's server applies repeat_penalty 1.1 unless a request says otherwise, even at temperature 0; a
+# client that wants the model's greedy answers sends this with every request.
+LLAMA_GREEDY = {"repeat_penalty": 1.0}
+
+
+@contextmanager
+def llama_server(gguf_path: Path, log_path: Path, name: str, context_length: int, threads: int = 2) -> Iterator[str]:
+    """llama-cpp-python's OpenAI-compatible server over a GGUF file, serving it as `name`: yields the base
+    URL of its API. It has no health route; it is ready once it lists its model."""
+    port = free_port()
+    command = [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf_path), "--model_alias", name,
+               "--host", HOST, "--port", str(port), "--n_ctx", str(context_length), "--seed", "0",
+               "--n_threads", str(threads)]  # fmt: skip
+    with running(command, log_path, lambda: answers(f"http://{HOST}:{port}/v1/models")):
         yield f"http://{HOST}:{port}/v1"
 
 

@@ -98,6 +98,25 @@ def openai_server(tiny_model: str, tmp_path_factory: pytest.TempPathFactory) -> 
 
 
 @pytest.fixture(scope="session")
+def tiny_gguf(tiny_model: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model as an f16 GGUF, written by llama.cpp's own converter."""
+    from tunebook import gguf
+
+    return gguf.convert(Path(tiny_model), "f16", tmp_path_factory.mktemp("tiny-gguf") / "tiny-f16.gguf")
+
+
+@pytest.fixture(scope="module")
+def llama_server(tiny_gguf: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    """llama-cpp-python's OpenAI-compatible server over the tiny model's GGUF, on loopback, serving it as
+    `tiny`: the teacher endpoint of the generate stage's tests."""
+    log_path = tmp_path_factory.mktemp("llama-server") / "serve.log"
+    # Teacher prompts (a chunk and the instructions) run past the tiny model's 256 positions, which llama.cpp
+    # refuses; the tests are about the protocol, not the answers' quality.
+    with servers.llama_server(tiny_gguf, log_path, "tiny", context_length=4096) as base_url:
+        yield Served(base_url, log_path)
+
+
+@pytest.fixture(scope="session")
 def lora_adapter(tiny_model: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A LoRA adapter on the tiny model, trained a few real steps by tunebook's SFT (its B matrices are
     no longer zero, so merging it changes the weights)."""

@@ -1,5 +1,6 @@
-"""Campaigns against a real OpenAI-compatible server (`transformers serve` over the tiny model) on loopback:
-the protocol, the response cache, kill -9 and resume, and parse failures of a teacher that talks nonsense."""
+"""Campaigns against a real OpenAI-compatible server (llama-cpp-python's, over the tiny model's GGUF) on
+loopback: the protocol, the response cache, kill -9 and resume, parse failures of a teacher that talks
+nonsense, and the extra request fields a server needs to decode greedily."""
 
 from __future__ import annotations
 
@@ -17,10 +18,11 @@ import httpx
 import pytest
 from test_generate import stdlib_chunks
 
-from tunebook import generate, ingest
+from tunebook import generate, ingest, servers
 from tunebook.files import read_complete_lines
-from tunebook.params import GenerateParams, TinyParams
+from tunebook.params import EndpointParams, GenerateParams, TinyParams
 from tunebook.teachers import TeacherUnavailable
+from tunebook.teachers.cache import ResponseCache
 from tunebook.teachers.openai import OpenAITeacher
 
 # Run as a separate process, so that it can be killed with -9 like a real campaign.
@@ -39,9 +41,9 @@ print(json.dumps({"requests": campaign.requests, "cache_hits": campaign.cache_hi
 """
 
 
-def campaign_params(base_url: str, tiny_model: str, **overrides) -> GenerateParams:
+def campaign_params(base_url: str, **overrides) -> GenerateParams:
     teachers = [
-        {"name": "served", "backend": "openai", "model": tiny_model, "base_url": base_url, "questions": "extractive",
+        {"name": "served", "backend": "openai", "model": "tiny", "base_url": base_url, "questions": "extractive",
          "max_new_tokens": 24},
         {"name": "extractive", "backend": "extractive"},
     ]  # fmt: skip
@@ -72,9 +74,9 @@ def outcome(records: list[dict]) -> tuple[set, set, set]:
     return jobs, samples, failures
 
 
-def test_openai_teacher_answers_through_the_protocol_and_the_cache(openai_server, tiny_model, tmp_path):
+def test_openai_teacher_answers_through_the_protocol_and_the_cache(llama_server, tmp_path):
     chunks = stdlib_chunks(tmp_path, ("bisect",))
-    params = campaign_params(openai_server.base_url, tiny_model)
+    params = campaign_params(llama_server.base_url)
     jobs = generate.plan_jobs(chunks, params)
     first = generate.run_campaign(jobs, params, tmp_path / "a", TinyParams(), [], progress=False)
     served = [r for r in first.records if r["teacher"] == "served"]
@@ -93,10 +95,11 @@ def test_openai_teacher_answers_through_the_protocol_and_the_cache(openai_server
     assert outcome(elsewhere.records) == outcome(first.records)
 
 
-def test_kill_9_then_resume_loses_nothing_and_sends_nothing_twice(openai_server, tiny_model, tmp_path, workdir):
-    chunks = stdlib_chunks(tmp_path, ("bisect", "heapq"))
-    params = campaign_params(openai_server.base_url, tiny_model)
-    answered_at_start = openai_server.requests_answered()
+def test_kill_9_then_resume_loses_nothing_and_sends_nothing_twice(llama_server, tmp_path, workdir):
+    # Enough jobs that the campaign is still running when it is killed: llama.cpp answers in milliseconds.
+    chunks = stdlib_chunks(tmp_path, ("bisect", "heapq", "json", "textwrap", "shlex", "fnmatch"))
+    params = campaign_params(llama_server.base_url)
+    answered_at_start = llama_server.requests_answered()
     reference = finish(start_campaign(tmp_path, tmp_path / "reference-workdir", chunks, params, tmp_path / "ref"))
     expected = outcome(read_complete_lines(tmp_path / "ref" / generate.CAMPAIGN_LOG))
 
@@ -106,26 +109,26 @@ def test_kill_9_then_resume_loses_nothing_and_sends_nothing_twice(openai_server,
     deadline = time.monotonic() + 120
     while not (log.exists() and len(log.read_text().splitlines()) >= 3):
         assert process.poll() is None and time.monotonic() < deadline, "the campaign ended before it could be killed"
-        time.sleep(0.05)
+        time.sleep(0.01)
     process.send_signal(signal.SIGKILL)
     process.wait()
     done_before_kill = log.read_text().splitlines()
     assert all(json.loads(line) for line in done_before_kill)  # parseable at the moment of the kill
     assert len(done_before_kill) < len(chunks)
 
-    answered_before = openai_server.requests_answered()
+    answered_before = llama_server.requests_answered()
     resumed = finish(start_campaign(tmp_path, workdir, chunks, params, out_dir))
     records = read_complete_lines(log)
     assert resumed["resumed"] >= len(done_before_kill)
     assert len(records) == len({r["job"] for r in records}) == len(chunks)  # 0 duplicated
     assert outcome(records) == expected  # 0 lost, and the same samples
     # The server's own count: only the requests in flight when the process died can have been sent twice.
-    assert openai_server.requests_answered() - answered_before == resumed["requests"]
-    sent_in_all = openai_server.requests_answered() - answered_at_start
+    assert llama_server.requests_answered() - answered_before == resumed["requests"]
+    sent_in_all = llama_server.requests_answered() - answered_at_start
     assert reference["requests"] <= sent_in_all - reference["requests"] <= reference["requests"] + params.concurrency
 
 
-def test_a_teacher_that_writes_no_json_gets_parse_failures_with_ids(openai_server, tiny_model, tmp_path):
+def test_a_teacher_that_writes_no_json_gets_parse_failures_with_ids(llama_server, tmp_path):
     chunks = stdlib_chunks(tmp_path, ("bisect", "heapq"))
     collection = ingest.open_collection(tmp_path / "chroma", "ctx", ingest.EMBEDDED_MODEL)
     ingest.index_chunks(collection, chunks, progress=False)
@@ -134,8 +137,8 @@ def test_a_teacher_that_writes_no_json_gets_parse_failures_with_ids(openai_serve
             {
                 "name": "served",
                 "backend": "openai",
-                "model": tiny_model,
-                "base_url": openai_server.base_url,
+                "model": "tiny",
+                "base_url": llama_server.base_url,
                 "max_new_tokens": 24,
             }
         ],  # fmt: skip
@@ -179,3 +182,21 @@ def test_retryable_statuses_are_retried_with_backoff(status, tmp_path):
     )
     with pytest.raises(TeacherUnavailable, match=f"failed after 2 tries .*HTTP {status}"):
         asyncio.run(stubborn.chat([{"role": "user", "content": "hi"}]))
+
+
+def test_extra_body_fields_reach_the_server_and_are_part_of_the_cache_key(llama_server, tmp_path):
+    prompts = [[{"role": "user", "content": "What does bisect.insort do?"}]]
+    cache = ResponseCache(tmp_path / "cache")
+
+    def ask(extra_body: dict) -> list:
+        endpoint = EndpointParams(name="served", model="tiny", base_url=llama_server.base_url, max_retries=0,
+                                  extra_body=extra_body)  # fmt: skip
+        return generate.run_sync(generate.chat_many(endpoint.campaign(8), prompts, "ask", False, cache))
+
+    answered_before = llama_server.requests_answered()
+    assert ask(servers.LLAMA_GREEDY)[0].reply is not None and ask({})[0].reply is not None
+    assert ask(servers.LLAMA_GREEDY)[0].requests == 0  # the same request again: from the cache
+    assert llama_server.requests_answered() - answered_before == 2  # with and without the field: two requests
+    # The server reads the field: a value it cannot use is refused, not ignored.
+    with pytest.raises(TeacherUnavailable, match="repeat_penalty"):
+        ask({"repeat_penalty": "strong"})

@@ -50,7 +50,7 @@ def test_merging_into_a_4_bit_base_is_refused(tiny_model):
 
 def test_the_merged_model_stops_at_the_end_of_its_turn(tiny_model, lora_adapter, tmp_path):
     tokenizer = AutoTokenizer.from_pretrained(lora_adapter)
-    out = export.save_merged(export.merge(tiny_model, lora_adapter), tokenizer, tmp_path / "merged")
+    out = export.save_merged(export.merge(tiny_model, lora_adapter), tokenizer, tmp_path / "merged", [lora_adapter])
     config = json.loads((out / "generation_config.json").read_text())
     end = tokenizer.convert_tokens_to_ids("<|im_end|>")
     assert end in (config["eos_token_id"] if isinstance(config["eos_token_id"], list) else [config["eos_token_id"]])
@@ -70,7 +70,8 @@ def test_the_adapter_export_leaves_pickles_behind(lora_adapter, tmp_path):
 
 
 def test_loading_serving_and_exporting_import_no_trainer():
-    code = ("import sys, tunebook.models, tunebook.export, tunebook.evaluate, tunebook.servers, tunebook.reward; "
+    code = ("import sys, tunebook.models, tunebook.export, tunebook.gguf, tunebook.evaluate, tunebook.servers, "
+            "tunebook.reward; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] == 'trl' or m in ('tunebook.sft', 'tunebook.dpo')"
             " or m.startswith('peft.tuners') and 'training' in m))")  # fmt: skip
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

@@ -32,7 +32,8 @@ class OpenAITeacher:
     ) -> None:
         self.name = spec.name
         self.model_id = spec.model
-        self.sampling = {"max_tokens": spec.max_new_tokens, "temperature": spec.temperature}
+        # Part of the cache key: a request with other extra fields is another request.
+        self.sampling = {"max_tokens": spec.max_new_tokens, "temperature": spec.temperature, **spec.extra_body}
         self.base_url = spec.base_url.rstrip("/")
         headers = {}
         if spec.api_key_env:
