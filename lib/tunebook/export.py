@@ -264,12 +264,20 @@ SERVED = "llama.cpp-server"  # the served GGUF's name in the served evaluation
 
 
 def served_evaluation(
-    run_id: str, registered: str, gguf_path: Path, inputs: Inputs, params: ExportParams, context: int, log_path: Path
-) -> evaluate.Evaluation:
-    """The evaluate module on the merged model as registered (loaded from disk) and on the GGUF behind
+    run_id: str,
+    registered: str,
+    files: dict[str, Path],
+    inputs: Inputs,
+    params: ExportParams,
+    context: int,
+    log_path: Path,
+) -> evaluate.Evaluation | None:
+    """The evaluate module on the merged model as registered (loaded from disk) and on the first GGUF behind
     llama-cpp-python's OpenAI-compatible server on loopback, closed-book and greedy, as the evaluate stage
-    asks every model."""
-    with servers.llama_server(gguf_path, log_path, params.name, context) as base_url:
+    asks every model; None without GGUF files."""
+    if not params.gguf:
+        return None
+    with servers.llama_server(files[params.gguf[0]], log_path, params.name, context) as base_url:
         served = EndpointParams(name=SERVED, model=params.name, base_url=base_url, concurrency=1,
                                 extra_body=servers.LLAMA_GREEDY)  # fmt: skip
         asked = EvaluateParams(models=[registered], endpoints=[served], baseline=registered,

@@ -169,3 +169,19 @@ def pair_statistics(stats: pd.DataFrame, title: str = "Preference pairs"):
     axes[1].set_ylabel("chosen length (words)")
     fig.tight_layout()
     return fig
+
+
+def parity(table: pd.DataFrame, min_agreement: float, title: str = "Answers identical to the evaluated model"):
+    """One bar per exported output: the share of prompts it answers exactly as the evaluated model, with
+    the gate the gated outputs must reach."""
+    fig, ax = _figure(title, height=0.45 * len(table) + 1.2)
+    shares = table["agreement"] * 100
+    ax.barh(table["output"], shares, color=[color(o) for o in table["output"]])
+    ax.axvline(min_agreement * 100, color="black", linestyle="--", linewidth=1, label=f"gate ({min_agreement:.0%})")
+    for y, (share, row) in enumerate(zip(shares, table.itertuples(), strict=True)):
+        ax.text(share + 1, y, f"{row.identical}/{row.prompts} ({row.gate})", va="center", fontsize=8)
+    ax.set_xlim(0, 130)
+    ax.invert_yaxis()
+    ax.set_xlabel("identical greedy answers (% of prompts)")
+    ax.legend(loc="lower right", fontsize=8)
+    return fig

@@ -40,6 +40,7 @@ PACKAGES = (
     "chromadb",
     "papermill",
     "sentence-transformers",
+    "llama-cpp-python",
 )
 # Each stage reads the outputs of these earlier stages; their hashes are part of its cache key.
 UPSTREAM = {
@@ -115,14 +116,16 @@ def cache_key(params: Params, stage: str, manifest_stages: dict) -> str:
 
 
 def input_hashes(params: Params, stage: str, manifest_stages: dict) -> dict[str, str | None]:
-    """Content hashes of what a stage reads: upstream outputs, for ingest the corpus itself, and for
-    evaluate the user's benchmark file and human ratings."""
+    """Content hashes of what a stage reads: upstream outputs, for ingest the corpus itself, for evaluate
+    the user's benchmark file and human ratings, and for export the llama.cpp it converts and serves with."""
     hashes = {up: manifest_stages.get(up, {}).get("outputs_hash") for up in UPSTREAM[stage]}
     if stage == "ingest":
         corpus = paths.resolve(params.ingest.corpus_dir)
         # The demo corpus is written by the stage from the installed Python's own documentation.
         generated = bool(params.ingest.stdlib_modules)
         hashes["corpus"] = sys.version if generated else hash_tree(corpus) if corpus.is_dir() else None
+    if stage == "export":  # its GGUF converter and llama.cpp come with this version
+        hashes["llama-cpp-python"] = _version("llama-cpp-python")
     if stage == "evaluate":
         for name in ("benchmark_file", "human_ratings"):
             if path := getattr(params.evaluate, name):

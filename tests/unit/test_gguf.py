@@ -2,6 +2,7 @@
 logits and answers compared with base + adapter, the parity gate, the Ollama Modelfile, and llama.cpp's
 server run through the evaluate module."""
 
+import importlib.metadata
 import json
 from pathlib import Path
 
@@ -9,8 +10,8 @@ import pandas as pd
 import pytest
 from transformers import AutoTokenizer
 
-from tunebook import evaluate, export, gguf, models
-from tunebook.params import ExportParams
+from tunebook import evaluate, export, gguf, models, runner
+from tunebook.params import ExportParams, Params
 
 PROMPTS = [
     [{"role": "user", "content": "What does json.dumps return?"}],
@@ -166,9 +167,14 @@ def test_the_evaluate_module_runs_against_llama_cpp_serving_the_export(tiny_mode
     check = export.verify_merge(export.merge(tiny_model, lora_adapter), reference, prompts, 16)
     registered = export.register("t", inputs, merged_dir, check)
     files, _ = export.write_gguf(merged_dir, tmp_path, inputs, params)
-    served = export.served_evaluation("t", registered, files["f16"], inputs, params, 256, tmp_path / "serve.log")
+    served = export.served_evaluation("t", registered, files, inputs, params, 256, tmp_path / "serve.log")
     assert set(served.summary["system"]) == {registered, export.SERVED}
     assert "POST /v1/chat/completions" in (tmp_path / "serve.log").read_text()
     result = export.parity(inputs, check, {}, served, registered, params)
     assert result.table["output"].tolist() == ["merged · transformers", "f16 · llama.cpp server"]
     assert result.ok and (result.table["identical"] == len(PROMPTS)).all()
+
+
+def test_another_llama_cpp_reruns_the_export():
+    hashes = runner.input_hashes(Params(), "export", {})
+    assert hashes["llama-cpp-python"] == importlib.metadata.version("llama-cpp-python")
