@@ -326,7 +326,7 @@ def serving_commands(
     merged_dir: Path, inputs: Inputs, name: str, files: dict[str, Path], modelfile: Path | None
 ) -> dict[str, str]:
     """How to run each output: transformers, vLLM (merged, or base + the adapter as a LoRA module),
-    llama.cpp's server and Ollama. The llama.cpp and Ollama lines keep decoding greedy as evaluated."""
+    llama.cpp's server and Ollama."""
     commands = {
         "transformers": f"AutoModelForCausalLM.from_pretrained('{merged_dir}')",
         "vllm (merged)": f"vllm serve {merged_dir} --served-model-name {name} --generation-config auto",
@@ -334,10 +334,7 @@ def serving_commands(
         f"--lora-modules {name}={inputs.adapter_dir}",
     }
     for outtype, path in files.items():
-        commands[f"llama.cpp server ({outtype})"] = (
-            f"python -m llama_cpp.server --model {path} --model_alias {name}   "
-            '# send "repeat_penalty": 1.0 with each request for greedy answers'
-        )
+        commands[f"llama.cpp server ({outtype})"] = f"python -m llama_cpp.server --model {path} --model_alias {name}"
     if modelfile is not None:
         commands["ollama"] = f"cd {modelfile.parent} && ollama create {name} -f Modelfile && ollama run {name}"
     return commands
