@@ -6,6 +6,7 @@ dataset hash, the params it was trained with, its metrics and where its adapter 
 
 from __future__ import annotations
 
+import fcntl
 import json
 from pathlib import Path
 
@@ -29,9 +30,16 @@ def entries() -> dict[str, dict]:
 def register(run_id: str, stage: str, entry: dict) -> str:
     """Record (or replace) the model a run's stage produced; returns its name."""
     name = f"{run_id}:{stage}"
-    models = entries()
-    models[name] = {"name": name, "run_id": run_id, "stage": stage, **entry}
-    write_atomic(registry_path(), json.dumps(models, indent=2, sort_keys=True) + "\n")
+    path = registry_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Runs on one workdir share the registry: without the lock, two runs finishing together would each
+    # write back what they read, and one entry would be lost. The lock file, not registry.json, is locked
+    # because write_atomic replaces registry.json with a new file.
+    with open(path.with_name("registry.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        models = entries()
+        models[name] = {"name": name, "run_id": run_id, "stage": stage, **entry}
+        write_atomic(path, json.dumps(models, indent=2, sort_keys=True) + "\n")
     return name
 
 

@@ -7,7 +7,9 @@ the library, its params section and its inputs are unchanged and its outputs are
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -20,8 +22,10 @@ from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 
+import nbformat
 import papermill
 from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+from nbclient.exceptions import DeadKernelError
 from papermill.exceptions import PapermillExecutionError
 from tqdm import tqdm
 
@@ -78,6 +82,29 @@ def select_stages(stages: list[str] | None = None, from_stage: str | None = None
 
 def manifest_path(run_id: str) -> Path:
     return paths.reports_dir() / run_id / "run.json"
+
+
+def lock_path(run_id: str) -> Path:
+    return manifest_path(run_id).with_name(".lock")
+
+
+@contextmanager
+def run_lock(run_id: str) -> Iterator[None]:
+    """Held for a whole run: two runs on one id would write the same manifest and stage directories.
+    An flock dies with its process, so a run killed with -9 leaves no lock behind to clean up."""
+    path = lock_path(run_id)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+", encoding="utf-8") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            holder = lock.read().strip() or "pid unknown"  # empty while the holder is still writing it
+            raise RunError(f"run {run_id} is already running ({holder}); wait for it or stop it") from None
+        lock.truncate(0)
+        lock.write(f"pid {os.getpid()}, since {_now()}")
+        lock.flush()
+        yield
 
 
 def read_manifest(run_id: str) -> dict:
@@ -149,6 +176,13 @@ def run_pipeline(
     progress: bool = True,
 ) -> dict:
     """Execute (or reuse) the selected stages in order; returns the final manifest."""
+    with run_lock(params.run.id):
+        return _run_stages(params, params_file, selected, force, show_code, progress)
+
+
+def _run_stages(
+    params: Params, params_file: Path, selected: list[str], force: bool, show_code: bool, progress: bool
+) -> dict:
     run_id = params.run.id
     report_dir = paths.reports_dir() / run_id
     report_dir.mkdir(parents=True, exist_ok=True)
@@ -174,20 +208,37 @@ def run_pipeline(
         )
         _save(manifest)
         started = time.monotonic()
+        executed = report_dir / f"{paths.NOTEBOOKS[stage]}.ipynb"
         try:
             _execute(params, stage, report_dir, progress)
         except PapermillExecutionError as err:
-            record.update(status="failed", seconds=round(time.monotonic() - started, 1))
-            record["error"] = {"cell": err.cell_index, "exec_count": err.exec_count, "ename": err.ename,
-                               "evalue": str(err.evalue)[:500]}  # fmt: skip
-            manifest.update(status="failed", failed={"stage": stage, "cell": err.cell_index}, finished=_now())
-            reports.render_html(report_dir / f"{paths.NOTEBOOKS[stage]}.ipynb", show_code)
+            error = {"cell": err.cell_index, "exec_count": err.exec_count, "ename": err.ename,
+                     "evalue": str(err.evalue)[:500]}  # fmt: skip
+            _fail(manifest, stage, error, started)
+            reports.render_html(executed, show_code)
             _save(manifest)
             reports.write_index()
             raise RunError(
                 f"stage {stage} failed in cell {err.cell_index}: {err.ename}: {str(err.evalue)[:300]}"
-                f" (see {report_dir / paths.NOTEBOOKS[stage]}.html; resume with --from {stage})"
+                f" (see {executed.with_suffix('.html')}; resume with --from {stage})"
             ) from None
+        except DeadKernelError as err:
+            # No traceback to show: the kernel process is gone, most often killed for memory.
+            why = f"the kernel died ({err}); it was most likely killed for running out of memory"
+            cell = _mark_dead_cell(executed, why)
+            _fail(manifest, stage, {"cell": cell, "ename": type(err).__name__, "evalue": why}, started)
+            reports.render_html(executed, show_code)
+            _save(manifest)
+            reports.write_index()
+            where = f"in cell {cell}" if cell is not None else "before its first cell"
+            raise RunError(
+                f"stage {stage} failed {where}: {why} (see {executed.with_suffix('.html')}; resume with --from {stage})"
+            ) from None
+        except BaseException as err:  # Ctrl-C too: a run that is not running must not say it is
+            _fail(manifest, stage, {"cell": None, "ename": type(err).__name__, "evalue": str(err)[:500]}, started)
+            _save(manifest)
+            reports.write_index()
+            raise
         record.update(
             status="completed",
             seconds=round(time.monotonic() - started, 1),
@@ -200,6 +251,29 @@ def run_pipeline(
     _save(manifest)
     reports.write_index()
     return manifest
+
+
+def _fail(manifest: dict, stage: str, error: dict, started: float) -> None:
+    manifest["stages"][stage].update(status="failed", seconds=round(time.monotonic() - started, 1), error=error)
+    manifest.update(status="failed", failed={"stage": stage, "cell": error["cell"]}, finished=_now())
+
+
+def _mark_dead_cell(executed: Path, why: str) -> int | None:
+    """The index of the cell the kernel died in, counted as papermill counts a failing cell (in the executed
+    notebook, its injected parameters included), marked failed there with the reason as its output.
+    papermill saves the notebook as each cell starts, but then marks the dead cell completed."""
+    if not executed.exists():
+        return None
+    notebook = nbformat.read(executed, as_version=4)
+    started = [i for i, cell in enumerate(notebook.cells) if cell.metadata.get("papermill", {}).get("start_time")]
+    if not started:
+        return None
+    cell = notebook.cells[started[-1]]
+    cell.metadata.papermill.update(status="failed", exception=True)
+    if cell.cell_type == "code":
+        cell.outputs.append(nbformat.v4.new_output("error", ename="DeadKernelError", evalue=why, traceback=[why]))
+    write_atomic(executed, nbformat.writes(notebook))
+    return started[-1]
 
 
 def _missing_upstream(run_id: str, selected: list[str], manifest: dict) -> None:
