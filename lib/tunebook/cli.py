@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 from pathlib import Path
 
@@ -20,11 +21,23 @@ def main(argv: list[str] | None = None) -> int:
     except (ParamsError, runner.RunError) as err:
         print(f"tunebook: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT if isinstance(err, ParamsError) else 1
+    except OSError as err:
+        # A full disk or a missing permission is the machine's problem, not a bug: one line, no traceback.
+        print(f"tunebook: {args.name} failed ({_os_error(err)})", file=sys.stderr)
+        return 1
+
+
+def _os_error(err: OSError) -> str:
+    """`ENOSPC: No space left on device, /path/to/file`, or the message of an OSError raised without an errno."""
+    if err.errno is None:
+        return str(err)
+    where = "".join(f", {name}" for name in (err.filename, err.filename2) if name is not None)
+    return f"{errno.errorcode.get(err.errno, err.errno)}: {err.strerror}{where}"
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tunebook", description=__doc__)
-    sub = parser.add_subparsers(required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(required=True, metavar="COMMAND", dest="name")
 
     run = sub.add_parser("run", help="execute the stage notebooks of a params file")
     _params_args(run)

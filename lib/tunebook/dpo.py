@@ -362,7 +362,7 @@ def train_dpo(params: DpoParams, run_id: str, pairs_dir: Path, out_dir: Path, se
 
     entry = check_reference(params.model, run_id)
     card = json.loads((pairs_dir / "card.json").read_text(encoding="utf-8"))
-    tokenizer = AutoTokenizer.from_pretrained(entry["adapter"])
+    tokenizer = AutoTokenizer.from_pretrained(entry["adapter"], **models.pretrained_options(weights=False))
     template = evaluate.template_id(tokenizer.chat_template)
     if card["chat_template"] != template:
         raise DpoError(f"the pairs were made with chat template {card['chat_template']}, the SFT model has "
@@ -372,7 +372,7 @@ def train_dpo(params: DpoParams, run_id: str, pairs_dir: Path, out_dir: Path, se
     if not train:
         raise DpoError("no training pairs (all were held out for validation): lower dpo.val_fraction")
     set_seed(seed)
-    base = AutoModelForCausalLM.from_pretrained(entry["base_model"], dtype=torch.float32)
+    base = AutoModelForCausalLM.from_pretrained(entry["base_model"], dtype=torch.float32, **models.pretrained_options())
     model = PeftModel.from_pretrained(base, entry["adapter"], is_trainable=True)
     dtype = precision(params.precision)
     trainer = DPOTrainer(

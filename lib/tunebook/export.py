@@ -70,7 +70,7 @@ def merge(base_model: str, adapter_dir: Path, dtype: torch.dtype = torch.float32
     """base + adapter as one model, merged into a full-precision copy of the base."""
     from peft import PeftModel  # the inference side of peft: loading and merging an adapter
 
-    base = AutoModelForCausalLM.from_pretrained(base_model, dtype=dtype)
+    base = AutoModelForCausalLM.from_pretrained(base_model, dtype=dtype, **models.pretrained_options())
     refuse_quantized(base)
     return PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload().eval()
 

@@ -6,19 +6,31 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 
 def write_atomic(path: Path, text: str) -> None:
-    """Readers see the old file or the new one, never half of either (also between threads writing it)."""
+    """Readers see the old file or the new one, never half of either (also between threads writing it).
+
+    A failure (a full disk, say) leaves the old file, or none, and no temporary file; the OSError it raises
+    names `path`, since the temporary file it happened in is gone.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
+            f.flush()
+            # A full disk can go unreported until the data reaches it (NFS, delayed allocation): find out
+            # before the rename, while the final file is still untouched.
+            os.fsync(f.fileno())
         os.chmod(tmp, 0o644)  # mkstemp makes it private; these files are meant to be read by others
         os.replace(tmp, path)
+    except OSError as err:
+        if err.errno is None:
+            raise
+        raise OSError(err.errno, err.strerror, str(path)) from err
     finally:
         Path(tmp).unlink(missing_ok=True)
 
@@ -64,9 +76,33 @@ def jsonl_text(rows: Iterable[dict]) -> str:
     return "".join(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n" for row in rows)
 
 
-def read_jsonl(path: Path) -> list[dict]:
+def numbered_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
+    """(line number, record) for each non-blank line; a line that is not a JSON object is a ValueError
+    naming the file and line."""
     with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line.rstrip("\n"))  # so that an error's column is on this line
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}:{number}: not a JSON object ({err.msg} at column {err.colno})") from None
+            if not isinstance(record, dict):
+                raise ValueError(f"{path}:{number}: not a JSON object (got a {type(record).__name__})")
+            yield number, record
+
+
+def corpus_files(corpus_dir: Path, extensions: Iterable[str]) -> list[Path]:
+    """The files under `corpus_dir` with one of `extensions` (any case, dot optional), sorted."""
+    wanted = {"." + ext.lower().lstrip(".") for ext in extensions}
+    # Hidden paths hold editor and notebook copies (.ipynb_checkpoints) that would duplicate documents.
+    return sorted(
+        path
+        for path in corpus_dir.rglob("*")
+        if path.is_file()
+        and path.suffix.lower() in wanted
+        and not any(part.startswith(".") for part in path.relative_to(corpus_dir).parts)
+    )
 
 
 def sha256_text(text: str) -> str:

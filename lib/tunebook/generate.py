@@ -27,8 +27,8 @@ from tunebook.files import (
     PROGRESS_FILE,
     append_line,
     jsonl_text,
+    numbered_jsonl,
     read_complete_lines,
-    read_jsonl,
     sha256_text,
     write_atomic,
 )
@@ -38,6 +38,7 @@ from tunebook.teachers import Reply, TeacherUnavailable, extractive
 from tunebook.teachers.cache import ResponseCache, request_key
 
 SPLITS = ("train", "val", "test")
+ROLES = ("system", "user", "assistant")  # the turns a split row's messages may hold
 CAMPAIGN_LOG = "campaign.jsonl"
 T = TypeVar("T")
 
@@ -543,7 +544,33 @@ def write_dataset(dataset: Dataset, out_dir: Path, params: GenerateParams, name:
 
 
 def read_split(dataset_dir: Path, split: str) -> list[dict]:
-    return read_jsonl(dataset_dir / f"{split}.jsonl")
+    """A split's rows, each checked to be one every stage can use: a ValueError names the file and line."""
+    path = dataset_dir / f"{split}.jsonl"
+    rows = []
+    for number, row in numbered_jsonl(path):
+        if problem := _row_problem(row):
+            raise ValueError(f"{path}:{number}: {problem}")
+        rows.append(row)
+    return rows
+
+
+def _row_problem(row: dict) -> str | None:
+    """What is wrong with a split row, if anything. Evaluation and DPO read a row's last two turns as the
+    question and its reference answer, and rows are told apart by id."""
+    if not (isinstance(row.get("id"), str) and row["id"]):
+        return "no 'id' string"
+    messages = row.get("messages")
+    if not isinstance(messages, list):
+        return "no 'messages' list (expected [{'role': ..., 'content': ...}, ...])"
+    for i, turn in enumerate(messages):
+        if not (isinstance(turn, dict) and turn.get("role") in ROLES and isinstance(turn.get("content"), str)):
+            roles = ", ".join(ROLES)
+            return f"messages[{i}] is not a {{'role', 'content'}} turn with a role of {roles} (got {turn!r:.80})"
+    if [turn["role"] for turn in messages[-2:]] != ["user", "assistant"]:
+        return "messages must end with a user turn and the assistant's answer to it"
+    if not messages[-1]["content"].strip():
+        return "empty assistant turn"
+    return None
 
 
 def read_card(dataset_dir: Path) -> dict:

@@ -20,7 +20,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from tunebook import paths
-from tunebook.files import jsonl_text, write_atomic
+from tunebook.files import corpus_files, jsonl_text, write_atomic
 
 if TYPE_CHECKING:
     from chromadb import Collection
@@ -143,11 +143,17 @@ def read_documents(corpus_dir: Path, extensions: list[str]) -> tuple[list[Docume
     """Read every file under `corpus_dir` with one of `extensions`, sorted by path.
 
     Unreadable files (binary, not UTF-8, broken PDF, empty) are skipped with a warning and returned as
-    (source, reason) so the report can show them; files with other extensions are ignored silently.
+    (source, reason) so the report can show them; files with other extensions are ignored silently. A
+    corpus without a readable document is a ValueError naming the directory, raised before any output.
     """
-    wanted = {_normalize_extension(ext) for ext in extensions}
+    wanted = sorted({_normalize_extension(ext) for ext in extensions})
+    if not corpus_dir.is_dir():
+        raise FileNotFoundError(f"corpus directory not found: {corpus_dir}")
+    files = corpus_files(corpus_dir, wanted)
+    if not files:
+        raise ValueError(f"{corpus_dir}: no corpus files (none with the extensions {', '.join(wanted)})")
     docs, skipped = [], []
-    for path in _corpus_files(corpus_dir, wanted):
+    for path in files:
         source = path.relative_to(corpus_dir).as_posix()
         text, reason = _read_text(path)
         if reason is None and not text.strip():
@@ -157,6 +163,11 @@ def read_documents(corpus_dir: Path, extensions: list[str]) -> tuple[list[Docume
             skipped.append((source, reason))
         else:
             docs.append(Document(source=source, text=text))
+    if not docs:
+        source, reason = skipped[0]
+        raise ValueError(
+            f"{corpus_dir}: no readable documents: all {len(skipped)} files were skipped ({source}: {reason})"
+        )
     return docs, skipped
 
 
@@ -165,19 +176,6 @@ def _normalize_extension(ext: str) -> str:
     if ext not in SUPPORTED_EXTENSIONS:
         raise ValueError(f"unsupported corpus extension {ext!r}; supported: {', '.join(SUPPORTED_EXTENSIONS)}")
     return ext
-
-
-def _corpus_files(corpus_dir: Path, extensions: set[str]) -> list[Path]:
-    if not corpus_dir.is_dir():
-        raise FileNotFoundError(f"corpus directory not found: {corpus_dir}")
-    # Hidden paths hold editor and notebook copies (.ipynb_checkpoints) that would duplicate documents.
-    return sorted(
-        path
-        for path in corpus_dir.rglob("*")
-        if path.is_file()
-        and path.suffix.lower() in extensions
-        and not any(part.startswith(".") for part in path.relative_to(corpus_dir).parts)
-    )
 
 
 def _read_text(path: Path) -> tuple[str, str | None]:

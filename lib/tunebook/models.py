@@ -13,6 +13,8 @@ import torch
 from tqdm import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from tunebook.params import ALLOW_PICKLE, TRUST_REMOTE_CODE, opted_in
+
 
 @dataclass(frozen=True)
 class Generation:
@@ -31,6 +33,18 @@ def device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def pretrained_options(weights: bool = True) -> dict:
+    """Keyword arguments for every `from_pretrained`: no model's own Python code unless the user trusts it
+    (TUNEBOOK_TRUST_REMOTE_CODE=1), and for weights safetensors only, as a pickle checkpoint can run code
+    when loaded, unless the user allows pickles (TUNEBOOK_ALLOW_PICKLE=1; then safetensors still come first).
+    A tokenizer or config takes weights=False: a tokenizer would save `use_safetensors` into its own config.
+    """
+    options = {"trust_remote_code": opted_in(TRUST_REMOTE_CODE)}
+    if weights:
+        options["use_safetensors"] = None if opted_in(ALLOW_PICKLE) else True
+    return options
+
+
 def load_model(name: str, base: str, adapter: str | Path | None = None) -> LoadedModel:
     """A base model, optionally with a PEFT adapter on top.
 
@@ -38,9 +52,9 @@ def load_model(name: str, base: str, adapter: str | Path | None = None) -> Loade
     template a model was trained with is the one it is evaluated and served with.
     """
     tokenizer_source = adapter if adapter and (Path(adapter) / "tokenizer_config.json").exists() else base
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_source)
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_source, **pretrained_options(weights=False))
     dtype = torch.bfloat16 if device().type == "cuda" else torch.float32
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype)
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype, **pretrained_options())
     if adapter:
         from peft import PeftModel  # peft is inference-safe; only imported when an adapter is used
 

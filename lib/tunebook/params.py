@@ -7,15 +7,19 @@ work starts; the first problem is reported as one line naming the file, line and
 from __future__ import annotations
 
 import difflib
+import json
+import os
 import re
 import typing
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import parse_qsl, urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tunebook import paths
+from tunebook.files import corpus_files
 
 
 class ParamsError(Exception):
@@ -51,6 +55,8 @@ class RunParams(Strict):
     budget: BudgetParams = BudgetParams()
     # Sustained training throughput the plan assumes: a few hundredths on a laptop CPU, ~100+ on a GPU.
     throughput_tflops: float = Field(0.05, gt=0)
+    # let the run write outside the workdir's data/ and reports/ (the demo corpus into ingest.corpus_dir)
+    allow_outside_paths: bool = False
 
 
 class IngestParams(Strict):
@@ -77,10 +83,22 @@ class NoSecrets(Strict):
     @classmethod
     def _no_secrets(cls, data: Any) -> Any:
         # papermill writes every parameter into the executed notebook: a key in params would be published.
-        for key in ("api_key", "key", "token", "password"):
-            if isinstance(data, dict) and key in data:
-                raise ValueError(f"'{key}' must not be in params (reports record them); set api_key_env instead")
+        if not isinstance(data, dict):
+            return data
+        extra_body = data.get("extra_body") if isinstance(data.get("extra_body"), dict) else {}
+        for where, fields in (("", data), ("extra_body.", extra_body)):
+            for key in fields:
+                if str(key).lower() in SECRET_FIELDS:
+                    raise ValueError(f"'{where}{key}' must not be in params (reports record them); "
+                                     "set api_key_env instead")  # fmt: skip
+        url = urlsplit(str(data.get("base_url") or ""))
+        query = {name.lower() for name, _ in parse_qsl(url.query)}
+        if url.password or query & SECRET_FIELDS:
+            raise ValueError("base_url must not carry credentials (reports record it); set api_key_env instead")
         return data
+
+
+SECRET_FIELDS = {"api_key", "apikey", "api-key", "key", "token", "access_token", "password", "authorization"}
 
 
 class TeacherParams(NoSecrets):
@@ -655,12 +673,13 @@ def _line_of(text: str, loc: list[str]) -> int:
 
 
 def _check_files(params: Params, path: Path) -> None:
-    corpus = paths.resolve(params.ingest.corpus_dir)
-    if not params.ingest.stdlib_modules and not corpus.is_dir():
-        raise ParamsError(f"{path}: ingest.corpus_dir: no such directory: {corpus}")
+    _check_corpus(params, path)
     base = params.sft.base_model
     if base != "tiny" and _looks_like_path(base) and not paths.resolve(base).is_dir():
         raise ParamsError(f"{path}: sft.base_model: no such model directory: {paths.resolve(base)}")
+    for key, model in _transformers_models(params):
+        if model != "tiny" and paths.resolve(model).is_dir():
+            _check_model_dir(f"{path}: {key}", paths.resolve(model))
     config = params.sft.base_config
     if config and not _resolve_beside(config, path).is_file():
         raise ParamsError(f"{path}: sft.base_config: no such file: {config}")
@@ -668,6 +687,65 @@ def _check_files(params: Params, path: Path) -> None:
         given = getattr(params.evaluate, key)
         if given and not paths.resolve(given).is_file():
             raise ParamsError(f"{path}: evaluate.{key}: no such file: {paths.resolve(given)}")
+
+
+def _check_corpus(params: Params, path: Path) -> None:
+    corpus = paths.resolve(params.ingest.corpus_dir)
+    if params.ingest.stdlib_modules:
+        # The demo corpus is written there, and a run writes under data/ and reports/ only unless told otherwise.
+        roots = [paths.data_dir().resolve(), paths.reports_dir().resolve()]
+        if not params.run.allow_outside_paths and not any(corpus.resolve().is_relative_to(r) for r in roots):
+            raise ParamsError(
+                f"{path}: ingest.corpus_dir: the demo corpus (ingest.stdlib_modules) would be written to {corpus}, "
+                f"outside {roots[0]} and {roots[1]}; set run.allow_outside_paths: true to allow it"
+            )
+    elif not corpus.is_dir():
+        raise ParamsError(f"{path}: ingest.corpus_dir: no such directory: {corpus}")
+    elif not corpus_files(corpus, params.ingest.extensions):
+        extensions = ", ".join(params.ingest.extensions)
+        raise ParamsError(f"{path}: ingest.corpus_dir: no files with the extensions {extensions} in {corpus}")
+
+
+# Opt-ins to loading what can run code. They are environment variables rather than params: models load in
+# many modules and in notebook kernels, which inherit the environment of `tunebook run` or of JupyterLab.
+ALLOW_PICKLE = "TUNEBOOK_ALLOW_PICKLE"
+TRUST_REMOTE_CODE = "TUNEBOOK_TRUST_REMOTE_CODE"
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
+
+
+def opted_in(variable: str) -> bool:
+    return os.environ.get(variable) == "1"
+
+
+def _transformers_models(params: Params) -> list[tuple[str, str]]:
+    """(key, model) for each model a run loads with transformers by name: the base, hf teachers and hf judges."""
+    teachers = [(f"generate.teachers.{i}.model", t) for i, t in enumerate(params.generate.teachers)]
+    judges = [(f"{stage}.judge.model", getattr(params, stage).judge) for stage in ("evaluate", "dpo")]
+    hf = [(key, spec.model) for key, spec in teachers + judges if spec.backend == "hf" and spec.model]
+    return [("sft.base_model", params.sft.base_model), *hf]
+
+
+def _check_model_dir(where: str, directory: Path) -> None:
+    """A local model loads with safetensors and without its own code, unless the user opted in: a pickle
+    checkpoint and a model's Python code both run code on this machine when loaded."""
+    suffixes = {file.suffix for file in directory.iterdir()}
+    if suffixes & set(PICKLE_SUFFIXES) and ".safetensors" not in suffixes and not opted_in(ALLOW_PICKLE):
+        raise ParamsError(
+            f"{where}: {directory} holds pickle weights ({', '.join(PICKLE_SUFFIXES)}), which can run code when "
+            f"loaded, and no *.safetensors: convert them to safetensors, or set {ALLOW_PICKLE}=1 if you trust them"
+        )
+    for file in (directory / "config.json", directory / "tokenizer_config.json"):
+        if opted_in(TRUST_REMOTE_CODE) or not file.is_file():
+            continue
+        try:
+            config = json.loads(file.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ParamsError(f"{where}: {file}: not valid JSON ({err})") from None
+        if isinstance(config, dict) and "auto_map" in config:
+            raise ParamsError(
+                f"{where}: {file} has an auto_map: loading the model would run its own Python code; "
+                f"set {TRUST_REMOTE_CODE}=1 if you trust it"
+            )
 
 
 def _looks_like_path(name: str) -> bool:

@@ -16,6 +16,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig
 
 from tunebook import paths
 from tunebook.generate import read_card
+from tunebook.models import pretrained_options
 from tunebook.params import Params, SftParams, base_config_path
 from tunebook.tiny import tiny_config
 
@@ -73,7 +74,7 @@ def _base_config(params: Params, params_file: Path) -> tuple[PretrainedConfig | 
     if not config_file and not Path(source).is_dir():
         source = params.sft.base_model
     try:
-        return AutoConfig.from_pretrained(source), ""
+        return AutoConfig.from_pretrained(source, **pretrained_options(weights=False)), ""
     except (OSError, ValueError) as err:
         return (
             None,

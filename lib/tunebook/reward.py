@@ -19,7 +19,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreT
 from transformers import logging as transformers_logging
 
 from tunebook.files import sha256_text
-from tunebook.models import device
+from tunebook.models import device, pretrained_options
 from tunebook.params import RewardParams
 
 PAIR_KEYS = ("prompt", "chosen", "rejected")
@@ -70,7 +70,7 @@ def train_reward_model(
             f"reward model: {len(train)} of {len(pairs)} preference pairs fall on the train side (held_out_fraction "
             f"{params.held_out_fraction}); at least 2 are needed: generate more pairs or lower the held-out fraction"
         )
-    tokenizer = AutoTokenizer.from_pretrained(base_model)
+    tokenizer = AutoTokenizer.from_pretrained(base_model, **pretrained_options(weights=False))
     # The score is read at the last non-pad token, so sequence classification needs a pad id to find it.
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -78,7 +78,7 @@ def train_reward_model(
     config = RewardConfig(
         output_dir=str(out_dir / "checkpoints"),
         # fp32 weights, bf16 only as autocast on a GPU: the head's small AdamW updates would round away in bf16.
-        model_init_kwargs={"dtype": torch.float32},
+        model_init_kwargs={"dtype": torch.float32, **pretrained_options()},
         max_length=params.max_length,
         num_train_epochs=params.epochs,
         per_device_train_batch_size=params.batch_size,
@@ -143,7 +143,7 @@ def load_scorer(base_model: str, adapter_dir: Path) -> RewardScorer:
     """The base with the reward adapter on top, and the tokenizer (so the chat template) it was trained with."""
     from peft import PeftModel
 
-    tokenizer = AutoTokenizer.from_pretrained(adapter_dir)
+    tokenizer = AutoTokenizer.from_pretrained(adapter_dir, **pretrained_options(weights=False))
     # Right padding, as in training: the score is read at the last non-pad token.
     tokenizer.padding_side = "right"
     # Loading a causal LM as a classifier reports its new score head and unused LM head; the adapter brings the
@@ -151,7 +151,9 @@ def load_scorer(base_model: str, adapter_dir: Path) -> RewardScorer:
     verbosity = transformers_logging.get_verbosity()
     transformers_logging.set_verbosity_error()
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(base_model, num_labels=1, dtype=torch.float32)
+        model = AutoModelForSequenceClassification.from_pretrained(
+            base_model, num_labels=1, dtype=torch.float32, **pretrained_options()
+        )
     finally:
         transformers_logging.set_verbosity(verbosity)
     model.config.pad_token_id = tokenizer.pad_token_id

@@ -36,6 +36,7 @@ from tunebook import plan, registry
 from tunebook.files import hash_tree, sha256_text, write_atomic
 from tunebook.generate import read_card, read_split
 from tunebook.ingest import Chunk
+from tunebook.models import pretrained_options
 from tunebook.params import SftParams, accelerate_config_path
 from tunebook.servers import free_port
 
@@ -208,10 +209,10 @@ def train_sft(
     memory = PeakMemory()  # before the model loads: the GPU peak includes the weights, as the estimate does
     # Seed before the model exists: SFTTrainer initialises the LoRA weights before Trainer seeds anything.
     set_seed(seed)
-    tokenizer = AutoTokenizer.from_pretrained(base_model)
+    tokenizer = AutoTokenizer.from_pretrained(base_model, **pretrained_options(weights=False))
     if params.task == "chat":
         check_template(tokenizer, data.train[0]["messages"])
-    model = AutoModelForCausalLM.from_pretrained(base_model, **_load_kwargs(params))
+    model = AutoModelForCausalLM.from_pretrained(base_model, **_load_kwargs(params), **pretrained_options())
     if params.packing:
         check_packing_isolation(model)
     tensorboard = SummaryWriter(log_dir=str(out_dir / "tensorboard")) if state.is_main_process else None
@@ -317,7 +318,20 @@ def resumable_checkpoint(checkpoints_dir: Path, key: str) -> str | None:
         shutil.rmtree(checkpoints_dir)
     checkpoints_dir.mkdir(parents=True, exist_ok=True)
     key_file.write_text(key)
+    # A kill during a save leaves a checkpoint without its trainer state, which the Trainer writes last;
+    # resuming from it would fail, so it goes and the one before it is resumed.
+    for checkpoint in checkpoints_dir.glob("checkpoint-*"):
+        if checkpoint.is_dir() and not _complete(checkpoint):
+            shutil.rmtree(checkpoint)
     return get_last_checkpoint(str(checkpoints_dir))
+
+
+def _complete(checkpoint: Path) -> bool:
+    try:
+        json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))
+        return True
+    except (OSError, ValueError):
+        return False
 
 
 def _model_hash(base_model: str) -> str:
@@ -345,7 +359,7 @@ def out_of_memory_advice(params: SftParams) -> str:
 
 def memory_comparison(params: SftParams, base_model: str, result: SftResult) -> pd.DataFrame:
     """`tunebook plan`'s memory estimate by component, and the peak this run measured beside its total."""
-    estimate = plan.sft_memory(params, AutoConfig.from_pretrained(base_model))
+    estimate = plan.sft_memory(params, AutoConfig.from_pretrained(base_model, **pretrained_options(weights=False)))
     rows = [{"memory": name, "estimated GB": gb} for name, gb in estimate.items()]
     measured = "peak allocated on the GPU" if torch.cuda.is_available() else "weights + optimizer state (CPU)"
     rows.append({"memory": "total", "estimated GB": sum(estimate.values()),

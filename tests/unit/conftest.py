@@ -131,3 +131,23 @@ def lora_adapter(tiny_model: str, tmp_path_factory: pytest.TempPathFactory) -> P
     data = TrainingData(Dataset.from_list(rows), Dataset.from_list([]), "h", out, [])
     params = SftParams(max_steps=3, learning_rate=1e-2, save_steps=10, logging_steps=1, max_length=64, precision="fp32")
     return train_sft(params, tiny_model, data, out / "sft", seed=0, progress=False).output_dir
+
+
+@pytest.fixture
+def pickled_model(tmp_path: Path) -> Path:
+    """A tiny random Llama whose only weights are a pickle (pytorch_model.bin), with a word-level tokenizer.
+    transformers 5 saves safetensors whatever it is asked, so the pickle is written with torch.save."""
+    import torch
+    from tokenizers import Tokenizer, models
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    config = LlamaConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                         num_key_value_heads=2, vocab_size=64)  # fmt: skip
+    torch.manual_seed(0)
+    model_dir = tmp_path / "pickled-model"
+    config.save_pretrained(model_dir)
+    torch.save(LlamaForCausalLM(config).state_dict(), model_dir / "pytorch_model.bin")
+    vocab = {"<unk>": 0, **{f"w{i}": i for i in range(1, 64)}}
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="<unk>").save_pretrained(model_dir)
+    return model_dir

@@ -1,6 +1,8 @@
 """`tunebook compare`: two runs' params diff and their evaluations side by side, with paired CIs."""
 
+import errno
 import json
+import os
 
 import pandas as pd
 from test_evaluate import QA, rows
@@ -44,3 +46,17 @@ def test_comparing_with_a_run_that_has_not_run_is_one_line(capsys):
     assert main(["compare", "a", "nope"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "run 'nope': no run.json" in err
+
+
+def test_a_full_disk_is_one_line_and_leaves_no_page_behind(capsys, monkeypatch):
+    fake_run("a", 8, ["no idea"] * 6)
+    fake_run("b", 16, [answer for _, answer in QA])
+
+    def no_space(*args):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", no_space)
+    assert main(["compare", "a", "b"]) == 1
+    page = paths.reports_dir() / "compare" / "a_vs_b.html"
+    assert capsys.readouterr().err == f"tunebook: compare failed (ENOSPC: No space left on device, {page})\n"
+    assert list(page.parent.iterdir()) == []

@@ -130,6 +130,25 @@ def test_unreadable_files_are_skipped_with_a_reason(tmp_path: Path) -> None:
     assert [str(warning.message) for warning in warned] == [f"skipping {s}: {r}" for s, r in skipped]
 
 
+def test_a_corpus_of_unreadable_files_is_an_error_naming_the_directory(tmp_path: Path) -> None:
+    (tmp_path / "blob.txt").write_bytes(b"\x00\x01binary")
+    (tmp_path / "latin1.md").write_bytes("Crème brûlée".encode("latin-1"))
+
+    with pytest.warns(UserWarning), pytest.raises(ValueError) as err:
+        read_documents(tmp_path, [".md", ".txt"])
+    assert str(err.value) == (
+        f"{tmp_path}: no readable documents: all 2 files were skipped (blob.txt: binary file (contains NUL bytes))"
+    )
+
+
+def test_a_corpus_without_corpus_files_is_an_error_naming_the_directory(tmp_path: Path) -> None:
+    (tmp_path / "photo.png").write_bytes(b"\x89PNG\r\n")
+    with pytest.raises(
+        ValueError, match=rf"^{re.escape(str(tmp_path))}: no corpus files \(none with the extensions \.md, \.txt\)$"
+    ):
+        read_documents(tmp_path, ["txt", ".md"])
+
+
 def test_read_documents_rejects_unknown_extension() -> None:
     with pytest.raises(ValueError, match=r"unsupported corpus extension '\.docx'"):
         read_documents(FIXTURE_CORPUS, [".md", ".docx"])

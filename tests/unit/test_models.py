@@ -121,3 +121,26 @@ def test_a_tokenizer_without_pad_token_pads_with_eos(
     tokenizer.pad_token = None
     no_pad = models.LoadedModel("tiny", talkative.model, tokenizer)
     assert models.generate(no_pad, CONVERSATIONS, MAX_NEW_TOKENS, 8, progress=False) == alone
+
+
+def test_pickle_weights_load_only_when_allowed(pickled_model, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pickle can run code when unpickled: tunebook loads safetensors only, unless TUNEBOOK_ALLOW_PICKLE=1."""
+    monkeypatch.delenv("TUNEBOOK_ALLOW_PICKLE", raising=False)
+    with pytest.raises(OSError, match="no file named model.safetensors"):
+        models.load_model("pickled", str(pickled_model))
+    monkeypatch.setenv("TUNEBOOK_ALLOW_PICKLE", "1")
+    loaded = models.load_model("pickled", str(pickled_model))
+    saved = torch.load(pickled_model / "pytorch_model.bin", weights_only=True)
+    assert torch.equal(loaded.model.state_dict()["model.embed_tokens.weight"].cpu(), saved["model.embed_tokens.weight"])
+
+
+def test_pretrained_options_follow_the_opt_ins(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TUNEBOOK_TRUST_REMOTE_CODE", raising=False)
+    monkeypatch.delenv("TUNEBOOK_ALLOW_PICKLE", raising=False)
+    assert models.pretrained_options() == {"trust_remote_code": False, "use_safetensors": True}
+    # a tokenizer would save use_safetensors into its tokenizer_config.json
+    assert models.pretrained_options(weights=False) == {"trust_remote_code": False}
+    monkeypatch.setenv("TUNEBOOK_TRUST_REMOTE_CODE", "1")
+    monkeypatch.setenv("TUNEBOOK_ALLOW_PICKLE", "1")
+    # None: safetensors when there are some, else the pickle (False would refuse safetensors)
+    assert models.pretrained_options() == {"trust_remote_code": True, "use_safetensors": None}

@@ -92,3 +92,74 @@ def test_stage_parameters_are_what_notebooks_get():
 def test_secrets_are_masked():
     masked = mask_secrets({"openai": {"api_key": "sk-123", "api_key_env": "OPENAI_API_KEY"}, "max_new_tokens": 5})
     assert masked == {"openai": {"api_key": "***", "api_key_env": "OPENAI_API_KEY"}, "max_new_tokens": 5}
+
+
+def test_a_corpus_without_corpus_files_is_refused_up_front(tmp_path, capsys):
+    corpus = tmp_path / "docs"
+    (corpus / ".ipynb_checkpoints").mkdir(parents=True)
+    (corpus / ".ipynb_checkpoints" / "notes-checkpoint.md").write_text("# hidden copies are not documents\n")
+    (corpus / "photo.png").write_bytes(b"\x89PNG\r\n")
+    path = write(tmp_path, f"ingest:\n  corpus_dir: {corpus}\n  extensions: [.md, txt]\n")
+    assert main(["plan", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"tunebook: {path}: ingest.corpus_dir: no files with the extensions .md, txt in {corpus}"
+    (corpus / "notes.TXT").write_text("a document\n")
+    assert load_params(path).ingest.corpus_dir == str(corpus)
+
+
+def base_model_params(tmp_path: Path, model_dir: Path) -> Path:
+    return write(tmp_path, f"ingest:\n  stdlib_modules: [json]\nsft:\n  base_model: {model_dir}\n")
+
+
+def test_pickle_only_base_model_is_refused_unless_allowed(tmp_path, pickled_model, monkeypatch, capsys):
+    monkeypatch.delenv("TUNEBOOK_ALLOW_PICKLE", raising=False)
+    path = base_model_params(tmp_path, pickled_model)
+    assert main(["plan", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0
+    assert err.startswith(f"tunebook: {path}: sft.base_model: {pickled_model} holds pickle weights")
+    assert "convert them to safetensors, or set TUNEBOOK_ALLOW_PICKLE=1" in err
+    monkeypatch.setenv("TUNEBOOK_ALLOW_PICKLE", "1")
+    assert load_params(path).sft.base_model == str(pickled_model)
+
+
+def test_pickles_beside_safetensors_are_not_loaded_so_not_refused(tmp_path, pickled_model):
+    (pickled_model / "model.safetensors").write_bytes(b"")
+    assert load_params(base_model_params(tmp_path, pickled_model)).sft.base_model == str(pickled_model)
+
+
+@pytest.mark.parametrize("config_file", ["config.json", "tokenizer_config.json"])
+def test_custom_code_model_is_refused_unless_trusted(tmp_path, monkeypatch, config_file):
+    monkeypatch.delenv("TUNEBOOK_TRUST_REMOTE_CODE", raising=False)
+    model_dir = tmp_path / "custom"
+    model_dir.mkdir()
+    (model_dir / "model.safetensors").write_bytes(b"")
+    (model_dir / config_file).write_text('{"auto_map": {"AutoModelForCausalLM": "modeling_x.XForCausalLM"}}')
+    teacher = f"{{name: t, backend: hf, model: {model_dir}}}"
+    path = write(tmp_path, f"ingest:\n  stdlib_modules: [json]\ngenerate:\n  teachers: [{teacher}]\n")
+    with pytest.raises(ParamsError) as err:
+        load_params(path)
+    assert str(err.value) == (
+        f"{path}: generate.teachers.0.model: {model_dir / config_file} has an auto_map: loading the model would "
+        "run its own Python code; set TUNEBOOK_TRUST_REMOTE_CODE=1 if you trust it"
+    )
+    monkeypatch.setenv("TUNEBOOK_TRUST_REMOTE_CODE", "1")
+    assert load_params(path).generate.teachers[0].model == str(model_dir)
+
+
+@pytest.mark.parametrize("corpus_dir", ["../elsewhere", "data/../corpus", "/tmp/tunebook-corpus"])
+def test_the_demo_corpus_is_not_written_outside_data_and_reports(tmp_path, corpus_dir):
+    path = write(tmp_path, f"ingest:\n  corpus_dir: {corpus_dir}\n  stdlib_modules: [json]\n")
+    with pytest.raises(ParamsError) as err:
+        load_params(path)
+    message = str(err.value)
+    assert message.startswith(f"{path}: ingest.corpus_dir: the demo corpus (ingest.stdlib_modules) would be written")
+    assert message.endswith("; set run.allow_outside_paths: true to allow it")
+    allowed = write(tmp_path, f"run:\n  allow_outside_paths: true\n{path.read_text()}")
+    assert load_params(allowed).ingest.corpus_dir == corpus_dir
+
+
+@pytest.mark.parametrize("corpus_dir", ["data/corpus", "reports/corpus", "data"])
+def test_the_demo_corpus_may_go_under_data_or_reports(tmp_path, corpus_dir):
+    path = write(tmp_path, f"ingest:\n  corpus_dir: {corpus_dir}\n  stdlib_modules: [json]\n")
+    assert load_params(path).ingest.corpus_dir == corpus_dir

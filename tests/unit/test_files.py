@@ -1,0 +1,55 @@
+"""Atomic writes on a full disk: the old file or none, never a half-written file or a stray temporary one."""
+
+import errno
+import os
+from pathlib import Path
+
+import pytest
+
+from tunebook.files import write_atomic
+
+
+def no_space(*args, **kwargs):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+# Where a full disk shows: at write() (ext4), only when the data is flushed to disk (NFS, delayed
+# allocation), or, for a rename into a full directory, at the rename.
+FAILURES = ["write", "fsync", "replace"]
+
+
+def fail_at(where: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    if where != "write":
+        monkeypatch.setattr(os, where, no_space)
+        return
+    real_fdopen = os.fdopen
+
+    def fdopen(fd: int, *args, **kwargs):
+        opened = real_fdopen(fd, *args, **kwargs)
+        opened.write = no_space
+        return opened
+
+    monkeypatch.setattr(os, "fdopen", fdopen)
+
+
+@pytest.mark.parametrize("where", FAILURES)
+def test_a_full_disk_leaves_no_file_behind(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str) -> None:
+    path = tmp_path / "out" / "train.jsonl"
+    fail_at(where, monkeypatch)
+    with pytest.raises(OSError) as err:
+        write_atomic(path, "x" * 100_000)
+    monkeypatch.undo()
+    assert (err.value.errno, err.value.filename) == (errno.ENOSPC, str(path))
+    assert list(path.parent.iterdir()) == []
+
+
+@pytest.mark.parametrize("where", FAILURES)
+def test_a_full_disk_keeps_the_old_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str) -> None:
+    path = tmp_path / "card.json"
+    write_atomic(path, "old\n")
+    fail_at(where, monkeypatch)
+    with pytest.raises(OSError, match="No space left on device"):
+        write_atomic(path, "new\n")
+    monkeypatch.undo()
+    assert path.read_text() == "old\n"
+    assert list(tmp_path.iterdir()) == [path]
