@@ -217,8 +217,16 @@ def compare(examples: pd.DataFrame, params: EvaluateParams, seed: int) -> pd.Dat
     scores = examples.rename(columns={"model": "_model", "system": "model"})
     tables = [stats.compare(scores, params.baseline, list(SCORES), resamples=params.resamples, seed=seed, scale=100)]
     if "judge_score" in scores:
-        graded = scores.assign(judge_score=scores["judge_score"].astype(float))
-        tables.append(stats.compare(graded, params.baseline, ["judge_score"], resamples=params.resamples, seed=seed))
+        # Unparsable grades are not scores: a system is compared on the items both it and the baseline got a
+        # grade for, and not at all when fewer than two are left (a judge that only wrote garbage).
+        graded = scores.assign(judge_score=scores["judge_score"].astype(float)).dropna(subset=["judge_score"])
+        baseline_ids = set(graded.loc[graded["model"] == params.baseline, "id"])
+        paired = graded.groupby("model")["id"].agg(lambda ids: len(baseline_ids & set(ids)))
+        graded = graded[graded["model"].map(paired) >= 2]
+        if params.baseline in set(graded["model"]):
+            tables.append(
+                stats.compare(graded, params.baseline, ["judge_score"], resamples=params.resamples, seed=seed)
+            )
     return pd.concat(tables, ignore_index=True).rename(columns={"model": "system"})
 
 

@@ -58,9 +58,9 @@ def running(command: list[str], log_path: Path, ready: Callable[[], bool], timeo
             server.wait()
 
 
-def answers(url: str) -> bool:
+def answers(url: str, headers: dict | None = None) -> bool:
     try:
-        return httpx.get(url, timeout=2).status_code == 200
+        return httpx.get(url, headers=headers, timeout=2).status_code == 200
     except httpx.HTTPError:
         return False
 
@@ -85,14 +85,18 @@ LLAMA_GREEDY = {"repeat_penalty": 1.0}
 
 
 @contextmanager
-def llama_server(gguf_path: Path, log_path: Path, name: str, context_length: int, threads: int = 2) -> Iterator[str]:
+def llama_server(
+    gguf_path: Path, log_path: Path, name: str, context_length: int, threads: int = 2, api_key: str | None = None
+) -> Iterator[str]:
     """llama-cpp-python's OpenAI-compatible server over a GGUF file, serving it as `name`: yields the base
-    URL of its API. It has no health route; it is ready once it lists its model."""
+    URL of its API. With api_key, it answers only requests that carry it. It has no health route; it is
+    ready once it lists its model."""
     port = free_port()
     command = [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf_path), "--model_alias", name,
                "--host", HOST, "--port", str(port), "--n_ctx", str(context_length), "--seed", "0",
-               "--n_threads", str(threads)]  # fmt: skip
-    with running(command, log_path, lambda: answers(f"http://{HOST}:{port}/v1/models")):
+               "--n_threads", str(threads), *(["--api_key", api_key] if api_key else [])]  # fmt: skip
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    with running(command, log_path, lambda: answers(f"http://{HOST}:{port}/v1/models", headers)):
         yield f"http://{HOST}:{port}/v1"
 
 

@@ -109,6 +109,14 @@ def test_the_report_tables_name_the_better_system_and_show_what_changed():
     assert (changed["base"] == "no idea").all() and (changed["sft"] != "no idea").all()
 
 
+def test_a_judge_that_only_wrote_garbage_for_a_system_leaves_it_out_of_the_judge_comparison():
+    examples = scored_examples()
+    examples["judge_score"] = [float("nan") if system == "sft" else 5.0 for system in examples["system"]]
+    comparison = evaluate.compare(examples, EvaluateParams(), seed=0)
+    assert "judge_score" not in set(comparison.loc[comparison["system"] == "sft", "metric"])
+    assert {"f1", "rouge_l"} <= set(comparison["metric"])
+
+
 def test_judge_human_agreement_from_a_filled_blind_sheet(workdir):
     examples = scored_examples()
     params = EvaluateParams()

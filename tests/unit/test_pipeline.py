@@ -102,3 +102,16 @@ def test_show_code_keeps_inputs(first_run, workdir):
     assert main(["run", CI, "--stages", "generate", "--force", "--show-code"]) == 0
     html = (workdir / "reports" / "ci" / "01_generate.html").read_text()
     assert "plan_jobs" in html
+
+
+def test_the_same_params_and_seed_give_the_same_dataset_and_metrics(first_run, tmp_path_factory, monkeypatch):
+    """A second ci.yaml run from scratch, in a workdir of its own: the same data, the same scores."""
+    first, again = paths.workdir(), tmp_path_factory.mktemp("pipeline-again")
+    monkeypatch.setenv("TUNEBOOK_WORKDIR", str(again))
+    assert main(["run", CI, "--stages", "ingest,generate,sft,evaluate"]) == 0
+    runs = [workdir / "data" / "runs" / "ci" for workdir in (first, again)]
+    cards = [json.loads((run / "generate" / "card.json").read_text()) for run in runs]
+    assert cards[0]["dataset_hash"] == cards[1]["dataset_hash"] and cards[0]["split_hashes"] == cards[1]["split_hashes"]
+    scores = [json.loads((run / "evaluate" / "metrics.json").read_text()) for run in runs]
+    for key in ("headline", "deltas", "judge"):
+        assert scores[0][key] == scores[1][key], key

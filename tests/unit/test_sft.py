@@ -100,8 +100,12 @@ def dataset_dir(tmp_path_factory):
     return tmp / "generate"
 
 
-def test_killed_training_resumes_from_its_last_checkpoint(tiny_model, dataset_dir, tmp_path):
-    """kill -9 mid-training, then train again: it resumes, and ends within 1% of an uninterrupted run."""
+def test_training_killed_at_5_random_points_resumes_and_ends_where_an_uninterrupted_run_ends(
+    tiny_model, dataset_dir, tmp_path
+):
+    """kill -9 five times at random moments (loading, training, saving a checkpoint), then train again: it
+    resumes from the last complete checkpoint, and ends within 1% of an uninterrupted run."""
+    import random
     import signal
     import subprocess
     import sys
@@ -110,7 +114,7 @@ def test_killed_training_resumes_from_its_last_checkpoint(tiny_model, dataset_di
     from tunebook.params import SftParams
     from tunebook.sft import train_sft, training_data
 
-    params = SftParams(max_steps=60, save_steps=10, eval_steps=60, logging_steps=10, batch_size=4,
+    params = SftParams(max_steps=120, save_steps=5, eval_steps=120, logging_steps=10, batch_size=4,
                        learning_rate=3e-3, lora_dropout=0.0, max_length=128, precision="fp32")  # fmt: skip
     data = training_data(params, dataset_dir, [])
     reference = train_sft(params, tiny_model, data, tmp_path / "reference", seed=0, progress=False)
@@ -119,19 +123,38 @@ def test_killed_training_resumes_from_its_last_checkpoint(tiny_model, dataset_di
     spec = tmp_path / "params.json"
     spec.write_text(params.model_dump_json())
     command = [sys.executable, "-c", RESUME_SCRIPT, str(spec), tiny_model, str(dataset_dir), str(out_dir)]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 180
-    while not list(out_dir.glob("checkpoints/checkpoint-*/trainer_state.json")):
-        assert process.poll() is None, process.stderr.read().decode()[-2000:]
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    assert not (out_dir / "adapter").exists()
+    delays = random.Random(0).sample([i / 10 for i in range(1, 30)], 5)  # seconds after training is set up
+    for delay in delays:
+        key_file = out_dir / "checkpoints" / "training_key"
+        key_file.unlink(missing_ok=True)
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 180
+        while not key_file.exists():
+            assert process.poll() is None, process.stderr.read().decode()[-2000:]
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        time.sleep(delay)
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        assert not (out_dir / "adapter").exists(), "training ended before it could be killed"
 
     resumed = train_sft(params, tiny_model, data, out_dir, seed=0, progress=False)
     assert resumed.resumed_from is not None and "checkpoint-" in resumed.resumed_from
     assert abs(resumed.metrics["eval_loss"] - reference.metrics["eval_loss"]) <= 0.01 * reference.metrics["eval_loss"]
+
+
+def test_a_checkpoint_cut_short_by_a_kill_is_not_resumed(tmp_path):
+    from tunebook.sft import resumable_checkpoint
+
+    checkpoints = tmp_path / "checkpoints"
+    for step, state in ((10, '{"global_step": 10}'), (20, '{"global_st'), (30, None)):
+        (checkpoints / f"checkpoint-{step}").mkdir(parents=True)
+        (checkpoints / f"checkpoint-{step}" / "adapter_model.safetensors").write_bytes(b"weights")
+        if state is not None:
+            (checkpoints / f"checkpoint-{step}" / "trainer_state.json").write_text(state)
+    (checkpoints / "training_key").write_text("k")
+    assert resumable_checkpoint(checkpoints, "k") == str(checkpoints / "checkpoint-10")
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["checkpoint-10", "training_key"]
 
 
 def test_checkpoints_of_other_settings_are_not_resumed(tiny_model, dataset_dir, tmp_path):
