@@ -57,9 +57,15 @@ $(LLAMA_WHEEL): $(LLAMA_SDIST)
 demo: install
 	$(BIN)/tunebook run $(PARAMS)
 
-test: install
+# The runs index is tested in a real browser: Debian's chromium, installed here when it is missing (as root).
+CHROMIUM := /usr/bin/chromium
+$(CHROMIUM):
+	@echo "Installing Debian's chromium for the browser test of the runs index"
+	apt-get install -y -qq chromium >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)
+
+test: install $(CHROMIUM)
 	$(BIN)/ruff check .
-	$(BIN)/pytest tests/unit tests/nbval $(NBVAL)
+	$(BIN)/pytest tests/unit tests/nbval $(NBVAL) --durations=15
 
 lint: install
 	$(BIN)/ruff check .

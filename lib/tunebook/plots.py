@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import io
 import zlib
 
 import matplotlib.pyplot as plt
@@ -185,3 +187,31 @@ def parity(table: pd.DataFrame, min_agreement: float, title: str = "Answers iden
     ax.set_xlabel("identical greedy answers (% of prompts)")
     ax.legend(loc="lower right", fontsize=8)
     return fig
+
+
+def runs_headline(scores: pd.DataFrame, title: str = "Headline metrics across runs"):
+    """One panel per metric: each model's score in each run (long frame: run, model, metric, score)."""
+    metrics = list(pd.unique(scores["metric"]))
+    # Long run ids would squeeze the panels: the table beside the plot has them in full.
+    scores = scores.assign(run=scores["run"].map(lambda run: run if len(run) <= 16 else run[:15] + "…"))
+    fig, axes = _panels(title, len(metrics))
+    for ax, metric in zip([axes] if len(metrics) == 1 else axes, metrics, strict=True):
+        subset = scores[scores["metric"] == metric]
+        models = list(pd.unique(subset["model"]))
+        sns.pointplot(data=subset, x="run", y="score", hue="model", palette={m: color(m) for m in models}, ax=ax,
+                      linestyles="", dodge=0.3, legend=ax is axes[-1] if len(metrics) > 1 else True)  # fmt: skip
+        ax.set_title(metric)
+        ax.set_xlabel("run (oldest first)")
+        ax.set_ylabel("score (0-100)")
+        ax.tick_params(axis="x", rotation=30)
+    sns.move_legend(axes[-1] if len(metrics) > 1 else axes, "upper left", bbox_to_anchor=(1, 1), title="model")
+    fig.tight_layout()
+    return fig
+
+
+def data_uri(fig) -> str:
+    """The figure as an inline PNG, for pages that must work from the file system alone."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=80, bbox_inches="tight")
+    plt.close(fig)
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()

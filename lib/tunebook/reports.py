@@ -74,16 +74,46 @@ def _running(run_id: str, stage: str) -> str:
     return f"{stage} {progress['done']}/{progress['total']}{eta_text}"
 
 
+BASELINE = "base"  # headline deltas are against the base model of the same run
+
+
+def headline_cells(headline: dict) -> list[dict]:
+    """Each model's headline scores, and for every model but the base their difference from the base."""
+    base = headline.get(BASELINE, {})
+    return [{"model": model, "scores": [(metric, value, None if model == BASELINE or metric not in base
+                                         else value - base[metric]) for metric, value in scores.items()]}
+            for model, scores in headline.items()]  # fmt: skip
+
+
+def headline_plot(runs: list[dict]) -> str | None:
+    """Headline metrics across runs (oldest first) as an inline PNG; None before any run has scores."""
+    rows = [{"run": run["run_id"], "model": model, "metric": metric, "score": value}
+            for run in reversed(runs) for model, scores in (run.get("headline") or {}).items()
+            for metric, value in scores.items()]  # fmt: skip
+    if not rows:
+        return None
+    from tunebook import plots  # matplotlib only once there is something to draw
+
+    return plots.data_uri(plots.runs_headline(pd.DataFrame(rows)))
+
+
 def write_index() -> Path:
-    """reports/index.html: every run, its status, headline metrics and links to its stage reports."""
+    """reports/index.html: every run, its status (and where it failed), headline metrics with their deltas vs
+    base, links to its stage reports, and a plot of the metrics across runs. The table sorts by any column
+    with a click, and the page needs no server: its script, style and plot are inline."""
     env = Environment(loader=PackageLoader("tunebook"), autoescape=select_autoescape())
     runs = []
     for manifest in manifests():
         stages = manifest.get("stages", {})
+        cells = headline_cells(manifest.get("headline") or {})
+        trained = next((c for c in cells if c["model"] != BASELINE), None)
         runs.append(
             {
                 **manifest,
                 "reached": stage_reached(manifest),
+                "headline_cells": cells,
+                # what the metrics column sorts by: the first trained model's first headline score
+                "sort_score": trained["scores"][0][1] if trained and trained["scores"] else -1,
                 "links": [
                     (
                         stage,
@@ -95,7 +125,7 @@ def write_index() -> Path:
                 ],
             }
         )
-    html = env.get_template("index.html.j2").render(runs=runs, stages=paths.STAGES)
+    html = env.get_template("index.html.j2").render(runs=runs, stages=paths.STAGES, plot=headline_plot(runs))
     path = paths.reports_dir() / "index.html"
     write_atomic(path, html)
     return path
