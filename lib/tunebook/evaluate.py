@@ -230,6 +230,14 @@ def compare(examples: pd.DataFrame, params: EvaluateParams, seed: int) -> pd.Dat
     return pd.concat(tables, ignore_index=True).rename(columns={"model": "system"})
 
 
+def key_deltas(comparison: pd.DataFrame, systems: list[str] | None = None) -> dict[str, str]:
+    """The headline deltas with their CIs, for a report's summary: {"sft f1 vs base": "+9.0 [+4.9, +13.4]"}."""
+    rows = comparison[comparison["metric"].isin(HEADLINE)]
+    if systems is not None:
+        rows = rows[rows["system"].isin(systems)]
+    return {f"{r['system']} {r['metric']} vs {r['baseline']}": stats.format_ci(r) for _, r in rows.iterrows()}
+
+
 def clean_subset(examples: pd.DataFrame) -> pd.DataFrame:
     """The items that share no n-gram with the training data."""
     return examples[examples["train_overlap"] == 0]

@@ -199,7 +199,8 @@ def runs_headline(scores: pd.DataFrame, title: str = "Headline metrics across ru
         subset = scores[scores["metric"] == metric]
         models = list(pd.unique(subset["model"]))
         sns.pointplot(data=subset, x="run", y="score", hue="model", palette={m: color(m) for m in models}, ax=ax,
-                      linestyles="", dodge=0.3, legend=ax is axes[-1] if len(metrics) > 1 else True)  # fmt: skip
+                      linestyles="", dodge=0.3 if len(models) > 1 else False,
+                      legend=ax is axes[-1] if len(metrics) > 1 else True)  # fmt: skip
         ax.set_title(metric)
         ax.set_xlabel("run (oldest first)")
         ax.set_ylabel("score (0-100)")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from datetime import timedelta
 from pathlib import Path
 
@@ -131,9 +132,42 @@ def write_index() -> Path:
     return path
 
 
+SUMMARY_TAG = "summary"  # the cell whose output opens the stage's HTML report
+
+
+def summary(
+    stage: str,
+    run_id: str,
+    numbers: dict[str, object],
+    warnings: list[str] | None = None,
+    inputs: dict[str, Path] | None = None,
+    outputs: dict[str, Path] | None = None,
+):
+    """The box a stage report opens with: what ran, its key numbers, its warnings, and links to what it read
+    and wrote (relative to the report, so the page works wherever reports/ and data/ sit side by side). The
+    stage notebook shows it in its last cells, tagged `summary`, and render_html moves it to the top."""
+    from IPython.display import HTML
+
+    env = Environment(loader=PackageLoader("tunebook"), autoescape=select_autoescape())
+    here = paths.reports_dir() / run_id
+
+    def links(found: dict[str, Path] | None) -> list[tuple[str, str, str]]:
+        return [(name, os.path.relpath(path, here), str(path)) for name, path in (found or {}).items()]
+
+    html = env.get_template("summary.html.j2").render(
+        stage=stage, run_id=run_id, numbers=numbers, warnings=warnings or [], inputs=links(inputs),
+        outputs=links(outputs),
+    )  # fmt: skip
+    return HTML(html)
+
+
 def render_html(notebook_path: Path, show_code: bool = False) -> Path:
-    """NN_stage.html beside the executed notebook; code cells are hidden unless asked for."""
+    """NN_stage.html beside the executed notebook; code cells are hidden unless asked for, and the summary
+    box (the cell tagged `summary`) comes first, under the title."""
     notebook = nbformat.read(notebook_path, as_version=4)
+    boxes = [cell for cell in notebook.cells if SUMMARY_TAG in cell.get("metadata", {}).get("tags", [])]
+    rest = [cell for cell in notebook.cells if cell not in boxes]
+    notebook.cells = rest[:1] + boxes + rest[1:]
     for cell in notebook.cells:
         cell["outputs"] = merge_streams(cell.get("outputs", []))
         for output in cell["outputs"]:

@@ -94,3 +94,25 @@ def test_headline_metrics_add_the_dpo_model_from_its_re_evaluation(workdir):
     assert headline_metrics("r") == {"base": {"f1": 1.0}, "sft": {"f1": 5.0}}
     metrics("dpo/evaluation", {"base": {"f1": 1.5}, "sft": {"f1": 5.5}, "dpo": {"f1": 7.0}})
     assert headline_metrics("r") == {"base": {"f1": 1.0}, "sft": {"f1": 5.0}, "dpo": {"f1": 7.0}}
+
+
+def test_the_summary_box_opens_the_report_and_links_relative_to_it(workdir, tmp_path):
+    from tunebook import paths
+
+    box = reports.summary(
+        "sft", "r1", {"eval loss": "1.234", "registered as": "r1:sft"}, ["resumed from checkpoint-20"],
+        inputs={"train split": paths.stage_dir("r1", "generate") / "train.jsonl"},
+        outputs={"model": paths.stage_dir("r1", "sft") / "adapter"},
+    )  # fmt: skip
+    assert "eval loss" in box.data and "1.234" in box.data and "resumed from checkpoint-20" in box.data
+    assert 'href="../../data/runs/r1/generate/train.jsonl"' in box.data  # from reports/r1/02_sft.html
+    cells = [
+        nbformat.v4.new_markdown_cell("# Title"),
+        nbformat.v4.new_code_cell("1", outputs=[nbformat.v4.new_output("stream", name="stdout", text="BODY-7f3a\n")]),
+        nbformat.v4.new_code_cell("box", metadata={"tags": ["summary"]},
+                                  outputs=[nbformat.v4.new_output("display_data", data={"text/html": box.data})]),
+    ]  # fmt: skip
+    path = tmp_path / "02_sft.ipynb"
+    nbformat.write(nbformat.v4.new_notebook(cells=cells), path)
+    html = reports.render_html(path).read_text()
+    assert html.index("<h1") < html.index("tunebook-summary") < html.index("BODY-7f3a")
