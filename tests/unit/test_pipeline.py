@@ -79,17 +79,17 @@ def test_changed_param_reruns_that_stage_and_downstream_only(first_run, capsys):
 
 
 def test_failure_names_stage_and_cell_then_from_resumes(first_run, workdir, capsys):
-    assert main(["run", CI, "--stages", "evaluate", "--set", "evaluate.models=[base,nope]"]) == 1
+    assert main(["run", CI, "--stages", "export", "--set", "export.model=nope"]) == 1
     err = capsys.readouterr().err
-    assert "stage evaluate failed in cell" in err and "--from evaluate" in err
+    assert "stage export failed in cell" in err and "--from export" in err
     manifest = json.loads((workdir / "reports" / "ci" / "run.json").read_text())
-    assert manifest["status"] == "failed" and manifest["failed"]["stage"] == "evaluate"
+    assert manifest["status"] == "failed" and manifest["failed"]["stage"] == "export"
     assert isinstance(manifest["failed"]["cell"], int)
     assert "failed" in reports.runs_table().iloc[0]["status"]
-    assert main(["run", CI, "--from", "evaluate"]) == 0
+    assert main(["run", CI, "--from", "export"]) == 0
     manifest = json.loads((workdir / "reports" / "ci" / "run.json").read_text())
-    assert manifest["status"] == "completed" and manifest["stages"]["evaluate"]["status"] == "completed"
-    assert "error" not in manifest["stages"]["evaluate"]
+    assert manifest["status"] == "completed" and manifest["stages"]["export"]["status"] == "completed"
+    assert "error" not in manifest["stages"]["export"]
 
 
 def test_runs_lists_the_run(first_run, capsys):

@@ -114,7 +114,7 @@ def test_training_killed_at_5_random_points_resumes_and_ends_where_an_uninterrup
     from tunebook.params import SftParams
     from tunebook.sft import train_sft, training_data
 
-    params = SftParams(max_steps=120, save_steps=5, eval_steps=120, logging_steps=10, batch_size=4,
+    params = SftParams(max_steps=160, save_steps=5, eval_steps=160, logging_steps=10, batch_size=4,
                        learning_rate=3e-3, lora_dropout=0.0, max_length=128, precision="fp32")  # fmt: skip
     data = training_data(params, dataset_dir, [])
     reference = train_sft(params, tiny_model, data, tmp_path / "reference", seed=0, progress=False)
@@ -123,16 +123,24 @@ def test_training_killed_at_5_random_points_resumes_and_ends_where_an_uninterrup
     spec = tmp_path / "params.json"
     spec.write_text(params.model_dump_json())
     command = [sys.executable, "-c", RESUME_SCRIPT, str(spec), tiny_model, str(dataset_dir), str(out_dir)]
-    delays = random.Random(0).sample([i / 10 for i in range(1, 30)], 5)  # seconds after training is set up
-    for delay in delays:
-        key_file = out_dir / "checkpoints" / "training_key"
-        key_file.unlink(missing_ok=True)
+    checkpoints = out_dir / "checkpoints"
+
+    def last_step() -> int:
+        steps = [
+            int(p.name.split("-")[1]) for p in checkpoints.glob("checkpoint-*") if (p / "trainer_state.json").exists()
+        ]
+        return max(steps, default=0)
+
+    # Each kill comes a random moment (mid-step or mid-save) after the run has saved a new checkpoint, so that
+    # it lands on a different point of the training every time, however fast this machine is.
+    for delay in random.Random(0).sample([i / 100 for i in range(20)], 5):
+        reached = last_step()
         process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        deadline = time.monotonic() + 180
-        while not key_file.exists():
+        deadline = time.monotonic() + 300
+        while last_step() <= reached:
             assert process.poll() is None, process.stderr.read().decode()[-2000:]
             assert time.monotonic() < deadline
-            time.sleep(0.02)
+            time.sleep(0.01)
         time.sleep(delay)
         process.send_signal(signal.SIGKILL)
         process.wait()
