@@ -180,9 +180,7 @@ def complete_tokenizer_files(tokenizer: PreTrainedTokenizerBase, out_dir: Path, 
             break
     config_path = out_dir / "tokenizer_config.json"
     config = json.loads(config_path.read_text(encoding="utf-8"))
-    probe = tokenizer("a")["input_ids"]
-    config["add_bos_token"] = tokenizer.bos_token_id is not None and probe[:1] == [tokenizer.bos_token_id]
-    config["add_eos_token"] = tokenizer.eos_token_id is not None and probe[-1:] == [tokenizer.eos_token_id]
+    config["add_bos_token"], config["add_eos_token"] = models.adds_bos_eos(tokenizer)
     config["added_tokens_decoder"] = {
         str(token_id): {"content": token.content, "lstrip": token.lstrip, "rstrip": token.rstrip,
                         "normalized": token.normalized, "single_word": token.single_word, "special": token.special}

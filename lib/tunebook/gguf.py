@@ -96,8 +96,7 @@ def check_tokenizer(
     template = llm.metadata.get("tokenizer.chat_template")
     if template != tokenizer.chat_template:
         raise GGUFError(f"{name} carries a chat template other than the model's: servers would prompt it differently")
-    probe = tokenizer("a")["input_ids"]
-    adds_bos = tokenizer.bos_token_id is not None and probe[:1] == [tokenizer.bos_token_id]
+    adds_bos, _ = models.adds_bos_eos(tokenizer)
     if llm._model.add_bos_token() != adds_bos:
         llama, hf = ("omits", "adds") if adds_bos else ("adds", "omits")
         raise GGUFError(f"{name}: llama.cpp {llama} the BOS token that transformers {hf} (add_bos_token)")

@@ -45,6 +45,13 @@ def pretrained_options(weights: bool = True) -> dict:
     return options
 
 
+def adds_bos_eos(tokenizer: PreTrainedTokenizerBase) -> tuple[bool, bool]:
+    """Whether tokenizing text puts BOS in front of it and EOS after it, as this tokenizer really does."""
+    probe = tokenizer("a")["input_ids"]
+    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+    return bos is not None and probe[:1] == [bos], eos is not None and probe[-1:] == [eos]
+
+
 def load_model(name: str, base: str, adapter: str | Path | None = None) -> LoadedModel:
     """A base model, optionally with a PEFT adapter on top.
 
