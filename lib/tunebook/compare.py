@@ -8,9 +8,8 @@ import json
 from pathlib import Path
 
 import pandas as pd
-from jinja2 import Environment, PackageLoader, select_autoescape
 
-from tunebook import evaluate, paths, stats
+from tunebook import evaluate, paths, reports, stats
 from tunebook.files import read_complete_lines, write_atomic
 from tunebook.params import ParamsError
 
@@ -29,9 +28,8 @@ def compare_runs(run_a: str, run_b: str, resamples: int = 1000, seed: int = 0) -
         "deltas": {run: _deltas(evaluations[run]) for run in (run_a, run_b)},
         "paired": paired_deltas(run_a, run_b, resamples, seed),
     }
-    env = Environment(loader=PackageLoader("tunebook"), autoescape=select_autoescape())
-    html = env.get_template("compare.html.j2").render(**page, tables={k: _html(v) for k, v in page.items()
-                                                                       if isinstance(v, pd.DataFrame)})  # fmt: skip
+    tables = {k: _html(v) for k, v in page.items() if isinstance(v, pd.DataFrame)}
+    html = reports.templates().get_template("compare.html.j2").render(**page, tables=tables)
     out = paths.reports_dir() / "compare" / f"{run_a}_vs_{run_b}.html"
     write_atomic(out, html)
     return out

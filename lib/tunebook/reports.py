@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 from datetime import timedelta
+from functools import cache
 from pathlib import Path
 
 import nbformat
@@ -14,6 +15,12 @@ from nbconvert import HTMLExporter
 
 from tunebook import paths
 from tunebook.files import read_progress, write_atomic
+
+
+@cache
+def templates() -> Environment:
+    """The page templates of tunebook/templates (runs index, summary box, compare page)."""
+    return Environment(loader=PackageLoader("tunebook"), autoescape=select_autoescape())
 
 
 def headline_metrics(run_id: str) -> dict:
@@ -102,7 +109,6 @@ def write_index() -> Path:
     """reports/index.html: every run, its status (and where it failed), headline metrics with their deltas vs
     base, links to its stage reports, and a plot of the metrics across runs. The table sorts by any column
     with a click, and the page needs no server: its script, style and plot are inline."""
-    env = Environment(loader=PackageLoader("tunebook"), autoescape=select_autoescape())
     runs = []
     for manifest in manifests():
         stages = manifest.get("stages", {})
@@ -126,7 +132,7 @@ def write_index() -> Path:
                 ],
             }
         )
-    html = env.get_template("index.html.j2").render(runs=runs, stages=paths.STAGES, plot=headline_plot(runs))
+    html = templates().get_template("index.html.j2").render(runs=runs, stages=paths.STAGES, plot=headline_plot(runs))
     path = paths.reports_dir() / "index.html"
     write_atomic(path, html)
     return path
@@ -148,13 +154,12 @@ def summary(
     stage notebook shows it in its last cells, tagged `summary`, and render_html moves it to the top."""
     from IPython.display import HTML
 
-    env = Environment(loader=PackageLoader("tunebook"), autoescape=select_autoescape())
     here = paths.reports_dir() / run_id
 
     def links(found: dict[str, Path] | None) -> list[tuple[str, str, str]]:
         return [(name, os.path.relpath(path, here), str(path)) for name, path in (found or {}).items()]
 
-    html = env.get_template("summary.html.j2").render(
+    html = templates().get_template("summary.html.j2").render(
         stage=stage, run_id=run_id, numbers=numbers, warnings=warnings or [], inputs=links(inputs),
         outputs=links(outputs),
     )  # fmt: skip
