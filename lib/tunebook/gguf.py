@@ -15,6 +15,7 @@ import importlib.metadata
 import os
 import subprocess
 import sys
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,11 +26,12 @@ import torch
 from tqdm import tqdm
 from transformers import PreTrainedTokenizerBase
 
-from tunebook import metrics, models, paths, stats
+from tunebook import metrics, models, paths, servers, stats
+from tunebook.params import GGUFType
 
 CONVERTER_ENV = "TUNEBOOK_GGUF_CONVERTER"  # a convert_hf_to_gguf.py to use instead of the cached one
-OUTTYPES = ("f32", "f16", "bf16", "q8_0")  # what the converter writes by itself
-GREEDY = {"temperature": 0.0, "repeat_penalty": 1.0}  # llama.cpp's default penalty of 1.1 is not greedy
+OUTTYPES = typing.get_args(GGUFType)  # what the converter writes by itself
+GREEDY = {"temperature": 0.0, **servers.LLAMA_GREEDY}  # llama.cpp's own decoding, as its server is asked
 
 
 class GGUFError(ValueError):

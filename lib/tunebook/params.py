@@ -536,6 +536,9 @@ class DpoParams(Strict):
         return self
 
 
+GGUFType = Literal["f32", "f16", "bf16", "q8_0"]  # what llama.cpp's converter writes by itself
+
+
 class ExportParams(Strict):
     model: str = "dpo"  # the registry model to ship: sft, dpo or RUN_ID:stage
     name: str = Field("tunebook-demo", pattern=r"^[a-z0-9][a-z0-9_.-]*$")  # the served model's name
@@ -544,7 +547,7 @@ class ExportParams(Strict):
     tolerance: float = Field(1e-3, gt=0)  # largest logit difference allowed between merged and base + adapter
     max_new_tokens: int = Field(64, ge=1)  # greedy answer length in the checks
     # GGUF files made with llama.cpp's converter ([] for none); the first is also served and held to min_agreement
-    gguf: list[Literal["f32", "f16", "bf16", "q8_0"]] = ["f16", "q8_0"]
+    gguf: list[GGUFType] = ["f16", "q8_0"]
     min_agreement: float = Field(0.95, gt=0, le=1)  # share of prompts the first GGUF answers as the evaluated model
     modelfile: str | None = "q8_0"  # the GGUF an Ollama Modelfile is written for (one of gguf), or null
 
