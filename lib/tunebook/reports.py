@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from datetime import timedelta
 from functools import cache
 from pathlib import Path
@@ -174,10 +175,7 @@ def render_html(notebook_path: Path, show_code: bool = False) -> Path:
     rest = [cell for cell in notebook.cells if cell not in boxes]
     notebook.cells = rest[:1] + boxes + rest[1:]
     for cell in notebook.cells:
-        cell["outputs"] = merge_streams(cell.get("outputs", []))
-        for output in cell["outputs"]:
-            if output.get("output_type") == "stream":
-                output["text"] = collapse_carriage_returns(output["text"])
+        cell["outputs"] = progress_apart(merge_streams(cell.get("outputs", [])))
     exporter = HTMLExporter(exclude_input=not show_code, exclude_input_prompt=True, exclude_output_prompt=True)
     body, _ = exporter.from_notebook_node(notebook)
     html_path = notebook_path.with_suffix(".html")
@@ -200,6 +198,30 @@ def merge_streams(outputs: list) -> list:
         else:
             merged.append(output)
     return merged
+
+
+# A tqdm bar: "desc: 100%|█████| 455/455 [00:00<00:00, 3023.49 examples/s]", or with no total "12it [00:01, ...]".
+_PROGRESS_LINE = re.compile(r"\d+%\|.*\[\d+:\d\d|\d\w* \[\d+:\d\d(:\d\d)?, ")
+
+
+def progress_apart(outputs: list) -> list:
+    """Streams as a terminal ends up showing them (each bar at its last state), with the progress bars that
+    libraries draw on stderr moved to a plain output of their own: nbconvert paints stderr like an error,
+    and a finished bar is not one. Whatever else went to stderr (warnings) stays there."""
+    result: list = []
+    for output in outputs:
+        if output.get("output_type") != "stream":
+            result.append(output)
+            continue
+        output["text"] = collapse_carriage_returns(output["text"])
+        lines = output["text"].splitlines(keepends=True)
+        bars = [line for line in lines if output["name"] == "stderr" and _PROGRESS_LINE.search(line)]
+        rest = [line for line in lines if line not in bars]
+        if bars:
+            result.append(nbformat.v4.new_output("stream", name="stdout", text="".join(bars)))
+        if rest:
+            result.append({**output, "text": "".join(rest)})
+    return result
 
 
 def collapse_carriage_returns(text: str) -> str:

@@ -28,6 +28,7 @@ from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
 from nbclient.exceptions import DeadKernelError
 from papermill.exceptions import PapermillExecutionError
 from tqdm import tqdm
+from traitlets.config import Config
 
 import tunebook
 from tunebook import paths, reports
@@ -293,6 +294,8 @@ def _execute(params: Params, stage: str, report_dir: Path, progress: bool) -> No
             kernel_name=KERNEL,
             cwd=str(paths.notebook_path(stage).parent),
             progress_bar={"desc": f"{paths.NOTEBOOKS[stage]} cells"} if progress else False,
+            # Talk to the kernel over Unix sockets, private to this user, rather than unencrypted loopback TCP.
+            config=Config(KernelManager={"transport": "ipc"}),
         )
 
 

@@ -11,6 +11,22 @@ def test_progress_bars_collapse_to_their_last_state():
     assert reports.collapse_carriage_returns(bars) == "load: 100%|###| 3/3\nnext line\n"
 
 
+def test_progress_bars_leave_stderr_and_warnings_stay():
+    bar = (
+        "Map:  50%|#####     | 1/2 [00:00<00:00, 9.1 examples/s]\r"
+        "Map: 100%|##########| 2/2 [00:00<00:00, 9.3 examples/s]\n"
+    )
+    outputs = [nbformat.v4.new_output("stream", name="stderr", text=bar + "UserWarning: something to read\n")]
+    moved = reports.progress_apart(outputs)
+    assert [(o["name"], o["text"]) for o in moved] == [
+        ("stdout", "Map: 100%|##########| 2/2 [00:00<00:00, 9.3 examples/s]\n"),
+        ("stderr", "UserWarning: something to read\n"),
+    ]
+    # a bar printed on stdout stays where it is; a stderr with no bar is untouched
+    untouched = [nbformat.v4.new_output("stream", name="stdout", text="12it [00:01, 3.2it/s]\n")]
+    assert reports.progress_apart(untouched) == untouched
+
+
 def test_render_html_hides_code_unless_asked(tmp_path):
     notebook = nbformat.v4.new_notebook(
         cells=[

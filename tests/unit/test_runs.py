@@ -177,3 +177,15 @@ def test_any_error_in_a_stage_marks_the_run_failed(workdir, monkeypatch):
     assert manifest["stages"]["ingest"]["error"]["ename"] == "KeyboardInterrupt"
     with runner.run_lock("ci"):  # released on the way out
         pass
+
+
+def test_stages_talk_to_their_kernel_over_private_sockets(workdir, stage_notebooks, capfd):
+    write_notebook(
+        stage_notebooks / "ingest.ipynb",
+        "from ipykernel.kernelapp import IPKernelApp\nprint('transport', IPKernelApp.instance().transport)",
+    )
+    assert main(["run", CI, "--stages", "ingest"]) == 0
+    executed = nbformat.read(workdir / "reports" / "ci" / "00_ingest.ipynb", as_version=4)
+    assert executed.cells[-1].outputs[0]["text"] == "transport ipc\n"
+    # ipykernel warns on every start over loopback TCP that the traffic is unencrypted
+    assert "without encryption" not in capfd.readouterr().err
