@@ -78,15 +78,6 @@ def loss_curves(history: pd.DataFrame, title: str = "SFT loss"):
     return fig
 
 
-def metric_bars(summary: pd.DataFrame, metrics: list[str], title: str = "Test-split metrics", by: str = "model"):
-    long = summary.melt(id_vars=by, value_vars=metrics, var_name="metric", value_name="score")
-    fig, ax = _figure(title)
-    sns.barplot(data=long, x="metric", y="score", hue=by, palette={m: color(m) for m in summary[by]}, ax=ax)
-    ax.set_ylabel("score (0-100)")
-    ax.set_xlabel("")
-    return fig
-
-
 def token_mask(tokens: list[str], trained: list[bool], title: str = "Tokens the loss trains", per_line: int = 16):
     """One example's tokens in reading order, the trained ones highlighted: what assistant-only loss sees."""
     rows = [list(range(start, min(start + per_line, len(tokens)))) for start in range(0, len(tokens), per_line)]
@@ -162,7 +153,8 @@ def pair_statistics(stats: pd.DataFrame, title: str = "Preference pairs"):
     strategies = list(stats["strategy"].unique())
     palette = {s: color(s) for s in strategies}
     sns.histplot(data=stats, x="gap", hue="strategy", bins=20, ax=axes[0], palette=palette, multiple="stack")
-    axes[0].set_xlabel("score gap, chosen minus rejected")
+    axes[0].set_xlabel("score gap, chosen minus rejected (the scorer's units)")
+    axes[0].set_ylabel("pairs")
     sns.scatterplot(data=stats, x="rejected_words", y="chosen_words", hue="strategy", ax=axes[1], palette=palette,
                     alpha=0.7, s=20)  # fmt: skip
     top = max(stats["chosen_words"].max(), stats["rejected_words"].max(), 1)
