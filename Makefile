@@ -86,8 +86,11 @@ golden: install
 bench: install
 	for script in benchmarks/bench_*.py; do $(BIN)/python $$script || exit 1; done
 
+# JupyterLab on the notebooks, whose kernel is this venv's (`Python (tunebook)`).
+# Extra options: make lab LAB_ARGS="--no-browser --port 8890". As root (containers), JupyterLab needs --allow-root.
+LAB_ARGS ?=
 lab: install
-	$(BIN)/jupyter lab --notebook-dir=notebooks
+	$(BIN)/jupyter lab --notebook-dir=notebooks $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
 
 clean:
 	rm -rf data/runs data/chroma data/models data/registry.json reports/*/ reports/index.html

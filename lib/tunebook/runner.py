@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
+from tempfile import TemporaryDirectory
 
 import nbformat
 import papermill
@@ -286,7 +287,12 @@ def _missing_upstream(run_id: str, selected: list[str], manifest: dict) -> None:
 
 def _execute(params: Params, stage: str, report_dir: Path, progress: bool) -> None:
     _log(f"[{stage}] running {paths.NOTEBOOKS[stage]}.ipynb")
-    with _stage_progress(paths.run_dir(params.run.id) / stage, stage, progress):
+    # The kernel is reached over Unix sockets in a private directory rather than unencrypted loopback TCP; the
+    # directory is short-named because a socket path may not exceed 107 bytes.
+    with (
+        _stage_progress(paths.run_dir(params.run.id) / stage, stage, progress),
+        TemporaryDirectory(prefix="tunebook-kernel-") as sockets,
+    ):
         papermill.execute_notebook(
             str(paths.notebook_path(stage)),
             str(report_dir / f"{paths.NOTEBOOKS[stage]}.ipynb"),
@@ -294,8 +300,7 @@ def _execute(params: Params, stage: str, report_dir: Path, progress: bool) -> No
             kernel_name=KERNEL,
             cwd=str(paths.notebook_path(stage).parent),
             progress_bar={"desc": f"{paths.NOTEBOOKS[stage]} cells"} if progress else False,
-            # Talk to the kernel over Unix sockets, private to this user, rather than unencrypted loopback TCP.
-            config=Config(KernelManager={"transport": "ipc"}),
+            config=Config(KernelManager={"transport": "ipc", "ip": f"{sockets}/kernel"}),
         )
 
 
