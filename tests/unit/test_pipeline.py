@@ -1,7 +1,12 @@
 """The whole chain through the real CLI: papermill, notebooks, cache, manifest, index, failure and resume."""
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
+import nbformat
 import pytest
 
 from tunebook import paths, reports
@@ -115,3 +120,18 @@ def test_the_same_params_and_seed_give_the_same_dataset_and_metrics(first_run, t
     scores = [json.loads((run / "evaluate" / "metrics.json").read_text()) for run in runs]
     for key in ("headline", "deltas", "judge"):
         assert scores[0][key] == scores[1][key], key
+
+
+def test_plain_papermill_runs_a_stage_notebook(first_run, workdir, tmp_path):
+    """The README's `papermill notebooks/03_evaluate.ipynb /tmp/eval.ipynb -p max_examples 20`, on this workdir's
+    run (the defaults name run `demo`), whose test split has 10 items. Last in this module: it rewrites the run's
+    evaluation."""
+    papermill = Path(sys.executable).parent / "papermill"
+    command = [papermill, "notebooks/03_evaluate.ipynb", tmp_path / "eval.ipynb", "-p", "run_id", "ci",
+               "-p", "max_examples", "5"]  # fmt: skip
+    env = {**os.environ, "TUNEBOOK_WORKDIR": str(workdir)}
+    done = subprocess.run(command, cwd=paths.project_root(), env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    executed = nbformat.read(tmp_path / "eval.ipynb", as_version=4)
+    assert "items: 5 systems: ['base', 'base+rag', 'sft', 'sft+rag']" in executed.cells[-2].outputs[0]["text"]
+    assert json.loads((workdir / "data" / "runs" / "ci" / "evaluate" / "metrics.json").read_text())["models"]
