@@ -7,7 +7,7 @@ import errno
 import sys
 from pathlib import Path
 
-from tunebook import paths, plan, reports, runner
+from tunebook import paths
 from tunebook.params import ParamsError, load_params
 
 EXIT_BAD_INPUT = 2
@@ -16,6 +16,9 @@ EXIT_OVER_BUDGET = 3
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    # Imported once the command line parses: `--help` and a typo answer at once, without loading torch.
+    from tunebook import runner
+
     try:
         return args.command(args)
     except (ParamsError, runner.RunError) as err:
@@ -70,6 +73,8 @@ def _params_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _prepare(args: argparse.Namespace):
+    from tunebook import plan, runner
+
     params = load_params(args.params, args.overrides)
     selected = runner.select_stages(args.stages.split(",") if args.stages else None, args.from_stage)
     estimate = plan.estimate(params, args.params)
@@ -87,6 +92,8 @@ def _plan(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from tunebook import runner
+
     params, selected, estimate = _prepare(args)
     if estimate.over_budget and not args.confirm:
         print("tunebook: the estimate exceeds run.budget; re-run with --confirm to go ahead", file=sys.stderr)
@@ -98,6 +105,8 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _runs(args: argparse.Namespace) -> int:
+    from tunebook import reports
+
     table = reports.runs_table()
     print(table.to_string(index=False) if len(table) else "no runs yet")
     return 0

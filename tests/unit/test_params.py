@@ -1,3 +1,5 @@
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -163,3 +165,11 @@ def test_the_demo_corpus_is_not_written_outside_data_and_reports(tmp_path, corpu
 def test_the_demo_corpus_may_go_under_data_or_reports(tmp_path, corpus_dir):
     path = write(tmp_path, f"ingest:\n  corpus_dir: {corpus_dir}\n  stdlib_modules: [json]\n")
     assert load_params(path).ingest.corpus_dir == corpus_dir
+
+
+def test_help_and_a_bad_command_line_answer_without_loading_torch():
+    code = "import sys\nfrom tunebook.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+    code += "assert 'torch' not in sys.modules and 'papermill' not in sys.modules, 'imported'"
+    for args in (["--help"], ["run"], ["nope"]):
+        done = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
