@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -45,6 +46,12 @@ def test_run_completes_with_reports_and_manifest(first_run, workdir):
         assert manifest["stages"][stage]["outputs_hash"]
         html = (report_dir / f"{notebook}.html").read_text()
         assert "<html" in html and "from tunebook import" not in html  # code hidden by default
+        # small enough to mail: nbconvert's own styles are 0.3 MB; plots are thumbnails, tables are heads
+        assert len(html) < 1_000_000, f"{notebook}.html is {len(html) / 1e6:.1f} MB"
+        # finished progress bars are not painted like errors
+        assert "100%|" not in "".join(
+            re.findall(r'data-mime-type="application/vnd.jupyter.stderr".*?</pre>', html, re.S)
+        )
         executed = json.loads((report_dir / f"{notebook}.ipynb").read_text())
         assert any("injected-parameters" in c["metadata"].get("tags", []) for c in executed["cells"])
     assert manifest["packages"]["transformers"] and manifest["python"]
