@@ -29,6 +29,8 @@ EXERCISED = {
     "make golden": ["here::test_make_lint_format_golden_and_bench_run_what_the_readme_says"],
     "make bench": ["here::test_make_lint_format_golden_and_bench_run_what_the_readme_says"],
     "make lab": ["test_lab.py::test_make_lab_opens_the_notebooks_on_the_project_kernel"],
+    'make lab LAB_ARGS="--no-browser --port 8890"':
+        ["test_lab.py::test_make_lab_opens_the_notebooks_on_the_project_kernel"],
     "source .venv/bin/activate": ["here::test_the_activated_environment_has_the_cli"],
     "tunebook plan": ["test_plan.py::test_run_stops_at_the_budget_gate_without_confirm"],
     "tunebook plan params/demo.yaml": ["test_plan.py::test_demo_is_within_budget"],
