@@ -275,8 +275,12 @@ def served_evaluation(
     asks every model; None without GGUF files."""
     if not params.gguf:
         return None
-    with servers.llama_server(files[params.gguf[0]], log_path, params.name, context) as base_url:
-        served = EndpointParams(name=SERVED, model=params.name, base_url=base_url, concurrency=1,
+    path = files[params.gguf[0]]
+    # Served answers are cached by model name: the alias names the file's content, so that another export of
+    # the same name (another run, another adapter) is asked afresh rather than answered with this one's answers.
+    alias = f"{params.name}-{sha256_file(path)[:12]}"
+    with servers.llama_server(path, log_path, alias, context) as base_url:
+        served = EndpointParams(name=SERVED, model=alias, base_url=base_url, concurrency=1,
                                 extra_body=servers.LLAMA_GREEDY)  # fmt: skip
         asked = EvaluateParams(models=[registered], endpoints=[served], baseline=registered,
                                conditions=["closed_book"], max_new_tokens=params.max_new_tokens)  # fmt: skip

@@ -157,7 +157,7 @@ def test_export_params_are_checked(override, message):
 
 
 def test_the_evaluate_module_runs_against_llama_cpp_serving_the_export(tiny_model, lora_adapter, reference, merged_dir,
-                                                                       tmp_path):  # fmt: skip
+                                                                       tiny_gguf, tmp_path):  # fmt: skip
     rows = [{"id": f"t{i}", "messages": [*prompt, {"role": "assistant", "content": answer}]}
             for i, (prompt, answer) in enumerate(zip([p[-1:] for p in PROMPTS], ANSWERS, strict=True))]  # fmt: skip
     items = evaluate.test_items(rows, evaluate.EvaluateParams())
@@ -173,6 +173,9 @@ def test_the_evaluate_module_runs_against_llama_cpp_serving_the_export(tiny_mode
     result = export.parity(inputs, check, {}, served, registered, params)
     assert result.table["output"].tolist() == ["merged · transformers", "f16 · llama.cpp server"]
     assert result.ok and (result.table["identical"] == len(PROMPTS)).all()
+    # Another GGUF exported under the same name (another run's) is asked, not answered from this one's cache.
+    export.served_evaluation("t", registered, {"f16": tiny_gguf}, inputs, params, 256, tmp_path / "again.log")
+    assert (tmp_path / "again.log").read_text().count("POST /v1/chat/completions") == len(PROMPTS)
 
 
 def test_another_llama_cpp_reruns_the_export():
