@@ -196,9 +196,13 @@ def _run_stages(
     for stage in selected:
         plan = plans[stage]
         record = manifest["stages"].setdefault(stage, {})
+        executed = report_dir / f"{paths.NOTEBOOKS[stage]}.ipynb"
         if plan.cached:
             record["status"] = "cached"
             _log(f"[{stage}] unchanged, reusing {paths.NOTEBOOKS[stage]} from the previous run")
+            if record.get("code_shown", False) != show_code and executed.exists():
+                reports.render_html(executed, show_code)  # --show-code (or its absence) applies to reused reports too
+                record["code_shown"] = show_code
             continue
         # Cache keys depend on upstream outputs, which a re-run stage may just have changed.
         record.pop("error", None)
@@ -210,7 +214,6 @@ def _run_stages(
         )
         _save(manifest)
         started = time.monotonic()
-        executed = report_dir / f"{paths.NOTEBOOKS[stage]}.ipynb"
         try:
             _execute(params, stage, report_dir, progress)
         except PapermillExecutionError as err:
@@ -246,8 +249,9 @@ def _run_stages(
             seconds=round(time.monotonic() - started, 1),
             outputs_hash=outputs_hash(run_id, stage),
             report=f"{paths.NOTEBOOKS[stage]}.html",
+            code_shown=show_code,
         )
-        reports.render_html(report_dir / f"{paths.NOTEBOOKS[stage]}.ipynb", show_code)
+        reports.render_html(executed, show_code)
         _save(manifest)
     manifest.update(status="completed", finished=_now(), failed=None, headline=reports.headline_metrics(run_id))
     _save(manifest)

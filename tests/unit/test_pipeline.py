@@ -111,9 +111,14 @@ def test_runs_lists_the_run(first_run, capsys):
 
 
 def test_show_code_keeps_inputs(first_run, workdir):
+    report = workdir / "reports" / "ci" / "01_generate.html"
     assert main(["run", CI, "--stages", "generate", "--force", "--show-code"]) == 0
-    html = (workdir / "reports" / "ci" / "01_generate.html").read_text()
-    assert "plan_jobs" in html
+    assert "plan_jobs" in report.read_text()
+    # a reused stage's report follows the flag too
+    assert main(["run", CI, "--stages", "generate"]) == 0
+    assert "plan_jobs" not in report.read_text()
+    assert main(["run", CI, "--stages", "generate", "--show-code"]) == 0
+    assert "plan_jobs" in report.read_text()
 
 
 def test_the_same_params_and_seed_give_the_same_dataset_and_metrics(first_run, tmp_path_factory, monkeypatch):
