@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from tunebook import evaluate, paths, reports, stats
+from tunebook import evaluate, paths, plots, reports, stats
 from tunebook.files import read_complete_lines, write_atomic
 from tunebook.params import ParamsError
 
@@ -26,10 +26,13 @@ def compare_runs(run_a: str, run_b: str, resamples: int = 1000, seed: int = 0) -
         "params": params_diff(manifests[run_a]["params"], manifests[run_b]["params"]),
         "scores": side_by_side(evaluations[run_a], evaluations[run_b], run_a, run_b),
         "deltas": {run: _deltas(evaluations[run]) for run in (run_a, run_b)},
-        "paired": paired_deltas(run_a, run_b, resamples, seed),
     }
+    paired = paired_deltas(run_a, run_b, resamples, seed)
+    page["paired"] = _paired_table(paired, run_a, run_b)
+    title = f"{run_b} minus {run_a}, paired by test item, with 95% CIs"
+    plot = plots.data_uri(plots.deltas(paired, title, "B minus A (points)")) if len(paired) else None
     tables = {k: _html(v) for k, v in page.items() if isinstance(v, pd.DataFrame)}
-    html = reports.templates().get_template("compare.html.j2").render(**page, tables=tables)
+    html = reports.templates().get_template("compare.html.j2").render(**page, tables=tables, plot=plot)
     out = paths.reports_dir() / "compare" / f"{run_a}_vs_{run_b}.html"
     write_atomic(out, html)
     return out
@@ -88,9 +91,14 @@ def paired_deltas(run_a: str, run_b: str, resamples: int, seed: int) -> pd.DataF
     if not shared:
         return pd.DataFrame()
     both = both[both["id"].isin(shared) & both["system"].isin(set(frames[0]["system"]) & set(frames[1]["system"]))]
-    table = stats.compare(both, run_a, list(evaluate.SCORES), by=["system"], resamples=resamples, seed=seed,
-                          scale=100)  # fmt: skip
-    table["B - A [95% CI]"] = table.apply(stats.format_ci, axis=1)
+    return stats.compare(both, run_a, list(evaluate.SCORES), by=["system"], resamples=resamples, seed=seed,
+                         scale=100)  # fmt: skip
+
+
+def _paired_table(paired: pd.DataFrame, run_a: str, run_b: str) -> pd.DataFrame:
+    if paired.empty:
+        return paired
+    table = paired.assign(**{"B - A [95% CI]": paired.apply(stats.format_ci, axis=1)})
     return table[["system", "metric", "mean_baseline", "mean_model", "B - A [95% CI]", "significant", "n"]].rename(
         columns={"mean_baseline": run_a, "mean_model": run_b}
     )

@@ -99,7 +99,11 @@ def token_mask(tokens: list[str], trained: list[bool], title: str = "Tokens the 
     return fig
 
 
-def deltas(comparison: pd.DataFrame, title: str = "Difference from the baseline, with 95% CIs"):
+def deltas(
+    comparison: pd.DataFrame,
+    title: str = "Difference from the baseline, with 95% CIs",
+    xlabel: str = "delta (points; judge grade on its 1-10 scale)",
+):
     """One row per (system, metric): the delta as a dot, its paired-bootstrap CI as a bar; 0 is no change."""
     table = comparison.reset_index(drop=True)
     fig, ax = _figure(title, height=0.35 * len(table) + 1.2)
@@ -110,7 +114,7 @@ def deltas(comparison: pd.DataFrame, title: str = "Difference from the baseline,
     ax.axvline(0, color="grey", linestyle="--", linewidth=1)
     ax.set_yticks(range(len(table)), labels)
     ax.invert_yaxis()
-    ax.set_xlabel("delta (points; judge grade on its 1-10 scale)")
+    ax.set_xlabel(xlabel)
     return fig
 
 

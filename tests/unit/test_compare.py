@@ -37,6 +37,7 @@ def test_compare_diffs_params_and_sets_the_runs_side_by_side_with_paired_cis(cap
     page = (paths.reports_dir() / "compare" / "a_vs_b.html").read_text()
     assert "sft.lora_r" in page and "sft.method" not in page  # only what differs
     assert "B minus A, paired by test item" in page and "[+" in page  # B's sft is better: a positive CI
+    assert '<img src="data:image/png;base64,' in page  # and the same deltas as a plot
     assert "a: each system vs its baseline" in page and "b: each system vs its baseline" in page
     assert "a_vs_b.html" in capsys.readouterr().out
 
