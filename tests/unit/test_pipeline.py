@@ -45,7 +45,7 @@ def test_run_completes_with_reports_and_manifest(first_run, workdir):
         assert manifest["stages"][stage]["status"] == "completed"
         assert manifest["stages"][stage]["outputs_hash"]
         html = (report_dir / f"{notebook}.html").read_text()
-        assert "<html" in html and "from tunebook import" not in html  # code hidden by default
+        assert "<html" in html and "hl-ipython3" not in html  # code hidden by default (no highlighted source)
         # small enough to mail: nbconvert's own styles are 0.3 MB; plots are thumbnails, tables are heads
         assert len(html) < 1_000_000, f"{notebook}.html is {len(html) / 1e6:.1f} MB"
         # finished progress bars are not painted like errors
@@ -113,7 +113,7 @@ def test_runs_lists_the_run(first_run, capsys):
 def test_show_code_keeps_inputs(first_run, workdir):
     report = workdir / "reports" / "ci" / "01_generate.html"
     assert main(["run", CI, "--stages", "generate", "--force", "--show-code"]) == 0
-    assert "plan_jobs" in report.read_text()
+    assert "plan_jobs" in report.read_text() and "hl-ipython3" in report.read_text()
     # a reused stage's report follows the flag too
     assert main(["run", CI, "--stages", "generate"]) == 0
     assert "plan_jobs" not in report.read_text()
