@@ -98,7 +98,9 @@ def _run(args: argparse.Namespace) -> int:
     if estimate.over_budget and not args.confirm:
         print("tunebook: the estimate exceeds run.budget; re-run with --confirm to go ahead", file=sys.stderr)
         return EXIT_OVER_BUDGET
-    manifest = runner.run_pipeline(params, args.params, selected, force=args.force, show_code=args.show_code)
+    manifest = runner.run_pipeline(
+        params, args.params, selected, force=args.force, show_code=args.show_code, overrides=args.overrides
+    )
     print(f"run {manifest['run_id']}: {manifest['status']}")
     print(f"report: {paths.reports_dir() / 'index.html'}")
     return 0

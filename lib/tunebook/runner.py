@@ -176,21 +176,29 @@ def run_pipeline(
     force: bool = False,
     show_code: bool = False,
     progress: bool = True,
+    overrides: list[str] = (),
 ) -> dict:
-    """Execute (or reuse) the selected stages in order; returns the final manifest."""
+    """Execute (or reuse) the selected stages in order; returns the final manifest, which records the
+    `--set` overrides on top of the params file."""
     with run_lock(params.run.id):
-        return _run_stages(params, params_file, selected, force, show_code, progress)
+        return _run_stages(params, params_file, selected, force, show_code, progress, list(overrides))
 
 
 def _run_stages(
-    params: Params, params_file: Path, selected: list[str], force: bool, show_code: bool, progress: bool
+    params: Params,
+    params_file: Path,
+    selected: list[str],
+    force: bool,
+    show_code: bool,
+    progress: bool,
+    overrides: list[str],
 ) -> dict:
     run_id = params.run.id
     report_dir = paths.reports_dir() / run_id
     report_dir.mkdir(parents=True, exist_ok=True)
     _ensure_kernel()
     previous = read_manifest(run_id)
-    manifest = _new_manifest(params, params_file, previous)
+    manifest = _new_manifest(params, params_file, overrides, previous)
     plans = {plan.stage: plan for plan in plan_stages(params, selected, force)}
     _missing_upstream(run_id, selected, manifest)
     for stage in selected:
@@ -353,11 +361,12 @@ def _ensure_kernel() -> None:
     install(kernel_name=KERNEL, display_name="Python (tunebook)", prefix=sys.prefix)
 
 
-def _new_manifest(params: Params, params_file: Path, previous: dict) -> dict:
+def _new_manifest(params: Params, params_file: Path, overrides: list[str], previous: dict) -> dict:
     return {
         "run_id": params.run.id,
         "name": params.name,
         "params_file": str(params_file),
+        "overrides": overrides,
         "params": mask_secrets(params.model_dump()),
         "status": "running",
         "started": _now(),
