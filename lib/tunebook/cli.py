@@ -109,8 +109,14 @@ def _run(args: argparse.Namespace) -> int:
 def _runs(args: argparse.Namespace) -> int:
     from tunebook import reports
 
-    table = reports.runs_table()
-    print(table.to_string(index=False) if len(table) else "no runs yet")
+    table = reports.runs_table().astype(str)
+    if table.empty:
+        print("no runs yet")
+        return 0
+    # Left-aligned columns: the metrics column is long text, which pandas would push to the right edge.
+    widths = {column: max(len(column), table[column].str.len().max()) for column in table}
+    for row in [dict(zip(table, table, strict=True)), *table.to_dict("records")]:
+        print("  ".join(f"{row[column]:<{width}}" for column, width in widths.items()).rstrip())
     return 0
 
 

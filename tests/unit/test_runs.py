@@ -191,8 +191,13 @@ def test_stages_talk_to_their_kernel_over_private_sockets(workdir, stage_noteboo
     assert "without encryption" not in capfd.readouterr().err
 
 
-def test_the_manifest_and_the_index_record_the_overrides_of_a_run(workdir, stage_notebooks):
+def test_the_manifest_and_the_index_record_the_overrides_of_a_run(workdir, stage_notebooks, capsys):
     assert main(["run", CI, "--stages", "ingest", "--set", "run.id=r8", "--set", "ingest.chunk_chars=500"]) == 0
     assert runner.read_manifest("r8")["overrides"] == ["run.id=r8", "ingest.chunk_chars=500"]
     index = (workdir / "reports" / "index.html").read_text()
     assert "--set ingest.chunk_chars=500" in index and "--set run.id" not in index  # the id has its own column
+    capsys.readouterr()
+    assert main(["runs"]) == 0
+    header, row = capsys.readouterr().out.splitlines()
+    assert header.split() == ["run", "status", "stage", "started", "metrics"]
+    assert row.startswith("r8   completed  ingest  ") and row.endswith("  -")  # left-aligned, no metrics yet
