@@ -48,9 +48,7 @@ def lab(tmp_path):
         yield url, token
     finally:
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGINT)  # JupyterLab asks to confirm one ^C; a second one stops it
-            time.sleep(0.5)
-            os.killpg(process.pid, signal.SIGINT)
+            os.killpg(process.pid, signal.SIGTERM)  # JupyterLab shuts its kernels down and stops
             try:
                 process.wait(timeout=20)
             except subprocess.TimeoutExpired:
