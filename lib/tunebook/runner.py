@@ -333,7 +333,9 @@ def _stage_progress(stage_dir: Path, stage: str, show: bool) -> Iterator[None]:
             if state is None:
                 continue
             if bar is None:
-                bar = tqdm(total=state["total"], desc=f"{stage} progress", position=1, leave=False)
+                # On a terminal, the line under papermill's bar; in a log, plain lines without cursor moves.
+                below = 1 if sys.stderr.isatty() else None
+                bar = tqdm(total=state["total"], desc=f"{stage} progress", position=below, leave=False)
             bar.n = state["done"]
             bar.refresh()
         if bar is not None:

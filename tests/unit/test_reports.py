@@ -93,6 +93,7 @@ def test_the_terminal_mirrors_a_running_stage_progress(tmp_path, capsys):
         time.sleep(1.2)
     err = capsys.readouterr().err
     assert "generate progress" in err and "3/4" in err and "1/9" not in err
+    assert "\x1b[A" not in err  # no cursor moves when stderr is a log, not a terminal
 
 
 def test_headline_metrics_add_the_dpo_model_from_its_re_evaluation(workdir):
