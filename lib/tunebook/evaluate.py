@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from importlib import metadata
 from pathlib import Path
 
 import pandas as pd
 
 from tunebook import checks, generate, human, ingest, judge, metrics, models, paths, quality, registry, stats
-from tunebook.files import jsonl_text, write_atomic
+from tunebook.files import jsonl_text, sha256_text, write_atomic
 from tunebook.params import ChromaParams, EndpointParams, EvaluateParams
 
 SCORES = ("exact_match", "f1", "rouge_l")  # per example in [0, 1]; reported in points (x100)
@@ -130,11 +131,14 @@ def evaluate_models(
     for name in params.models:
         spec = registry.resolve(name, run_id)
         loaded = models.load_model(name, spec["base_model"], spec["adapter"])
-        model_rows.append({"model": name, "source": spec["adapter"] or spec["base_model"],
-                           "chat template": template_id(loaded.tokenizer.chat_template)})  # fmt: skip
+        reused = 0
         for condition, asked in conditions.items():
-            answers = models.generate(loaded, asked, params.max_new_tokens, params.batch_size, progress)
+            answers, cached = _greedy_answers(loaded, spec["identity"], asked, params, progress)
+            reused += cached
             frames.append(_answers(items, name, condition, [a.text for a in answers], [a.stopped for a in answers]))
+        model_rows.append({"model": name, "source": spec["adapter"] or spec["base_model"],
+                           "chat template": template_id(loaded.tokenizer.chat_template),
+                           "answers": f"{reused} of {len(conditions)} conditions from the cache"})  # fmt: skip
         nll, tokens = models.reference_nll(loaded, references, params.batch_size, progress)
         perplexities[name] = models.perplexity(nll, tokens)
         del loaded
@@ -148,6 +152,30 @@ def evaluate_models(
     decoding = {"decoding": "greedy", "max_new_tokens": params.max_new_tokens, "batch_size": params.batch_size,
                 "conditions": params.conditions, "rag_k": params.rag_k}  # fmt: skip
     return Evaluation(examples, summary, pd.DataFrame(model_rows), signature, decoding)
+
+
+def _greedy_answers(
+    loaded: models.LoadedModel, identity: str | None, asked: list[list[dict]], params: EvaluateParams, progress: bool
+) -> tuple[list[models.Generation], bool]:
+    """Greedy answers, and whether they came from data/cache/generations/. They are a function of the weights
+    (the registry's content hashes), the chat template, the prompts, the decoding, the batches they were
+    generated in, the device and the libraries, so the same evaluation (a notebook run again by hand, a changed
+    judge, DPO's re-evaluation of base and SFT) reuses them. A model without recorded hashes is never cached."""
+    if identity is None:
+        return models.generate(loaded, asked, params.max_new_tokens, params.batch_size, progress), False
+    weights = next(loaded.model.parameters())
+    key = sha256_text(json.dumps({
+        "model": identity, "template": loaded.tokenizer.chat_template, "conversations": asked,
+        "max_new_tokens": params.max_new_tokens, "batch_size": params.batch_size,
+        "device": str(weights.device), "dtype": str(weights.dtype),
+        "libraries": {name: metadata.version(name) for name in ("torch", "transformers", "peft")},
+    }, sort_keys=True))  # fmt: skip
+    path = paths.data_dir() / "cache" / "generations" / f"{key}.json"
+    if path.is_file():
+        return [models.Generation(**answer) for answer in json.loads(path.read_text(encoding="utf-8"))], True
+    answers = models.generate(loaded, asked, params.max_new_tokens, params.batch_size, progress)
+    write_atomic(path, json.dumps([asdict(answer) for answer in answers]))
+    return answers, False
 
 
 def template_id(template: str | None) -> str:

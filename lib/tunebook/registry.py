@@ -44,17 +44,25 @@ def register(run_id: str, stage: str, entry: dict) -> str:
 
 
 def resolve(name: str, run_id: str) -> dict:
-    """{'name', 'base_model', 'adapter'} for a model name as params and notebooks write it."""
+    """{'name', 'base_model', 'adapter', 'identity'} for a model name as params and notebooks write it. The
+    identity is the content hash of the weights it names (None for an entry recorded without hashes)."""
     models = entries()
     if name == "base":
         trained = models.get(f"{run_id}:sft")
         if trained is None:
             raise RegistryError(f"'base' is the base of run {run_id}'s SFT model, and run {run_id} has none")
-        return {"name": "base", "base_model": trained["base_model"], "adapter": None}
+        identity = trained.get("base_hash")
+        return {"name": "base", "base_model": trained["base_model"], "adapter": None, "identity": identity}
     key = name if ":" in name else f"{run_id}:{name}"
     if key not in models:
         known = ", ".join(sorted(models)) or "none yet"
         raise RegistryError(f"no model named '{name}' in {registry_path()} (known: {known})")
     entry = models[key]
     # A fully fine-tuned model is a model directory of its own; an adapter goes on top of its base.
-    return {"name": name, "base_model": entry.get("model_dir") or entry["base_model"], "adapter": entry["adapter"]}
+    if entry.get("model_dir"):
+        identity = entry.get("output_hash")
+    else:
+        hashes = (entry.get("base_hash"), entry.get("output_hash"))
+        identity = "+".join(hashes) if all(hashes) else None
+    return {"name": name, "base_model": entry.get("model_dir") or entry["base_model"], "adapter": entry["adapter"],
+            "identity": identity}  # fmt: skip

@@ -6,7 +6,7 @@ import json
 import pandas as pd
 import pytest
 
-from tunebook import evaluate, human, ingest, registry
+from tunebook import evaluate, human, ingest, models, registry
 from tunebook.ingest import Chunk
 from tunebook.params import EvaluateParams
 
@@ -166,3 +166,31 @@ def test_a_users_benchmark_file_is_answered_scored_and_checked_beside_the_test_s
     assert examples["check_mentions_json"].tolist() == [0.0, 0.0, 0.0, 1.0]
     summary, _ = evaluate.summarize(examples)
     assert summary.iloc[0]["check_benchmark"] == 100.0 and summary.iloc[0]["check_mentions_json"] == 25.0
+
+
+def test_the_same_evaluation_reuses_its_greedy_answers_and_changed_weights_do_not(tiny_model, workdir, monkeypatch):
+    calls = []
+    generate = models.generate
+    monkeypatch.setattr(models, "generate", lambda loaded, *args: calls.append(loaded.name) or generate(loaded, *args))
+    params = EvaluateParams(models=["base", "sft"], conditions=["closed_book"], max_new_tokens=12, batch_size=4)
+    items = evaluate.test_items(rows(), params)
+
+    def evaluate_sft(output_hash: str):
+        registry.register("t", "sft", {"base_model": tiny_model, "adapter": None, "base_hash": "b" * 64,
+                                       "output_hash": output_hash})  # fmt: skip
+        calls.clear()
+        return evaluate.evaluate_models(items, params, "t", progress=False)
+
+    first = evaluate_sft("1" * 64)
+    assert calls == ["base", "sft"]
+    again = evaluate_sft("1" * 64)  # a notebook run again, a changed judge: nothing is generated again
+    assert calls == [] and again.examples["prediction"].tolist() == first.examples["prediction"].tolist()
+    assert again.models["answers"].tolist() == ["1 of 1 conditions from the cache"] * 2
+    evaluate_sft("2" * 64)  # retrained: the SFT model answers afresh, the base model still comes from the cache
+    assert calls == ["sft"]
+    # an entry recorded without hashes (a model registered by hand) is never answered from the cache
+    registry.register("t", "sft", {"base_model": tiny_model, "adapter": None})
+    for _ in range(2):
+        calls.clear()
+        evaluate.evaluate_models(items, params, "t", progress=False)
+        assert calls == ["base", "sft"]
