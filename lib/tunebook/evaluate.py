@@ -160,7 +160,7 @@ def _greedy_answers(
     """Greedy answers, and whether they came from data/cache/generations/. They are a function of the weights
     (the registry's content hashes), the chat template, the prompts, the decoding, the batches they were
     generated in, the device and the libraries, so the same evaluation (a notebook run again by hand, a changed
-    judge, DPO's re-evaluation of base and SFT) reuses them. A model without recorded hashes is never cached."""
+    judge or checks, DPO's re-evaluation run again) reuses them. A model without recorded hashes is never cached."""
     if identity is None:
         return models.generate(loaded, asked, params.max_new_tokens, params.batch_size, progress), False
     weights = next(loaded.model.parameters())
