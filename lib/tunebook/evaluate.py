@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from tunebook import checks, generate, human, ingest, judge, metrics, models, paths, quality, registry, stats
-from tunebook.files import jsonl_text, sha256_text, write_atomic
+from tunebook.files import jsonl_text, sha256_file, sha256_text, write_atomic
 from tunebook.params import ChromaParams, EndpointParams, EvaluateParams
 
 SCORES = ("exact_match", "f1", "rouge_l")  # per example in [0, 1]; reported in points (x100)
@@ -159,8 +159,9 @@ def _greedy_answers(
 ) -> tuple[list[models.Generation], bool]:
     """Greedy answers, and whether they came from data/cache/generations/. They are a function of the weights
     (the registry's content hashes), the chat template, the prompts, the decoding, the batches they were
-    generated in, the device and the libraries, so the same evaluation (a notebook run again by hand, a changed
-    judge or checks, DPO's re-evaluation run again) reuses them. A model without recorded hashes is never cached."""
+    generated in, the device, the libraries and tunebook's generation code, so the same evaluation (a notebook
+    run again by hand, a changed judge or checks, DPO's re-evaluation run again) reuses them. A model without
+    recorded hashes is never cached."""
     if identity is None:
         return models.generate(loaded, asked, params.max_new_tokens, params.batch_size, progress), False
     weights = next(loaded.model.parameters())
@@ -169,6 +170,7 @@ def _greedy_answers(
         "max_new_tokens": params.max_new_tokens, "batch_size": params.batch_size,
         "device": str(weights.device), "dtype": str(weights.dtype),
         "libraries": {name: metadata.version(name) for name in ("torch", "transformers", "peft")},
+        "generation code": sha256_file(Path(models.__file__)),
     }, sort_keys=True))  # fmt: skip
     path = paths.data_dir() / "cache" / "generations" / f"{key}.json"
     if path.is_file():

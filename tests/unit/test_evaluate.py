@@ -2,6 +2,7 @@
 
 import csv
 import json
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -188,6 +189,12 @@ def test_the_same_evaluation_reuses_its_greedy_answers_and_changed_weights_do_no
     assert again.models["answers"].tolist() == ["1 of 1 conditions from the cache"] * 2
     evaluate_sft("2" * 64)  # retrained: the SFT model answers afresh, the base model still comes from the cache
     assert calls == ["sft"]
+    # changed generation code (tunebook's own, not only the libraries') answers afresh too
+    changed = workdir / "models.py"
+    changed.write_text(Path(models.__file__).read_text() + "\n# changed\n")
+    monkeypatch.setattr(models, "__file__", str(changed))
+    evaluate_sft("2" * 64)
+    assert calls == ["base", "sft"]
     # an entry recorded without hashes (a model registered by hand) is never answered from the cache
     registry.register("t", "sft", {"base_model": tiny_model, "adapter": None})
     for _ in range(2):
