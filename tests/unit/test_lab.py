@@ -30,7 +30,8 @@ def lab(tmp_path):
     # -o install: the venv this test runs in is the installed one (`make test` installed it just before).
     command = ["make", "--no-print-directory", "-o", "install", "lab", f"VENV={sys.prefix}",
                f"LAB_ARGS=--no-browser --port={port} --IdentityProvider.token={token} --ServerApp.ip=127.0.0.1 "
-               f"--LabApp.user_settings_dir={tmp_path / 'settings'}"]  # fmt: skip
+               f"--LabApp.user_settings_dir={tmp_path / 'settings'} "
+               f"--LabApp.workspaces_dir={tmp_path / 'workspaces'}"]  # fmt: skip
     process = subprocess.Popen(command, cwd=paths.project_root(), env=env, stdout=log, stderr=subprocess.STDOUT,
                                start_new_session=True)  # fmt: skip
     url = f"http://127.0.0.1:{port}"
@@ -39,7 +40,7 @@ def lab(tmp_path):
             try:
                 if requests.get(f"{url}/api/status", params={"token": token}, timeout=2).ok:
                     break
-            except requests.ConnectionError:
+            except requests.RequestException:  # not listening yet, or too busy starting to answer
                 pass
             assert process.poll() is None, (tmp_path / "lab.log").read_text()
             time.sleep(0.25)
@@ -49,10 +50,12 @@ def lab(tmp_path):
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGTERM)  # JupyterLab shuts its kernels down and stops
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
+            for _ in range(80):  # until every process of the group (make, jupyter, kernels) is gone
+                process.poll()  # make itself, reaped: a zombie would still count as one
+                os.killpg(process.pid, 0)
+                time.sleep(0.25)
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
         log.close()
 
 
@@ -67,7 +70,7 @@ def test_make_lab_opens_the_notebooks_on_the_project_kernel(lab, tmp_path):
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         page = browser.new_page(viewport={"width": 1280, "height": 800})
-        page.goto(f"{url}/lab/tree/00_ingest.ipynb?token={token}")
+        page.goto(f"{url}/lab/tree/00_ingest.ipynb?reset&token={token}")  # no workspace but this notebook
         # the notebook opens on its own kernel, which starts and goes idle
         page.wait_for_selector(".jp-Toolbar-kernelName:has-text('Python (tunebook)')", state="attached", timeout=60_000)
         page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=60_000)
@@ -77,6 +80,7 @@ def test_make_lab_opens_the_notebooks_on_the_project_kernel(lab, tmp_path):
         page.keyboard.press("Escape")
         page.keyboard.press("b")  # a new cell below
         page.keyboard.press("Enter")
+        page.wait_for_selector(".jp-Cell.jp-mod-active .cm-editor.cm-focused", timeout=60_000)
         page.keyboard.type("from tunebook import paths; print(run_id, paths.workdir())")
         page.keyboard.press("Shift+Enter")
         output = page.wait_for_selector(".jp-OutputArea-output:has-text('demo')", timeout=60_000)
