@@ -775,13 +775,20 @@ def mask_secrets(value: Any) -> Any:
     return value
 
 
+def mask_override(override: str) -> str:
+    """A `--set KEY=VALUE` as a manifest may record it: the value masked when the key looks secret."""
+    key, _, value = override.partition("=")
+    parsed = yaml.safe_load(value) if value.strip() else ""  # as the override is applied
+    return f"{key}=***" if _is_secret(key.rsplit(".", 1)[-1], parsed) else override
+
+
 SECRET_WORDS = ("api_key", "apikey", "token", "secret", "password")
 
 
 def _is_secret(key: str, value: Any) -> bool:
-    # `api_key_env` names a variable and `max_new_tokens` counts tokens: neither is a secret.
+    # `api_key_env` names a variable and `max_new_tokens` counts tokens: neither is a secret, nor is a number.
     key = key.lower()
-    if key.endswith(("_env", "_tokens")) or value in (None, "") or isinstance(value, dict | list):
+    if key.endswith(("_env", "_tokens")) or value in (None, "") or isinstance(value, dict | list | int | float):
         return False
     return any(word in key for word in SECRET_WORDS)
 

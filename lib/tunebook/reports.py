@@ -21,7 +21,8 @@ from tunebook.files import read_progress, write_atomic
 @cache
 def templates() -> Environment:
     """The page templates of tunebook/templates (runs index, summary box, compare page)."""
-    return Environment(loader=PackageLoader("tunebook"), autoescape=select_autoescape())
+    # The templates are named *.html.j2, which select_autoescape's defaults (html, htm, xml) would leave unescaped.
+    return Environment(loader=PackageLoader("tunebook"), autoescape=select_autoescape(["html", "j2"]))
 
 
 def headline_metrics(run_id: str) -> dict:
@@ -200,8 +201,9 @@ def merge_streams(outputs: list) -> list:
     return merged
 
 
-# A tqdm bar: "desc: 100%|█████| 455/455 [00:00<00:00, 3023.49 examples/s]", or with no total "12it [00:01, ...]".
-_PROGRESS_LINE = re.compile(r"\d+%\|.*\[\d+:\d\d|\d\w* \[\d+:\d\d(:\d\d)?, ")
+# A tqdm bar: "desc: 100%|█████| 455/455 [00:00<00:00, 3023.49 examples/s]", or with no total "12it [00:01, ...]"
+# and "455 examples [00:00, ...]".
+_PROGRESS_LINE = re.compile(r"\d+%\|.*\[\d+:\d\d|\d ?[\w/]* \[\d+:\d\d(:\d\d)?, ")
 
 
 def progress_apart(outputs: list) -> list:
@@ -216,7 +218,8 @@ def progress_apart(outputs: list) -> list:
         output["text"] = collapse_carriage_returns(output["text"])
         lines = output["text"].splitlines(keepends=True)
         bars = [line for line in lines if output["name"] == "stderr" and _PROGRESS_LINE.search(line)]
-        rest = [line for line in lines if line not in bars]
+        # a bar drawn with leave=False ends as a line of spaces
+        rest = [line for line in lines if line not in bars and (output["name"] == "stdout" or line.strip())]
         if bars:
             result.append(nbformat.v4.new_output("stream", name="stdout", text="".join(bars)))
         if rest:

@@ -34,7 +34,7 @@ from traitlets.config import Config
 import tunebook
 from tunebook import paths, reports
 from tunebook.files import PROGRESS_FILE, hash_tree, read_progress, sha256_text, write_atomic
-from tunebook.params import Params, mask_secrets
+from tunebook.params import Params, mask_override, mask_secrets
 
 KERNEL = "tunebook"
 PACKAGES = (
@@ -333,8 +333,9 @@ def _stage_progress(stage_dir: Path, stage: str, show: bool) -> Iterator[None]:
             if state is None:
                 continue
             if bar is None:
-                # On a terminal, the line under papermill's bar; in a log, plain lines without cursor moves.
-                below = 1 if sys.stderr.isatty() else None
+                # On a terminal, the line under papermill's bar; in a log, plain lines without cursor moves
+                # (tqdm would otherwise stack it under papermill's bar with escape codes).
+                below = 1 if sys.stderr.isatty() else 0
                 bar = tqdm(total=state["total"], desc=f"{stage} progress", position=below, leave=False)
             bar.n = state["done"]
             bar.refresh()
@@ -368,7 +369,7 @@ def _new_manifest(params: Params, params_file: Path, overrides: list[str], previ
         "run_id": params.run.id,
         "name": params.name,
         "params_file": str(params_file),
-        "overrides": overrides,
+        "overrides": [mask_override(override) for override in overrides],
         "params": mask_secrets(params.model_dump()),
         "status": "running",
         "started": _now(),

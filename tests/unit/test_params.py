@@ -6,7 +6,7 @@ import pytest
 
 from tunebook import paths
 from tunebook.cli import main
-from tunebook.params import ParamsError, load_params, mask_secrets, section
+from tunebook.params import ParamsError, load_params, mask_override, mask_secrets, section
 
 PARAMS = paths.project_root() / "params"
 
@@ -173,3 +173,12 @@ def test_help_and_a_bad_command_line_answer_without_loading_torch():
     for args in (["--help"], ["run"], ["nope"]):
         done = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True)
         assert done.returncode == 0, done.stderr
+
+
+def test_overrides_are_recorded_with_secret_looking_values_masked():
+    assert mask_override("teacher.api_key=sk-123") == "teacher.api_key=***"
+    assert mask_override("x.client_secret=abc=def") == "x.client_secret=***"
+    # numbers and key names that only count or name things stay readable
+    assert mask_override("generate.tokens_per_minute=3000") == "generate.tokens_per_minute=3000"
+    assert mask_override("generate.api_key_env=MY_KEY") == "generate.api_key_env=MY_KEY"
+    assert mask_secrets({"tokens_per_minute": 3000}) == {"tokens_per_minute": 3000}

@@ -2,6 +2,7 @@ import json
 import time
 
 import nbformat
+from tqdm import tqdm
 
 from tunebook import reports
 
@@ -15,13 +16,16 @@ def test_progress_bars_leave_stderr_and_warnings_stay():
     bar = (
         "Map:  50%|#####     | 1/2 [00:00<00:00, 9.1 examples/s]\r"
         "Map: 100%|##########| 2/2 [00:00<00:00, 9.3 examples/s]\n"
+        "Generating train split: 455 examples [00:00, 3023.49 examples/s]\n"
+        "evaluating: 10%|#   | 1/10 [00:01<00:09, 1.0it/s]\r                                   \r\n"  # leave=False
     )
     outputs = [nbformat.v4.new_output("stream", name="stderr", text=bar + "UserWarning: something to read\n")]
     moved = reports.progress_apart(outputs)
     assert [(o["name"], o["text"]) for o in moved] == [
-        ("stdout", "Map: 100%|##########| 2/2 [00:00<00:00, 9.3 examples/s]\n"),
+        ("stdout", "Map: 100%|##########| 2/2 [00:00<00:00, 9.3 examples/s]\n"
+                   "Generating train split: 455 examples [00:00, 3023.49 examples/s]\n"),
         ("stderr", "UserWarning: something to read\n"),
-    ]
+    ]  # fmt: skip
     # a bar printed on stdout stays where it is; a stderr with no bar is untouched
     untouched = [nbformat.v4.new_output("stream", name="stdout", text="12it [00:01, 3.2it/s]\n")]
     assert reports.progress_apart(untouched) == untouched
@@ -88,7 +92,8 @@ def test_the_terminal_mirrors_a_running_stage_progress(tmp_path, capsys):
     from tunebook.runner import _stage_progress
 
     (tmp_path / "progress.json").write_text(json.dumps({"done": 1, "total": 9}))  # left by a crashed run
-    with _stage_progress(tmp_path, "generate", show=True):
+    # papermill's bar of cells is open meanwhile, as in a run
+    with _stage_progress(tmp_path, "generate", show=True), tqdm(total=5, desc="cells"):
         (tmp_path / "progress.json").write_text(json.dumps({"done": 3, "total": 4, "eta_s": 2}))
         time.sleep(1.2)
     err = capsys.readouterr().err
