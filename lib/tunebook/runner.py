@@ -223,30 +223,19 @@ def _run_stages(
         _save(manifest)
         started = time.monotonic()
         try:
-            _execute(params, stage, report_dir, progress)
+            _execute(params, stage, executed, progress)
         except PapermillExecutionError as err:
             error = {"cell": err.cell_index, "exec_count": err.exec_count, "ename": err.ename,
                      "evalue": str(err.evalue)[:500]}  # fmt: skip
-            _fail(manifest, stage, error, started)
-            reports.render_html(executed, show_code)
-            _save(manifest)
-            reports.write_index()
-            raise RunError(
-                f"stage {stage} failed in cell {err.cell_index}: {err.ename}: {str(err.evalue)[:300]}"
-                f" (see {executed.with_suffix('.html')}; resume with --from {stage})"
-            ) from None
+            what = f"in cell {err.cell_index}: {err.ename}: {str(err.evalue)[:300]}"
+            raise _stage_failed(manifest, stage, error, started, executed, show_code, what) from None
         except DeadKernelError as err:
             # No traceback to show: the kernel process is gone, most often killed for memory.
             why = f"the kernel died ({err}); it was most likely killed for running out of memory"
             cell = _mark_dead_cell(executed, why)
-            _fail(manifest, stage, {"cell": cell, "ename": type(err).__name__, "evalue": why}, started)
-            reports.render_html(executed, show_code)
-            _save(manifest)
-            reports.write_index()
+            error = {"cell": cell, "ename": type(err).__name__, "evalue": why}
             where = f"in cell {cell}" if cell is not None else "before its first cell"
-            raise RunError(
-                f"stage {stage} failed {where}: {why} (see {executed.with_suffix('.html')}; resume with --from {stage})"
-            ) from None
+            raise _stage_failed(manifest, stage, error, started, executed, show_code, f"{where}: {why}") from None
         except BaseException as err:  # Ctrl-C too: a run that is not running must not say it is
             _fail(manifest, stage, {"cell": None, "ename": type(err).__name__, "evalue": str(err)[:500]}, started)
             _save(manifest)
@@ -265,6 +254,18 @@ def _run_stages(
     _save(manifest)
     reports.write_index()
     return manifest
+
+
+def _stage_failed(
+    manifest: dict, stage: str, error: dict, started: float, executed: Path, show_code: bool, what: str
+) -> RunError:
+    """A stage that failed in its notebook: recorded, its report rendered up to the failure, and the one line
+    the run ends with."""
+    _fail(manifest, stage, error, started)
+    reports.render_html(executed, show_code)
+    _save(manifest)
+    reports.write_index()
+    return RunError(f"stage {stage} failed {what} (see {executed.with_suffix('.html')}; resume with --from {stage})")
 
 
 def _fail(manifest: dict, stage: str, error: dict, started: float) -> None:
@@ -297,7 +298,7 @@ def _missing_upstream(run_id: str, selected: list[str], manifest: dict) -> None:
             raise RunError(f"stage {first} needs {up}, which has not completed for run {run_id}: run it first")
 
 
-def _execute(params: Params, stage: str, report_dir: Path, progress: bool) -> None:
+def _execute(params: Params, stage: str, executed: Path, progress: bool) -> None:
     _log(f"[{stage}] running {paths.NOTEBOOKS[stage]}.ipynb")
     # The kernel is reached over Unix sockets in a private directory rather than unencrypted loopback TCP; the
     # directory is short-named because a socket path may not exceed 107 bytes.
@@ -307,7 +308,7 @@ def _execute(params: Params, stage: str, report_dir: Path, progress: bool) -> No
     ):
         papermill.execute_notebook(
             str(paths.notebook_path(stage)),
-            str(report_dir / f"{paths.NOTEBOOKS[stage]}.ipynb"),
+            str(executed),
             parameters=params.stage_parameters(stage),
             kernel_name=KERNEL,
             cwd=str(paths.notebook_path(stage).parent),
