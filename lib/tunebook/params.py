@@ -617,8 +617,12 @@ def _apply_override(raw: dict, override: str) -> None:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
             raise ParamsError(f"--set {key}: '{part}' is not a section")
+    node[leaf] = _override_value(value)
+
+
+def _override_value(value: str) -> Any:
     # YAML parsing gives `--set sft.lora_r=8` an int and `--set evaluate.models=[base]` a list.
-    node[leaf] = yaml.safe_load(value) if value.strip() else ""
+    return yaml.safe_load(value) if value.strip() else ""
 
 
 def _describe(err: ValidationError, path: Path, text: str, overrides: list[str]) -> str:
@@ -778,8 +782,7 @@ def mask_secrets(value: Any) -> Any:
 def mask_override(override: str) -> str:
     """A `--set KEY=VALUE` as a manifest may record it: the value masked when the key looks secret."""
     key, _, value = override.partition("=")
-    parsed = yaml.safe_load(value) if value.strip() else ""  # as the override is applied
-    return f"{key}=***" if _is_secret(key.rsplit(".", 1)[-1], parsed) else override
+    return f"{key}=***" if _is_secret(key.rsplit(".", 1)[-1], _override_value(value)) else override
 
 
 SECRET_WORDS = ("api_key", "apikey", "token", "secret", "password")
