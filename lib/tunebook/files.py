@@ -7,6 +7,7 @@ import json
 import os
 import tempfile
 from collections.abc import Iterable, Iterator
+from functools import cache
 from pathlib import Path
 
 
@@ -124,7 +125,14 @@ def hash_tree(path: Path) -> str:
 
 
 def sha256_file(path: Path) -> str:
-    """What `sha256sum` prints for the file."""
+    """What `sha256sum` prints for the file. A file is read once while it stays as it is (the export names the
+    GGUF it serves by its hash, then lists every file with its hash: gigabytes, not to be read twice)."""
+    stat = Path(path).stat()
+    return _sha256_of(Path(path).resolve(), stat.st_ino, stat.st_size, stat.st_mtime_ns)
+
+
+@cache
+def _sha256_of(path: Path, inode: int, size: int, mtime_ns: int) -> str:
     return _digest_file(path, hashlib.sha256()).hexdigest()
 
 

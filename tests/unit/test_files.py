@@ -1,11 +1,14 @@
-"""Atomic writes on a full disk: the old file or none, never a half-written file or a stray temporary one."""
+"""Atomic writes on a full disk (the old file or none, never a half-written file or a stray temporary one), and
+file hashes read once."""
 
 import errno
+import hashlib
 import os
 from pathlib import Path
 
 import pytest
 
+from tunebook import files
 from tunebook.files import write_atomic
 
 
@@ -53,3 +56,15 @@ def test_a_full_disk_keeps_the_old_file(tmp_path: Path, monkeypatch: pytest.Monk
     monkeypatch.undo()
     assert path.read_text() == "old\n"
     assert list(tmp_path.iterdir()) == [path]
+
+
+def test_a_file_is_hashed_once_while_it_stays_as_it_is(tmp_path, monkeypatch):
+    reads = []
+    digest = files._digest_file
+    monkeypatch.setattr(files, "_digest_file", lambda path, d: reads.append(path) or digest(path, d))
+    path = tmp_path / "model.gguf"
+    path.write_bytes(b"weights")
+    first = files.sha256_file(path)
+    assert files.sha256_file(path) == first == hashlib.sha256(b"weights").hexdigest() and len(reads) == 1
+    files.write_atomic(path, "other weights")  # a new file in its place
+    assert files.sha256_file(path) == hashlib.sha256(b"other weights").hexdigest() and len(reads) == 2
