@@ -130,7 +130,7 @@ def evaluate_models(
                   for turns, reference in zip(questions, items["reference"], strict=True)]  # fmt: skip
     for name in params.models:
         spec = registry.resolve(name, run_id)
-        loaded = models.load_model(name, spec["base_model"], spec["adapter"])
+        loaded = models.load_model(name, spec["base_model"], spec["adapter"], spec["tokenizer"])
         reused = 0
         for condition, asked in conditions.items():
             answers, cached = _greedy_answers(loaded, spec["identity"], asked, params, progress)

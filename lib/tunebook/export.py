@@ -19,7 +19,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 from tqdm import tqdm
-from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from tunebook import evaluate, generate, gguf, models, paths, registry, servers
 from tunebook.files import hash_tree, sha256_file, write_atomic
@@ -70,7 +70,8 @@ def merge(base_model: str, adapter_dir: Path, dtype: torch.dtype = torch.float32
     """base + adapter as one model, merged into a full-precision copy of the base."""
     from peft import PeftModel  # the inference side of peft: loading and merging an adapter
 
-    base = AutoModelForCausalLM.from_pretrained(base_model, dtype=dtype, **models.pretrained_options())
+    tokenizer = AutoTokenizer.from_pretrained(adapter_dir, **models.pretrained_options(weights=False))
+    base = models.load_base(base_model, tokenizer, dtype=dtype)
     refuse_quantized(base)
     return PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload().eval()
 
@@ -137,29 +138,12 @@ def require(check: MergeCheck) -> None:
         )
 
 
-def end_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
-    """The ids generation must stop at: EOS, and the token that ends an assistant turn in the chat template
-    (a template ending turns with its own token, e.g. <|im_end|> or <|eot_id|>, never emits EOS)."""
-    ids = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-    probe = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "ANSWER"}]
-    rendered = tokenizer.apply_chat_template(probe, tokenize=False)
-    after = rendered[rendered.rindex("ANSWER") + len("ANSWER") :]
-    tokens = tokenizer(after, add_special_tokens=False)["input_ids"]
-    special = set(tokenizer.all_special_ids)
-    first_special = next((t for t in tokens if t in special), None)
-    if first_special is not None and first_special not in ids:
-        ids.append(first_special)
-    if not ids:
-        raise ExportError("the tokenizer has no EOS and its chat template ends turns with no special token")
-    return ids
-
-
 def save_merged(
     merged: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out_dir: Path, tokenizer_sources: list[str | Path]
 ) -> Path:
     """safetensors weights, the tokenizer with its chat template, and a generation config that stops at
     every end id. tokenizer_sources are where the tokenizer was loaded from (adapter, then base)."""
-    stops = end_ids(tokenizer)
+    stops = models.end_ids(tokenizer)
     merged.generation_config.eos_token_id = stops if len(stops) > 1 else stops[0]
     merged.generation_config.pad_token_id = tokenizer.pad_token_id
     merged.save_pretrained(str(out_dir), safe_serialization=True)
@@ -235,7 +219,7 @@ def context_length(model_dir: Path, cap: int = 4096) -> int:
 def write_gguf(merged_dir: Path, out_dir: Path, inputs: Inputs, params: ExportParams) -> tuple[dict, pd.DataFrame]:
     """Each GGUF type of params as out_dir/NAME-TYPE.gguf, made by llama.cpp's converter from the merged
     directory, and checked against the HF tokenizer before anything else reads it (GGUFError otherwise)."""
-    stops = end_ids(inputs.reference.tokenizer)
+    stops = models.end_ids(inputs.reference.tokenizer)
     files, checked = {}, []
     for outtype in tqdm(params.gguf, desc="GGUF"):
         path = gguf.convert(merged_dir, outtype, out_dir / f"{params.name}-{outtype}.gguf")
@@ -318,7 +302,7 @@ def write_modelfile(files: dict[str, Path], inputs: Inputs, params: ExportParams
     if params.modelfile is None:
         return None
     tokenizer = inputs.reference.tokenizer
-    text = gguf.modelfile(files[params.modelfile].name, tokenizer, end_ids(tokenizer), context)
+    text = gguf.modelfile(files[params.modelfile].name, tokenizer, models.end_ids(tokenizer), context)
     path = files[params.modelfile].parent / "Modelfile"
     write_atomic(path, text)
     return path

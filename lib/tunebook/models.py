@@ -52,16 +52,52 @@ def adds_bos_eos(tokenizer: PreTrainedTokenizerBase) -> tuple[bool, bool]:
     return bos is not None and probe[:1] == [bos], eos is not None and probe[-1:] == [eos]
 
 
-def load_model(name: str, base: str, adapter: str | Path | None = None) -> LoadedModel:
+def turn_end_id(tokenizer: PreTrainedTokenizerBase) -> int:
+    """The token that ends an assistant turn in the chat template: the first special token written after the
+    answer (<|im_end|>, <|eot_id|>, <end_of_turn>, <|end|>...), or EOS where the template ends turns with it."""
+    probe = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "ANSWER"}]
+    rendered = tokenizer.apply_chat_template(probe, tokenize=False)
+    after = rendered[rendered.rindex("ANSWER") + len("ANSWER") :]
+    # Tokens added as special for a template are not among all_special_ids.
+    special = set(tokenizer.all_special_ids) | {i for i, t in tokenizer.added_tokens_decoder.items() if t.special}
+    found = next((t for t in tokenizer(after, add_special_tokens=False)["input_ids"] if t in special), None)
+    if found is None and tokenizer.eos_token_id is None:
+        raise ValueError("the tokenizer has no EOS and its chat template ends turns with no special token")
+    return found if found is not None else tokenizer.eos_token_id
+
+
+def end_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """The ids generation stops at: the end of an assistant turn, and EOS (Llama 3 ends a turn with <|eot_id|>,
+    not its EOS <|end_of_text|>; Gemma with <end_of_turn>)."""
+    ids = [turn_end_id(tokenizer)]
+    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
+        ids.append(tokenizer.eos_token_id)
+    return ids
+
+
+def load_base(base: str, tokenizer: PreTrainedTokenizerBase, **kwargs) -> PreTrainedModel:
+    """A base model sized for the tokenizer it is used with: a template that brought new tokens (ChatML on a
+    base model) needs their embedding rows, which the adapter then fills with the trained ones."""
+    model = AutoModelForCausalLM.from_pretrained(base, **kwargs, **pretrained_options())
+    if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+        model.resize_token_embeddings(len(tokenizer))
+    return model
+
+
+def load_model(
+    name: str, base: str, adapter: str | Path | None = None, tokenizer_dir: str | Path | None = None
+) -> LoadedModel:
     """A base model, optionally with a PEFT adapter on top.
 
-    The tokenizer (and so the chat template) comes from the adapter directory when it has one: the
-    template a model was trained with is the one it is evaluated and served with.
+    The tokenizer (and so the chat template) comes from the adapter directory when it has one, or from
+    tokenizer_dir (the base evaluated with the template its fine-tune was trained with): the template a
+    model was trained with is the one it is evaluated and served with.
     """
-    tokenizer_source = adapter if adapter and (Path(adapter) / "tokenizer_config.json").exists() else base
+    tokenizer_source = next((d for d in (adapter, tokenizer_dir) if d and (Path(d) / "tokenizer_config.json").exists()),
+                            base)  # fmt: skip
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_source, **pretrained_options(weights=False))
     dtype = torch.bfloat16 if device().type == "cuda" else torch.float32
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype, **pretrained_options())
+    model = load_base(base, tokenizer, dtype=dtype)
     if adapter:
         from peft import PeftModel  # peft is inference-safe; only imported when an adapter is used
 
@@ -91,10 +127,10 @@ def generate(
     as eager here, and much faster on a GPU.
     """
     tokenizer = loaded.tokenizer
-    eos_id = tokenizer.eos_token_id
-    # Many base models ship without a pad token; eos can pad instead, as the attention mask hides padding
-    # whatever its id.
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_id
+    stops = end_ids(tokenizer)
+    # Many base models ship without a pad token; an end id can pad instead, as the attention mask hides
+    # padding whatever its id.
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[-1]
     prompts = tokenizer.apply_chat_template(conversations, add_generation_prompt=True, tokenize=False)
     prompt_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
     # Batches of similar lengths pad little, and longest first makes the batch that needs the most memory
@@ -113,14 +149,14 @@ def generate(
             max_new_tokens=max_new_tokens,
             **({"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}),
             pad_token_id=pad_id,
-            eos_token_id=eos_id,
+            eos_token_id=stops,
         )
         new_tokens = output[:, input_ids.shape[1] :]
-        # A row that ends before the rest of its batch is padded after its eos: decoding skips both, and
-        # the eos alone says that the row stopped.
+        # A row that ends before the rest of its batch is padded after its end id: decoding skips both, and
+        # the end id alone says that the row stopped.
         texts = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
         for row, tokens, text in zip(rows, new_tokens.tolist(), texts, strict=True):
-            answers[row] = Generation(text.strip(), eos_id in tokens)
+            answers[row] = Generation(text.strip(), any(t in stops for t in tokens))
     return [answers[i] for i in range(len(conversations))]
 
 

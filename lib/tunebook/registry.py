@@ -44,15 +44,18 @@ def register(run_id: str, stage: str, entry: dict) -> str:
 
 
 def resolve(name: str, run_id: str) -> dict:
-    """{'name', 'base_model', 'adapter', 'identity'} for a model name as params and notebooks write it. The
-    identity is the content hash of the weights it names (None for an entry recorded without hashes)."""
+    """{'name', 'base_model', 'adapter', 'tokenizer', 'identity'} for a model name as params and notebooks write
+    it. The identity is the content hash of the weights it names (None for an entry recorded without hashes).
+    `base` is prompted with the chat template its fine-tune was trained with (`tokenizer`: where that is), so
+    base and fine-tune answer the same prompts, even for a base model that had no template of its own."""
     models = entries()
     if name == "base":
         trained = models.get(f"{run_id}:sft")
         if trained is None:
             raise RegistryError(f"'base' is the base of run {run_id}'s SFT model, and run {run_id} has none")
         identity = trained.get("base_hash")
-        return {"name": "base", "base_model": trained["base_model"], "adapter": None, "identity": identity}
+        return {"name": "base", "base_model": trained["base_model"], "adapter": None,
+                "tokenizer": trained.get("adapter") or trained.get("model_dir"), "identity": identity}  # fmt: skip
     key = name if ":" in name else f"{run_id}:{name}"
     if key not in models:
         known = ", ".join(sorted(models)) or "none yet"
@@ -65,4 +68,4 @@ def resolve(name: str, run_id: str) -> dict:
         hashes = (entry.get("base_hash"), entry.get("output_hash"))
         identity = "+".join(hashes) if all(hashes) else None
     return {"name": name, "base_model": entry.get("model_dir") or entry["base_model"], "adapter": entry["adapter"],
-            "identity": identity}  # fmt: skip
+            "tokenizer": None, "identity": identity}  # fmt: skip

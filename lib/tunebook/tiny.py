@@ -39,6 +39,7 @@ from transformers import (
 )
 
 from tunebook import paths
+from tunebook.chat import CHATML
 from tunebook.params import TinyParams
 
 # Bump when a change here would build a different model from the same corpus and params.
@@ -46,21 +47,6 @@ BUILD_VERSION = 2
 
 IM_START, IM_END = "<|im_start|>", "<|im_end|>"
 UNK, BOS, PAD = "<unk>", "<s>", "<pad>"
-
-# ChatML. The assistant's content and its <|im_end|> sit inside {% generation %} so that an
-# assistant-only loss teaches the model to end its turn; the newline after it is not trained.
-CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\\n' }}"
-    "{% if message['role'] == 'assistant' %}"
-    "{% generation %}{{ message['content'] + '<|im_end|>' }}{% endgeneration %}"
-    "{% else %}"
-    "{{ message['content'] + '<|im_end|>' }}"
-    "{% endif %}"
-    "{{ '\\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
-)
 
 
 def build_tiny(texts: list[str], models_dir: Path, cfg: TinyParams, progress: bool = True) -> Path:
@@ -183,7 +169,7 @@ def train_tokenizer(texts: list[str], out_dir: Path, cfg: TinyParams) -> PreTrai
         "extra_special_tokens": [IM_START],
         "clean_up_tokenization_spaces": False,
         "model_max_length": cfg.context_length,
-        "chat_template": CHAT_TEMPLATE,
+        "chat_template": CHATML,  # trains the answer and its <|im_end|>
         "added_tokens_decoder": added_tokens,
     }
     config_text = json.dumps(tokenizer_config, indent=2, ensure_ascii=False) + "\n"

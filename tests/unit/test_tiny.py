@@ -13,8 +13,9 @@ import sentencepiece as spm
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
+from tunebook.chat import CHATML
 from tunebook.params import TinyParams
-from tunebook.tiny import CHAT_TEMPLATE, build_key, build_tiny, tiny_config
+from tunebook.tiny import build_key, build_tiny, tiny_config
 
 STDLIB_MODULES = ("json", "pathlib", "collections", "functools", "itertools", "textwrap")
 CFG = TinyParams(
@@ -124,7 +125,7 @@ def test_tokenizer_saved_by_transformers_still_matches(tiny_dir: Path, tokenizer
     resaved = AutoTokenizer.from_pretrained(tmp_path, local_files_only=True)
     sp = spm.SentencePieceProcessor(model_file=str(tiny_dir / "tokenizer.model"))
     assert [resaved(text)["input_ids"] for text in PARITY_TEXTS] == [sp.encode(text) for text in PARITY_TEXTS]
-    assert resaved.chat_template == CHAT_TEMPLATE
+    assert resaved.chat_template == CHATML
     assert (resaved.eos_token, resaved.pad_token) == ("<|im_end|>", "<pad>")
 
 
@@ -135,7 +136,7 @@ def test_chat_markers_and_special_tokens(tiny_dir: Path, tokenizer) -> None:
     assert tokenizer.eos_token == "<|im_end|>"
     assert tokenizer.pad_token_id is not None and tokenizer.pad_token_id != tokenizer.eos_token_id
     assert tokenizer.bos_token == "<s>"
-    assert tokenizer.chat_template == CHAT_TEMPLATE
+    assert tokenizer.chat_template == CHATML
     assert tokenizer.decode([im_start, im_end], skip_special_tokens=True) == ""
 
     generation = GenerationConfig.from_pretrained(tiny_dir, local_files_only=True)
