@@ -355,7 +355,7 @@ def train_dpo(params: DpoParams, run_id: str, pairs_dir: Path, out_dir: Path, se
     """TRL's DPOTrainer on the SFT adapter, its frozen copy as the reference."""
     from datasets import Dataset
     from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
+    from transformers import AutoTokenizer, set_seed
     from trl import DPOConfig, DPOTrainer
 
     from tunebook.sft import precision
@@ -372,7 +372,7 @@ def train_dpo(params: DpoParams, run_id: str, pairs_dir: Path, out_dir: Path, se
     if not train:
         raise DpoError("no training pairs (all were held out for validation): lower dpo.val_fraction")
     set_seed(seed)
-    base = AutoModelForCausalLM.from_pretrained(entry["base_model"], dtype=torch.float32, **models.pretrained_options())
+    base = models.load_base(entry["base_model"], tokenizer, dtype=torch.float32)
     model = PeftModel.from_pretrained(base, entry["adapter"], is_trainable=True)
     dtype = precision(params.precision)
     trainer = DPOTrainer(

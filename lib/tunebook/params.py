@@ -200,6 +200,8 @@ class SftParams(Strict):
     # chat: the generate stage's question/answer rows; text: continued pre-training on the corpus chunks
     task: Literal["chat", "text"] = "chat"
     method: Literal["lora", "qlora", "full"] = "lora"  # full: every weight trained, for small models
+    # auto, a family name (chatml, llama3, qwen2_5, gemma, phi3...) or a .jinja file: see tunebook.chat
+    chat_template: str = "auto"
     lora_r: int = Field(16, ge=1)
     lora_alpha: int = Field(32, ge=1)
     lora_dropout: float = Field(0.05, ge=0, lt=1)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -20,7 +19,6 @@ from peft import LoraConfig
 from torch.utils.tensorboard import SummaryWriter
 from transformers import (
     AutoConfig,
-    AutoModelForCausalLM,
     AutoTokenizer,
     BitsAndBytesConfig,
     PreTrainedModel,
@@ -32,66 +30,39 @@ from transformers.integrations import TensorBoardCallback
 from transformers.trainer_utils import get_last_checkpoint
 from trl import SFTConfig, SFTTrainer
 
-from tunebook import plan, registry
+from tunebook import chat, plan, registry
 from tunebook.files import hash_tree, sha256_text, write_atomic
 from tunebook.generate import read_card, read_split
 from tunebook.ingest import Chunk
-from tunebook.models import pretrained_options
+from tunebook.models import load_base, pretrained_options
 from tunebook.params import SftParams, accelerate_config_path
 from tunebook.servers import free_port
 
 
-class TemplateError(ValueError):
-    """A chat template that assistant-only loss cannot train correctly; the message says what to fix."""
+def prepare_template(tokenizer: PreTrainedTokenizerBase, setting: str, conversations: list[list[dict]]
+                     ) -> tuple[chat.ChatTemplate, chat.TokenMask]:  # fmt: skip
+    """The chat template SFT trains with (sft.chat_template), given to the tokenizer, and the loss mask of the
+    first training example. Checked before any compute: a template TRL swapped in for the model's own must
+    render the training examples exactly as the model's own does (so the model is prompted at inference as it
+    was trained), and the loss must train the answer and its end-of-turn token and nothing of the prompt."""
+    stock = chat.stock_template(tokenizer)
+    template = chat.choose(tokenizer, setting)
+    if setting == "auto" and stock is not None:
+        chat.check_rendering(stock, template, tokenizer, conversations)
+    chat.apply(tokenizer, template)
+    return template, chat.token_mask(tokenizer, template, conversations[0])
 
 
-@dataclass
-class TokenMask:
-    """One example as the trainer sees it: its tokens, and which of them the loss trains."""
-
-    tokens: list[str]
-    trained: list[bool]
-
-
-_GENERATION_MARKER = re.compile(r"\{%-?\s*generation\s*-?%\}")
-
-
-def check_template(tokenizer: PreTrainedTokenizerBase, messages: list[dict]) -> TokenMask:
-    """Fail before any compute when assistant-only loss would train nothing, everything, or never the end of turn.
-
-    Stock templates often lack {% generation %} markers: the mask is then empty (nothing is trained) or a
-    fallback trains every token. And a template that leaves the end-of-turn token out of the mask gives a
-    model that never stops talking.
-    """
-    template = tokenizer.chat_template
-    if not template:
-        raise TemplateError("the tokenizer has no chat template: set one with {% generation %} markers")
-    if not _GENERATION_MARKER.search(template if isinstance(template, str) else template.get("default", "")):
-        raise TemplateError(
-            "the chat template has no {% generation %} markers, so the assistant-only loss mask is empty and nothing "
-            "would be trained: use a template that wraps each assistant turn and its end-of-turn token in "
-            "{% generation %}...{% endgeneration %}"
-        )
-    encoded = tokenizer.apply_chat_template(
-        messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True
-    )
-    ids, mask = encoded["input_ids"], [bool(m) for m in encoded["assistant_masks"]]
-    if not any(mask):
-        raise TemplateError(
-            "the chat template marks no assistant token in a training example: nothing would be trained"
-        )
-    if all(mask):
-        raise TemplateError("the chat template marks every token as the assistant's: the prompts would be trained too")
-    if tokenizer.eos_token_id not in {token for token, trained in zip(ids, mask, strict=True) if trained}:
-        raise TemplateError(
-            f"the end-of-turn token {tokenizer.eos_token!r} is not among the trained tokens: the model would never "
-            "learn to stop; move it inside {% generation %}...{% endgeneration %}"
-        )
-    return TokenMask(tokenizer.convert_ids_to_tokens(ids), mask)
+# Training examples whose rendering a swapped-in template is checked on: the rows differ in content only.
+TEMPLATE_CHECKS = 32
 
 
 class TrainingDiverged(RuntimeError):
     pass
+
+
+class PackingError(ValueError):
+    """Packed examples would attend to each other under this attention backend."""
 
 
 class StopOnNonFinite(TrainerCallback):
@@ -121,7 +92,7 @@ def check_packing_isolation(model: PreTrainedModel, tolerance: float = 1e-4) -> 
         together = model(input_ids=packed.to(device), position_ids=positions.to(device), use_cache=False).logits[0, 8:]
     gap = (alone.float() - together.float()).abs().max().item()
     if gap > tolerance * max(1.0, alone.float().abs().max().item()):
-        raise TemplateError(
+        raise PackingError(
             f"with {model.config._attn_implementation!r} attention, packed examples attend to each other (logits "
             f"differ by {gap:.3g}): set sft.packing=false, or use an attention backend that honours position ids"
         )
@@ -168,6 +139,7 @@ class SftResult:
     trainable_params: int
     total_params: int
     resumed_from: str | None = None  # the checkpoint an interrupted run was resumed from
+    chat_template: dict | None = None  # the template trained with (chat.ChatTemplate.record); None for `text`
 
 
 @dataclass
@@ -210,9 +182,10 @@ def train_sft(
     # Seed before the model exists: SFTTrainer initialises the LoRA weights before Trainer seeds anything.
     set_seed(seed)
     tokenizer = AutoTokenizer.from_pretrained(base_model, **pretrained_options(weights=False))
+    template = None
     if params.task == "chat":
-        check_template(tokenizer, data.train[0]["messages"])
-    model = AutoModelForCausalLM.from_pretrained(base_model, **_load_kwargs(params), **pretrained_options())
+        template, _ = prepare_template(tokenizer, params.chat_template, data.train["messages"][:TEMPLATE_CHECKS])
+    model = load_base(base_model, tokenizer, **_load_kwargs(params))
     if params.packing:
         check_packing_isolation(model)
     tensorboard = SummaryWriter(log_dir=str(out_dir / "tensorboard")) if state.is_main_process else None
@@ -260,7 +233,8 @@ def train_sft(
     trainable, total = _count_parameters(trainer.model)
     history = _history(trainer.state.log_history)
     write_atomic(out_dir / "log_history.json", json.dumps(trainer.state.log_history, indent=1) + "\n")
-    return SftResult(output_dir, base_model, base_hash, history, metrics, trainable, total, resumed_from=checkpoint)
+    return SftResult(output_dir, base_model, base_hash, history, metrics, trainable, total, resumed_from=checkpoint,
+                     chat_template=template.record() if template else None)  # fmt: skip
 
 
 def _start_wandb(params: SftParams, out_dir: Path):
@@ -367,11 +341,13 @@ def memory_comparison(params: SftParams, base_model: str, result: SftResult) -> 
     return pd.DataFrame(rows).round(3).fillna("")
 
 
-def template_check(base_model: str, data: TrainingData) -> TokenMask | None:
-    """The template check on the first training example, as train_sft runs it, for the report (chat only)."""
+def template_check(params: SftParams, base_model: str, data: TrainingData
+                   ) -> tuple[chat.ChatTemplate, chat.TokenMask] | None:  # fmt: skip
+    """The template train_sft chooses and its check on the first training example, for the report (chat only)."""
     if "messages" not in data.train.column_names:
         return None
-    return check_template(AutoTokenizer.from_pretrained(base_model), data.train[0]["messages"])
+    tokenizer = AutoTokenizer.from_pretrained(base_model, **pretrained_options(weights=False))
+    return prepare_template(tokenizer, params.chat_template, data.train["messages"][:TEMPLATE_CHECKS])
 
 
 def register_model(run_id: str, result: SftResult, params: SftParams, data: TrainingData) -> str:
@@ -386,6 +362,7 @@ def register_model(run_id: str, result: SftResult, params: SftParams, data: Trai
         "params": params.model_dump(),
         "metrics": result.metrics,
         "trainable_params": result.trainable_params,
+        "chat_template": result.chat_template,
     }
     write_atomic(result.output_dir / "README.md", _model_card(run_id, entry))
     entry["output_hash"] = hash_tree(result.output_dir)

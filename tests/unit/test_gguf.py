@@ -44,7 +44,7 @@ def merged_dir(tiny_model, lora_adapter, reference, tmp_path_factory):
 
 def test_the_tiny_models_gguf_reads_its_tokenizer_as_transformers_does(tiny_model, tiny_gguf):
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)
-    checked = gguf.check_tokenizer(tiny_gguf, tokenizer, PROMPTS, export.end_ids(tokenizer))
+    checked = gguf.check_tokenizer(tiny_gguf, tokenizer, PROMPTS, models.end_ids(tokenizer))
     assert checked["prompts tokenized alike"] == len(PROMPTS) and checked["stops at"] == ["<|im_end|>"]
     assert checked["adds BOS"] is False
 
@@ -58,7 +58,7 @@ def test_a_merged_gguf_computes_what_base_plus_adapter_computes(merged_dir, refe
         "<|im_start|>",
         "<|im_end|>",
     }
-    stops = export.end_ids(reference.tokenizer)
+    stops = models.end_ids(reference.tokenizer)
     agreement = {}
     for outtype in ("f16", "q8_0"):
         path = gguf.convert(merged_dir, outtype, tmp_path / f"m-{outtype}.gguf")
@@ -82,7 +82,7 @@ def test_a_tokenizer_saved_as_transformers_saves_it_is_caught_before_any_answer(
     reference.tokenizer.save_pretrained(str(bare))
     path = gguf.convert(bare, "f16", tmp_path / "bare.gguf")
     with pytest.raises(gguf.GGUFError, match="llama.cpp (tokenizes the prompt|adds the BOS)"):
-        gguf.check_tokenizer(path, reference.tokenizer, PROMPTS, export.end_ids(reference.tokenizer))
+        gguf.check_tokenizer(path, reference.tokenizer, PROMPTS, models.end_ids(reference.tokenizer))
 
 
 def test_a_bos_the_model_never_saw_is_caught(merged_dir, reference, tmp_path):
@@ -94,7 +94,7 @@ def test_a_bos_the_model_never_saw_is_caught(merged_dir, reference, tmp_path):
     (with_bos / "tokenizer_config.json").write_text(json.dumps({**config, "add_bos_token": True}))
     path = gguf.convert(with_bos, "f16", tmp_path / "with-bos.gguf")
     with pytest.raises(gguf.GGUFError, match="llama.cpp adds the BOS token that transformers omits"):
-        gguf.check_tokenizer(path, reference.tokenizer, PROMPTS, export.end_ids(reference.tokenizer))
+        gguf.check_tokenizer(path, reference.tokenizer, PROMPTS, models.end_ids(reference.tokenizer))
 
 
 def test_a_failed_conversion_quotes_its_log_and_leaves_no_file(tmp_path):
@@ -114,7 +114,7 @@ def test_a_missing_converter_says_how_to_get_it(monkeypatch, tmp_path):
 
 def test_the_modelfile_template_renders_the_chat_template_and_stops_at_the_end_of_turn(tiny_model):
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)
-    text = gguf.modelfile("m-q8_0.gguf", tokenizer, export.end_ids(tokenizer), 256)
+    text = gguf.modelfile("m-q8_0.gguf", tokenizer, models.end_ids(tokenizer), 256)
     assert gguf.chat_format(tokenizer).name == "chatml"
     lines = text.splitlines()
     assert "FROM ./m-q8_0.gguf" in lines and 'PARAMETER stop "<|im_end|>"' in lines

@@ -3,53 +3,13 @@
 from pathlib import Path
 
 import pytest
-from transformers import AutoTokenizer
 
-from tunebook import plots
-from tunebook.sft import TemplateError, check_template
-from tunebook.tiny import CHAT_TEMPLATE
+from tunebook.sft import PackingError
 
 MESSAGES = [
     {"role": "user", "content": "What does `json.dumps` do?"},
     {"role": "assistant", "content": "Serialize obj to a JSON formatted str."},
 ]
-
-
-@pytest.fixture
-def tokenizer(tiny_model):
-    return AutoTokenizer.from_pretrained(tiny_model)
-
-
-def test_the_tiny_template_trains_the_answer_and_its_end_of_turn_only(tokenizer):
-    mask = check_template(tokenizer, MESSAGES)
-    trained = "".join(t for t, keep in zip(mask.tokens, mask.trained, strict=True) if keep)
-    assert trained.replace("▁", " ") == "Serialize obj to a JSON formatted str.<|im_end|>"
-    assert plots.token_mask(mask.tokens, mask.trained).axes  # the report's picture of it
-
-
-def test_a_template_without_generation_markers_is_refused(tokenizer):
-    tokenizer.chat_template = CHAT_TEMPLATE.replace("{% generation %}", "").replace("{% endgeneration %}", "")
-    with pytest.raises(TemplateError, match=r"no \{% generation %\} markers.*nothing"):
-        check_template(tokenizer, MESSAGES)
-
-
-def test_an_end_of_turn_left_out_of_the_mask_is_refused(tokenizer):
-    tokenizer.chat_template = CHAT_TEMPLATE.replace(
-        "{% generation %}{{ message['content'] + '<|im_end|>' }}{% endgeneration %}",
-        "{% generation %}{{ message['content'] }}{% endgeneration %}{{ '<|im_end|>' }}",
-    )
-    with pytest.raises(TemplateError, match=r"end-of-turn token '<\|im_end\|>' is not among the trained tokens"):
-        check_template(tokenizer, MESSAGES)
-
-
-def test_a_template_marking_everything_is_refused(tokenizer):
-    tokenizer.chat_template = (
-        "{% generation %}"
-        + CHAT_TEMPLATE.replace("{% generation %}", "").replace("{% endgeneration %}", "")
-        + "{% endgeneration %}"
-    )
-    with pytest.raises(TemplateError, match="every token"):
-        check_template(tokenizer, MESSAGES)
 
 
 def test_a_non_finite_loss_stops_training_naming_the_step():
@@ -217,7 +177,7 @@ def test_packed_examples_must_not_see_each_other(tiny_model, monkeypatch):
     check_packing_isolation(model)  # sdpa masks packed rows by their position ids
     # An attention backend blind to position-id boundaries lets the second example see the first.
     monkeypatch.setattr(masking_utils, "find_packed_sequence_indices", lambda position_ids: None)
-    with pytest.raises(TemplateError, match="packed examples attend to each other"):
+    with pytest.raises(PackingError, match="packed examples attend to each other"):
         check_packing_isolation(model)
 
 
