@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import jinja2
 import numpy as np
 import pandas as pd
 import torch
@@ -234,25 +235,110 @@ def parity(
 # --- Ollama -----------------------------------------------------------------------------------------------
 
 
+EOS = "{eos}"  # where a TEMPLATE writes the tokenizer's EOS token
+
+
 @dataclass(frozen=True)
 class ChatFormat:
     """A chat format Ollama can be given: its Go TEMPLATE, and the same format rendered in Python, which
-    must reproduce the model's own chat template exactly before the TEMPLATE is trusted."""
+    must reproduce the model's own chat template exactly before the TEMPLATE is trusted.
+
+    Both take the messages as Ollama hands them to a TEMPLATE (`_collate`), and neither writes the BOS token;
+    starts_with_bos says whether the model's template does. Ollama's tokenizer, like llama.cpp's, puts BOS in
+    front of every prompt when the model's tokenizer adds it, so the TEMPLATE writes BOS only when the
+    tokenizer does not: written twice, the model would be prompted with two."""
 
     name: str
-    template: str
-    render: Callable[[list[dict]], str]
+    template: str  # Go text/template, as Ollama executes it; EOS stands for the tokenizer's eos token
+    render: Callable[[list[dict], str], str]  # (messages, eos token) -> the prompt that follows any BOS
+    starts_with_bos: bool = False
+
+    def prompt(self, messages: list[dict], bos: str, eos: str) -> str:
+        """The text Ollama prompts the model with for these messages, BOS included."""
+        return (bos if self.starts_with_bos else "") + self.render(_collate(messages), eos)
+
+    def ollama_template(self, bos: str, eos: str, adds_bos: bool) -> str:
+        """The TEMPLATE for a tokenizer with these BOS and EOS tokens, which adds BOS to text or not."""
+        return (bos if self.starts_with_bos and not adds_bos else "") + self.template.replace(EOS, eos)
 
 
-def _chatml(messages: list[dict]) -> str:
+def _collate(messages: list[dict]) -> list[dict]:
+    """The messages as Ollama hands them to a TEMPLATE: consecutive messages of one role (tool results
+    aside) merged into one, their contents joined by a blank line."""
+    collated: list[dict] = []
+    for message in messages:
+        if collated and collated[-1]["role"] == message["role"] != "tool":
+            collated[-1] = {**collated[-1], "content": f"{collated[-1]['content']}\n\n{message['content']}"}
+        else:
+            collated.append(message)
+    return collated
+
+
+def _fold_system(messages: list[dict]) -> list[dict]:
+    """Gemma's and Mistral's templates refuse a system turn, but Ollama's clients send one all the same. A role
+    the model never saw would be worse than the instruction in the user's words: it opens the next user turn."""
+    folded, system = [], ""
+    for message in messages:
+        if message["role"] == "system":
+            system = message["content"]
+        elif message["role"] == "user" and system:
+            folded.append({**message, "content": f"{system}\n\n{message['content']}"})
+            system = ""
+        else:
+            folded.append(message)
+    return folded
+
+
+# In the TEMPLATEs below, a system message's text opens the next user turn (as _fold_system does).
+_FOLD_SYSTEM = '{{ if $system }}{{ $system }}\n\n{{ $system = "" }}{{ end }}'
+QWEN_SYSTEM = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."  # when none is given
+LLAMA3_1_SYSTEM = "Cutting Knowledge Date: December 2023\nToday Date: 26 Jul 2024\n\n"  # the template's own date
+
+
+def _chatml(messages: list[dict], eos: str) -> str:
     return "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages) + "<|im_start|>assistant\n"
 
 
-def _llama3(messages: list[dict]) -> str:
+def _qwen2_5(messages: list[dict], eos: str) -> str:
+    has_system = bool(messages) and messages[0]["role"] == "system"
+    return _chatml(messages if has_system else [{"role": "system", "content": QWEN_SYSTEM}, *messages], eos)
+
+
+def _llama3(messages: list[dict], eos: str) -> str:
     turns = "".join(f"<|start_header_id|>{m['role']}<|end_header_id|>\n\n{m['content']}<|eot_id|>" for m in messages)
-    return f"<|begin_of_text|>{turns}<|start_header_id|>assistant<|end_header_id|>\n\n"
+    return f"{turns}<|start_header_id|>assistant<|end_header_id|>\n\n"
 
 
+def _llama3_1(messages: list[dict], eos: str) -> str:
+    has_system = bool(messages) and messages[0]["role"] == "system"
+    system = messages[0]["content"] if has_system else ""
+    header = f"<|start_header_id|>system<|end_header_id|>\n\n{LLAMA3_1_SYSTEM}{system}<|eot_id|>"
+    return header + _llama3(messages[1:] if has_system else messages, eos)
+
+
+def _gemma(messages: list[dict], eos: str) -> str:
+    roles = {"assistant": "model"}
+    turns = "".join(f"<start_of_turn>{roles.get(m['role'], m['role'])}\n{m['content']}<end_of_turn>\n"
+                    for m in _fold_system(messages))  # fmt: skip
+    return turns + "<start_of_turn>model\n"
+
+
+def _mistral(messages: list[dict], eos: str) -> str:
+    turns = {"user": ("[INST] ", " [/INST]"), "assistant": ("", eos)}  # what goes before and after the content
+    return "".join(turns[m["role"]][0] + m["content"] + turns[m["role"]][1]
+                   for m in _fold_system(messages) if m["role"] in turns)  # fmt: skip
+
+
+def _phi3(messages: list[dict], eos: str) -> str:
+    turns = "".join(f"<|{m['role']}|>\n{m['content']}<|end|>\n" for m in messages
+                    if m["role"] in ("system", "user", "assistant"))  # fmt: skip
+    return turns + "<|assistant|>\n"
+
+
+# One format per family, told apart by what they render, never by a model's name. What no TEMPLATE can do:
+# Llama 3 and Gemma trim each message, and Go templates have no trim, so a message sent through Ollama with
+# spaces or newlines around it keeps them; tools are not written (tunebook sends none); Llama 3.2's template
+# writes today's date, which Ollama's TEMPLATE cannot, so it matches no format and is refused.
 CHAT_FORMATS = (
     ChatFormat(
         "chatml",
@@ -260,29 +346,84 @@ CHAT_FORMATS = (
         _chatml,
     ),
     ChatFormat(
+        "qwen2_5",
+        '{{ if or (not .Messages) (ne (index .Messages 0).Role "system") }}'
+        "<|im_start|>system\n" + QWEN_SYSTEM + "<|im_end|>\n{{ end }}"
+        "{{ range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n{{ end }}<|im_start|>assistant\n",
+        _qwen2_5,
+    ),
+    ChatFormat(
         "llama3",
-        "<|begin_of_text|>{{- range .Messages }}<|start_header_id|>{{ .Role }}<|end_header_id|>\n\n"
-        "{{ .Content }}<|eot_id|>{{ end }}<|start_header_id|>assistant<|end_header_id|>\n\n",
+        "{{ range .Messages }}<|start_header_id|>{{ .Role }}<|end_header_id|>\n\n{{ .Content }}<|eot_id|>{{ end }}"
+        "<|start_header_id|>assistant<|end_header_id|>\n\n",
         _llama3,
+        starts_with_bos=True,
+    ),
+    ChatFormat(
+        "llama3_1",
+        f"<|start_header_id|>system<|end_header_id|>\n\n{LLAMA3_1_SYSTEM}"
+        '{{ if and .Messages (eq (index .Messages 0).Role "system") }}{{ (index .Messages 0).Content }}{{ end }}'
+        '<|eot_id|>{{ range $i, $m := .Messages }}{{ if or $i (ne $m.Role "system") }}'
+        "<|start_header_id|>{{ $m.Role }}<|end_header_id|>\n\n{{ $m.Content }}<|eot_id|>{{ end }}{{ end }}"
+        "<|start_header_id|>assistant<|end_header_id|>\n\n",
+        _llama3_1,
+        starts_with_bos=True,
+    ),
+    ChatFormat(
+        "gemma",
+        '{{ $system := "" }}{{ range .Messages }}{{ if eq .Role "system" }}{{ $system = .Content }}{{ else }}'
+        '<start_of_turn>{{ if eq .Role "assistant" }}model{{ else }}{{ .Role }}{{ end }}\n'
+        '{{ if eq .Role "user" }}' + _FOLD_SYSTEM + "{{ end }}"
+        "{{ .Content }}<end_of_turn>\n{{ end }}{{ end }}<start_of_turn>model\n",
+        _gemma,
+        starts_with_bos=True,
+    ),
+    ChatFormat(
+        "mistral",
+        '{{ $system := "" }}{{ range .Messages }}{{ if eq .Role "system" }}{{ $system = .Content }}'
+        '{{ else if eq .Role "user" }}[INST] ' + _FOLD_SYSTEM + "{{ .Content }} [/INST]"
+        '{{ else if eq .Role "assistant" }}{{ .Content }}' + EOS + "{{ end }}{{ end }}",
+        _mistral,
+        starts_with_bos=True,
+    ),
+    ChatFormat(
+        "phi3",
+        '{{ range .Messages }}{{ if or (eq .Role "system") (eq .Role "user") (eq .Role "assistant") }}'
+        "<|{{ .Role }}|>\n{{ .Content }}<|end|>\n{{ end }}{{ end }}<|assistant|>\n",
+        _phi3,
     ),
 )
 
-# Conversations the chat template is rendered on to recognise its format: with and without a system turn,
-# and several turns, since templates differ most at their edges.
+# Conversations the chat template is rendered on to recognise its format, since templates differ most at
+# their edges. Every template must take the first REQUIRED_PROBES; those with a system turn it may refuse
+# (Gemma's and Mistral's raise), and are then left out of the comparison.
 PROBES = (
     [{"role": "user", "content": "Question one?"}],
-    [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Question two?"}],
     [{"role": "user", "content": "First?"}, {"role": "assistant", "content": "Answer."},
      {"role": "user", "content": "Second?"}],
+    [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Question two?"}],
+    [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "First?"},
+     {"role": "assistant", "content": "Answer."}, {"role": "user", "content": "Second?"}],
 )  # fmt: skip
+REQUIRED_PROBES = 2
 
 
 def chat_format(tokenizer: PreTrainedTokenizerBase) -> ChatFormat:
-    """The chat format whose rendering equals the model's chat template on every probe; GGUFError if none
-    does, as an Ollama TEMPLATE that differs from training is the commonest cause of a model that never stops."""
+    """The chat format whose rendering equals the model's chat template on every probe the template takes;
+    GGUFError if none does, as an Ollama TEMPLATE that differs from training is the commonest cause of a model
+    that never stops."""
+    bos, eos = tokenizer.bos_token or "", tokenizer.eos_token or ""
+    expected: list[str | None] = []
+    for i, probe in enumerate(PROBES):
+        try:
+            expected.append(tokenizer.apply_chat_template(list(probe), add_generation_prompt=True, tokenize=False))
+        except jinja2.TemplateError as error:
+            if i < REQUIRED_PROBES:
+                raise GGUFError(f"the model's chat template refuses the conversation {probe} ({error}): "
+                                "tunebook writes no Ollama TEMPLATE for it") from None  # fmt: skip
+            expected.append(None)  # a system turn the template refuses: nothing to compare
     for fmt in CHAT_FORMATS:
-        if all(tokenizer.apply_chat_template(list(p), add_generation_prompt=True, tokenize=False) == fmt.render(p)
-               for p in PROBES):  # fmt: skip
+        if all(text is None or text == fmt.prompt(p, bos, eos) for p, text in zip(PROBES, expected, strict=True)):
             return fmt
     known = ", ".join(f.name for f in CHAT_FORMATS)
     raise GGUFError(f"the model's chat template matches none of the formats tunebook writes an Ollama TEMPLATE for "
@@ -293,11 +434,21 @@ def modelfile(gguf_name: str, tokenizer: PreTrainedTokenizerBase, stop_ids: list
     """An Ollama Modelfile: the GGUF, its chat format as TEMPLATE, a stop at every end-of-turn token, and
     greedy decoding as it was evaluated (Ollama's default repeat_penalty 1.1 would change the answers)."""
     fmt = chat_format(tokenizer)
+    adds_bos, adds_eos = models.adds_bos_eos(tokenizer)
+    # Ollama tokenizes the rendered TEMPLATE as the GGUF says the model's tokenizer does, which tunebook's own
+    # prompts never do: a BOS or EOS the chat template does not write would be added to every prompt.
+    if adds_bos and not fmt.starts_with_bos:
+        raise GGUFError(f"the model's tokenizer puts {tokenizer.bos_token} before text, which its chat template "
+                        f"({fmt.name}) never writes: Ollama would add it to every prompt")  # fmt: skip
+    if adds_eos:
+        raise GGUFError(f"the model's tokenizer puts {tokenizer.eos_token} after text: Ollama would end every "
+                        "prompt with it")  # fmt: skip
+    template = fmt.ollama_template(tokenizer.bos_token or "", tokenizer.eos_token or "", adds_bos)
     stops = "".join(f'PARAMETER stop "{piece}"\n' for piece in tokenizer.convert_ids_to_tokens(stop_ids))
     return (
         f"# Ollama: ollama create NAME -f Modelfile   (chat format: {fmt.name})\n"
         f"FROM ./{gguf_name}\n"
-        f'TEMPLATE """{fmt.template}"""\n'
+        f'TEMPLATE """{template}"""\n'
         f"{stops}"
         "PARAMETER temperature 0\n"
         "PARAMETER repeat_penalty 1\n"
