@@ -151,3 +151,12 @@ def pickled_model(tmp_path: Path) -> Path:
     tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="<unk>").save_pretrained(model_dir)
     return model_dir
+
+
+@pytest.fixture(scope="session")
+def zoo(tmp_path_factory: pytest.TempPathFactory):
+    """The model zoo (tests/unit/zoo.py): zoo("gemma") is the directory of that family's tiny random model, built on
+    first use and shared by the session."""
+    from zoo import builder
+
+    return builder(tmp_path_factory.mktemp("zoo"))
