@@ -137,6 +137,13 @@ def test_base_model_has_no_template_and_builds_alike_every_time(tmp_path, family
     assert digests(base_dir) == digests(again)
 
 
+def test_zoo_fixture_builds_each_variant_once(zoo):
+    assert zoo("mistral") == zoo("mistral")
+    base = zoo("mistral", chat_template=None)
+    assert base != zoo("mistral") and zoo("mistral", chat_template=None) == base
+    assert "chat_template" not in (base / "tokenizer_config.json").read_text()
+
+
 def digests(model_dir: Path) -> dict[str, str]:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(model_dir.iterdir())}
 

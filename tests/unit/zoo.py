@@ -21,6 +21,7 @@ Tokenizer decisions:
 from __future__ import annotations
 
 import functools
+import hashlib
 import inspect
 import io
 import json
@@ -176,10 +177,21 @@ def build(family: str, out_dir: Path, *, chat_template: str | None = STOCK) -> P
     return out_dir
 
 
-def builder(root: Path) -> Callable[[str], Path]:
-    """family -> model directory under root, each built on first use. A directory is named after its family:
-    llama.cpp gives Phi-3's turn tokens their rstrip only when the GGUF's name (the directory's) says phi3."""
-    return functools.cache(lambda family: build(family, root / family))
+def builder(root: Path) -> Callable[..., Path]:
+    """zoo(family, chat_template=STOCK) -> that model's directory under root, built on first use. A directory is
+    named after its family: llama.cpp gives Phi-3's turn tokens their rstrip only when the GGUF's name says phi3."""
+
+    @functools.cache
+    def model_dir(family: str, chat_template: str | None = STOCK) -> Path:
+        if chat_template == STOCK:
+            name = family
+        elif chat_template is None:
+            name = f"{family}-base"
+        else:
+            name = f"{family}-{hashlib.sha256(chat_template.encode()).hexdigest()[:12]}"
+        return build(family, root / name, chat_template=chat_template)
+
+    return model_dir
 
 
 def write_tokenizer(spec: Family, out_dir: Path, chat_template: str | None) -> PreTrainedTokenizerBase:
