@@ -222,7 +222,8 @@ def write_gguf(merged_dir: Path, out_dir: Path, inputs: Inputs, params: ExportPa
     stops = models.end_ids(inputs.reference.tokenizer)
     files, checked = {}, []
     for outtype in tqdm(params.gguf, desc="GGUF"):
-        path = gguf.convert(merged_dir, outtype, out_dir / f"{params.name}-{outtype}.gguf")
+        name = Path(inputs.base_model).name  # llama.cpp reads the family from it (see gguf.convert)
+        path = gguf.convert(merged_dir, outtype, out_dir / f"{params.name}-{outtype}.gguf", name)
         checked.append(gguf.check_tokenizer(path, inputs.reference.tokenizer, inputs.prompts, stops))
         files[outtype] = path
     return files, pd.DataFrame(checked)

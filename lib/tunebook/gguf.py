@@ -54,15 +54,18 @@ def converter() -> Path:
     return script
 
 
-def convert(model_dir: Path, outtype: str, out_path: Path) -> Path:
+def convert(model_dir: Path, outtype: str, out_path: Path, model_name: str | None = None) -> Path:
     """model_dir (safetensors, config, tokenizer) as one GGUF file of outtype; its log lands beside it.
-    The file appears only once it is complete."""
+    The file appears only once it is complete. model_name becomes the GGUF's `general.name` (by default the
+    converter takes the directory's name): llama.cpp keys some tokenizer behaviour on it (Phi-3's whitespace
+    after its control tokens), so a merged model is named after its base."""
     if outtype not in OUTTYPES:
         raise GGUFError(f"GGUF type {outtype!r} is not one of {', '.join(OUTTYPES)}")
     out_path.parent.mkdir(parents=True, exist_ok=True)
     partial = out_path.with_name(out_path.name + ".partial")
     log_path = out_path.with_suffix(".log")
-    command = [sys.executable, str(converter()), str(model_dir), "--outtype", outtype, "--outfile", str(partial)]
+    command = [sys.executable, str(converter()), str(model_dir), "--outtype", outtype, "--outfile", str(partial),
+               *(["--model-name", model_name] if model_name else [])]  # fmt: skip
     with log_path.open("w") as log:
         done = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, check=False)
     if done.returncode != 0:
