@@ -20,7 +20,9 @@ def tokenizer(tiny_model):
 
 
 def trained_text(mask: chat.TokenMask) -> str:
-    return "".join(t for t, keep in zip(mask.tokens, mask.trained, strict=True) if keep).replace("▁", " ")
+    # SentencePiece writes a space as ▁; byte-level BPE (Qwen) writes it as Ġ and a newline as Ċ.
+    text = "".join(t for t, keep in zip(mask.tokens, mask.trained, strict=True) if keep)
+    return text.replace("▁", " ").replace("Ġ", " ").replace("Ċ", "\n")
 
 
 def test_the_tiny_template_is_kept_and_trains_the_answer_and_its_end_of_turn_only(tokenizer):
@@ -94,3 +96,49 @@ def test_a_swapped_in_template_that_renders_otherwise_is_refused(tokenizer):
     with pytest.raises(TemplateError, match=r"renders training example 0 differently"):
         chat.check_rendering(stock, drifted, tokenizer, [MESSAGES])
     chat.check_rendering(stock, chat.ChatTemplate(CHATML, "trl:x", "assistant"), tokenizer, [MESSAGES])
+
+
+# Each zoo family's stock template: the template SFT trains with, its loss, and the token that ends its turn.
+STOCK = {
+    "llama3": ("trl:llama3", "assistant", "<|eot_id|>"),
+    "qwen2_5": ("trl:qwen2_5", "assistant", "<|im_end|>"),
+    "gemma": ("trl:gemma", "assistant", "<end_of_turn>"),
+    "mistral": ("model", "completion", "</s>"),
+    "phi3": ("trl:phi3", "assistant", "<|end|>"),
+}
+CONVERSATIONS = [
+    MESSAGES,
+    [{"role": "system", "content": "Answer briefly."}, *MESSAGES],
+    [*MESSAGES, {"role": "user", "content": "And json.loads?"}, {"role": "assistant", "content": "The reverse."}],
+]
+
+
+@pytest.mark.parametrize("family", STOCK)
+def test_stock_templates_are_accepted_and_prompt_as_at_inference(family, zoo):
+    """The template a stock model trains with renders every prompt and conversation its own template
+    accepts exactly as its own does; the loss trains the answer and the family's end-of-turn token."""
+    stock = AutoTokenizer.from_pretrained(zoo(family))
+    tokenizer = AutoTokenizer.from_pretrained(zoo(family))
+    accepted = []
+    for messages in CONVERSATIONS:
+        try:
+            stock.apply_chat_template(messages, tokenize=False)
+            accepted.append(messages)
+        except Exception:  # noqa: BLE001 - Gemma's and Mistral's templates refuse a system turn
+            continue
+    template, mask = prepare_template(tokenizer, "auto", accepted)
+    assert (template.source, template.loss) == STOCK[family][:2]
+    assert template.added_tokens == []
+    for messages in accepted:
+        for part, kwargs in ((messages[:-1], {"add_generation_prompt": True}), (messages, {})):
+            assert tokenizer.apply_chat_template(part, tokenize=False, **kwargs) == stock.apply_chat_template(
+                part, tokenize=False, **kwargs
+            )
+    trained = trained_text(mask)
+    # The answer, then the token ending its turn; what follows it (a newline, Phi-3's EOS) may be trained too.
+    assert trained.strip().startswith("Serialize obj to a JSON formatted str." + STOCK[family][2])
+    assert "json.dumps" not in trained
+    from tunebook.models import end_ids
+
+    assert end_ids(tokenizer)[0] == tokenizer.convert_tokens_to_ids(STOCK[family][2])
+    assert plots.token_mask(mask.tokens, mask.trained).axes
