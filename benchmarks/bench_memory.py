@@ -53,8 +53,9 @@ def worker(method: str, model_dir: str, out_dir: str) -> None:
         for i in range(32)
     ]  # fmt: skip
     data = TrainingData(Dataset.from_list(rows), Dataset.from_list([]), "bench", Path(out_dir), [])
-    params = SftParams(method=method, precision="bf16", batch_size=1, max_length=64, max_steps=4,
-                       save_steps=10**6, eval_steps=10**6, logging_steps=1)  # fmt: skip
+    trainer = {"per_device_train_batch_size": 1, "max_length": 64, "max_steps": 4, "save_steps": 10**6,
+               "eval_steps": 10**6, "logging_steps": 1}  # fmt: skip
+    params = SftParams(method=method, precision="bf16", trainer=trainer)
     result = train_sft(params, model_dir, data, Path(out_dir), seed=0, progress=False)
     print(json.dumps({"peak_memory_gb": result.metrics["peak_memory_gb"], "trainable": result.trainable_params}))
 

@@ -42,8 +42,10 @@ def plain_trl(model_dir: str, dataset, sft, steps: int, out_dir: Path) -> float:
     """The recipe from TRL's docs, padding to max_length; returns real tokens/s."""
     set_seed(0)
     args = SFTConfig(
-        output_dir=str(out_dir), max_steps=steps, per_device_train_batch_size=sft.batch_size,
-        learning_rate=sft.learning_rate, max_length=sft.max_length, pad_to_multiple_of=sft.max_length,
+        output_dir=str(out_dir), max_steps=steps,
+        per_device_train_batch_size=sft.trainer["per_device_train_batch_size"],
+        learning_rate=sft.trainer["learning_rate"], max_length=sft.trainer["max_length"],
+        pad_to_multiple_of=sft.trainer["max_length"],
         assistant_only_loss=True, include_num_input_tokens_seen="non_padding", logging_steps=steps,
         save_strategy="no", report_to="none", use_cpu=True, disable_tqdm=True,
         # TRL defaults these on (bf16 even on a CPU); off, as in tunebook's run, so padding is the only difference.
@@ -55,7 +57,7 @@ def plain_trl(model_dir: str, dataset, sft, steps: int, out_dir: Path) -> float:
         train_dataset=dataset,
         processing_class=AutoTokenizer.from_pretrained(model_dir),
         peft_config=LoraConfig(
-            r=sft.lora_r, lora_alpha=sft.lora_alpha, target_modules="all-linear", task_type="CAUSAL_LM"
+            r=sft.lora["r"], lora_alpha=sft.lora["lora_alpha"], target_modules="all-linear", task_type="CAUSAL_LM"
         ),  # fmt: skip
     )
     trainer.train()
@@ -74,12 +76,16 @@ def main() -> None:
     texts = [d.text for d in ingest.read_documents(scratch / "corpus", [".md"])[0]]
     model_dir = str(build_tiny(texts, scratch / "models", demo.tiny, progress=False))
 
-    sft = demo.sft.model_copy(update={"max_steps": args.steps, "eval_steps": 10**6, "save_steps": 10**6})
+    sft = demo.sft.model_copy(
+        update={"trainer": {**demo.sft.trainer, "max_steps": args.steps, "eval_steps": 10**6, "save_steps": 10**6}}
+    )
     data = training_data(sft, dataset_dir, [])
     plain = plain_trl(model_dir, data.train, sft, args.steps, scratch / "plain")
     ours = {
         "length-grouped batches, padded to their longest (the default)": sft,
-        "packed, padding-free": sft.model_copy(update={"packing": True}),
+        "packed, padding-free": sft.model_copy(
+            update={"trainer": {**sft.trainer, "packing": True, "train_sampling_strategy": "random"}}
+        ),
     }
     tokens_per_s = {
         name: train_sft(variant, model_dir, data, scratch / f"tunebook-{i}", seed=0, progress=False).metrics[
@@ -96,8 +102,8 @@ def main() -> None:
         "and demo dataset, same LoRA, batch, precision (fp32) and steps",
         "command": f"python benchmarks/bench_sft.py --steps {args.steps}",
         "train_rows": len(data.train),
-        "max_length": sft.max_length,
-        "batch_size": sft.batch_size,
+        "max_length": sft.trainer["max_length"],
+        "batch_size": sft.trainer["per_device_train_batch_size"],
         "steps": args.steps,
         "plain_trl_tokens_per_s": round(plain, 1),
         "tunebook": {

@@ -20,7 +20,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from tunebook import evaluate, generate, ingest, judge, metrics, models, paths, quality, registry
+from tunebook import evaluate, generate, ingest, judge, metrics, models, paths, quality, recipe, registry
 from tunebook.files import hash_tree, jsonl_text, read_complete_lines, sha256_text, write_atomic
 from tunebook.params import DpoParams, EvaluateParams
 
@@ -356,9 +356,7 @@ def train_dpo(params: DpoParams, run_id: str, pairs_dir: Path, out_dir: Path, se
     from datasets import Dataset
     from peft import PeftModel
     from transformers import AutoTokenizer, set_seed
-    from trl import DPOConfig, DPOTrainer
-
-    from tunebook.sft import precision
+    from trl import DPOTrainer
 
     entry = check_reference(params.model, run_id)
     card = json.loads((pairs_dir / "card.json").read_text(encoding="utf-8"))
@@ -374,22 +372,13 @@ def train_dpo(params: DpoParams, run_id: str, pairs_dir: Path, out_dir: Path, se
     set_seed(seed)
     base = models.load_base(entry["base_model"], tokenizer, dtype=torch.float32)
     model = PeftModel.from_pretrained(base, entry["adapter"], is_trainable=True)
-    dtype = precision(params.precision)
     trainer = DPOTrainer(
         model=model,
-        args=DPOConfig(
-            output_dir=str(out_dir / "checkpoints"), beta=params.beta, learning_rate=params.learning_rate,
-            num_train_epochs=params.epochs, per_device_train_batch_size=params.batch_size,
-            per_device_eval_batch_size=params.batch_size, gradient_accumulation_steps=params.grad_accum,
-            max_length=params.max_length, precompute_ref_log_probs=params.precompute_ref_log_probs,
-            logging_steps=params.logging_steps, logging_first_step=True, eval_strategy="epoch" if val else "no",
-            save_strategy="no", report_to="none", seed=seed, disable_tqdm=not progress,
-            bf16=dtype == "bf16", fp16=dtype == "fp16", use_cpu=not torch.cuda.is_available(),
-        ),
+        args=_dpo_config(params, out_dir, seed, has_val=bool(val), progress=progress),
         train_dataset=Dataset.from_list(train),
         eval_dataset=Dataset.from_list(val) if val else None,
         processing_class=tokenizer,
-    )  # fmt: skip
+    )
     _verify_reference_adapter(trainer.model, Path(entry["adapter"]))
     trainer.train()
     adapter_dir = out_dir / "adapter"
@@ -400,6 +389,33 @@ def train_dpo(params: DpoParams, run_id: str, pairs_dir: Path, out_dir: Path, se
         final.update({k: v for k, v in trainer.evaluate().items() if isinstance(v, float)})
     write_atomic(out_dir / "log_history.json", json.dumps(trainer.state.log_history, indent=1) + "\n")
     return DpoResult(adapter_dir, history, final, f"{params.model} ({entry['output_hash'][:12]})")
+
+
+def _dpo_config(params: DpoParams, out_dir: Path, seed: int, has_val: bool, progress: bool):
+    """dpo.trainer (tunebook's defaults under the params' own keys), and what tunebook sets itself."""
+    from trl import DPOConfig
+
+    from tunebook.sft import precision
+
+    dtype = precision(params.precision)
+    # Evaluation batches as large as the training ones, unless the block sets them.
+    trainer = {"per_device_eval_batch_size": params.trainer["per_device_train_batch_size"], **params.trainer}
+    return DPOConfig(**trainer, output_dir=str(out_dir / "checkpoints"), eval_strategy="epoch" if has_val else "no",
+                     report_to="none", seed=seed, disable_tqdm=not progress, bf16=dtype == "bf16",
+                     fp16=dtype == "fp16", use_cpu=not torch.cuda.is_available())  # fmt: skip
+
+
+def resolved_configs(params: DpoParams, pairs_dir: Path, out_dir: Path, seed: int) -> pd.DataFrame:
+    """What DPO (and the reward model, when it is trained) trained with beyond the libraries' own defaults:
+    each field of the resolved DPOConfig, RewardConfig and LoraConfig that differs from its default."""
+    from tunebook import reward
+
+    configs = {"DPOConfig": _dpo_config(params, out_dir, seed, has_val=bool(read_pairs(pairs_dir, "val")),
+                                        progress=True)}  # fmt: skip
+    if params.reward.enabled:
+        configs["RewardConfig (reward model)"] = reward.reward_config(params.reward, out_dir / "reward", seed)
+        configs["LoraConfig (reward model)"] = reward.lora_config(params.reward)
+    return recipe.differences(configs)
 
 
 def _verify_reference_adapter(model, adapter_dir: Path) -> None:

@@ -16,9 +16,17 @@ from typing import Any, Literal
 from urllib.parse import parse_qsl, urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
-from tunebook import paths
+from tunebook import paths, recipe
 from tunebook.files import corpus_files
 
 
@@ -194,6 +202,168 @@ class GenerateParams(Strict):
         return self
 
 
+# tunebook's real-model defaults for each pass-through block: the one place they live. A params file's block
+# (or a notebook's dict) is merged over them; the demo's files and notebooks set their own, demo-scale values.
+SFT_TRAINER_DEFAULTS: dict[str, Any] = {  # trl.SFTConfig
+    "learning_rate": 2e-4,
+    "lr_scheduler_type": "cosine",
+    "warmup_steps": 0.03,  # below 1: a share of the training steps (transformers 5 has no warmup_ratio)
+    "num_train_epochs": 3.0,
+    "max_steps": -1,  # > 0 overrides num_train_epochs
+    "per_device_train_batch_size": 8,
+    "gradient_accumulation_steps": 1,
+    "max_length": 512,
+    # batches of similar lengths, each padded only to its longest example: little compute spent on padding
+    "train_sampling_strategy": "group_by_length",
+    "packing": False,  # best-fit packing into max_length rows, padding-free (checked: no attention across them)
+    "activation_checkpointing": False,  # TRL turns it on by default: memory for ~20% more compute
+    "logging_steps": 10,
+    "logging_first_step": True,
+    "eval_steps": 50,
+    "save_steps": 100,
+    "save_total_limit": 2,
+}
+SFT_LORA_DEFAULTS: dict[str, Any] = {"r": 16, "lora_alpha": 32, "lora_dropout": 0.05, "target_modules": "all-linear"}
+# NF4 with double quantisation: the QLoRA paper's recipe.
+SFT_QUANTIZATION_DEFAULTS: dict[str, Any] = {
+    "load_in_4bit": True,
+    "bnb_4bit_quant_type": "nf4",
+    "bnb_4bit_use_double_quant": True,
+    "bnb_4bit_compute_dtype": "bfloat16",
+}
+DPO_TRAINER_DEFAULTS: dict[str, Any] = {  # trl.DPOConfig
+    "beta": 0.1,  # the KL strength: higher stays closer to the reference
+    "learning_rate": 5e-6,
+    "num_train_epochs": 1.0,
+    "per_device_train_batch_size": 8,
+    "gradient_accumulation_steps": 1,
+    "max_length": 512,
+    "precompute_ref_log_probs": False,  # the reference's log-probs once up front, to save memory
+    "activation_checkpointing": True,  # TRL's choice: memory for ~20% more compute
+    "logging_steps": 5,
+    "logging_first_step": True,
+    "save_strategy": "no",
+}
+REWARD_TRAINER_DEFAULTS: dict[str, Any] = {  # trl.RewardConfig
+    "learning_rate": 1e-4,
+    "num_train_epochs": 1.0,
+    "per_device_train_batch_size": 8,
+    "max_length": 512,
+    "activation_checkpointing": True,  # TRL's choice for reward models: memory over a little compute
+    "logging_steps": 0.05,  # about 20 points of history whatever the run's length
+    "logging_first_step": True,
+    "save_strategy": "no",
+}
+REWARD_LORA_DEFAULTS: dict[str, Any] = {"r": 8, "lora_alpha": 16, "target_modules": "all-linear"}
+
+# Fields of the libraries' configs that tunebook sets itself, and what to do instead.
+_TRAINER_OWNED = {
+    "output_dir": "set run.id instead (a stage writes under data/runs/<run.id>/)",
+    "run_name": "set run.id instead",
+    "seed": "set the top-level seed instead",
+    "report_to": "set sft.wandb_project instead (TensorBoard always logs)",
+    "use_cpu": "it trains on the GPU when there is one (CUDA_VISIBLE_DEVICES= hides it)",
+    "bf16": "set {stage}.precision instead",
+    "fp16": "set {stage}.precision instead",
+    "eval_strategy": "it evaluates whenever there is a validation split (set {stage}.val_fraction)",
+    "disable_tqdm": "the progress bar follows the notebook",
+    "model_init_kwargs": "set {stage}.precision instead (tunebook loads the model)",
+    "logging_nan_inf_filter": "a NaN loss must reach tunebook's check, which stops training",
+}
+SFT_TRAINER_OWNED = {
+    **{key: hint.format(stage="sft") for key, hint in _TRAINER_OWNED.items()},
+    "eval_strategy": "it evaluates every sft.trainer.eval_steps when there is a validation split",
+    "model_init_kwargs": "set sft.precision or sft.quantization instead (tunebook loads the model)",
+    "assistant_only_loss": "set sft.task instead (chat: the loss on the assistant's tokens only)",
+    "completion_only_loss": "set sft.task instead (chat: the loss on the assistant's tokens only)",
+    "include_num_input_tokens_seen": "it counts the non-padding tokens for its tokens/s",
+}
+DPO_TRAINER_OWNED = {**{key: hint.format(stage="dpo") for key, hint in _TRAINER_OWNED.items()},
+                     "report_to": "DPO reports in its notebook"}  # fmt: skip
+REWARD_TRAINER_OWNED = {
+    **DPO_TRAINER_OWNED,
+    "report_to": "the reward model reports in the DPO notebook",
+    "bf16": "the reward model keeps fp32 weights, with bf16 autocast on a GPU that has it",
+    "fp16": "the reward model keeps fp32 weights, with bf16 autocast on a GPU that has it",
+    "eval_strategy": "its pairwise accuracy is measured after training (set dpo.reward.held_out_fraction)",
+    "model_init_kwargs": "the reward model loads in fp32 (its head's small updates would round away in bf16)",
+}
+SFT_LORA_OWNED = {"task_type": "an SFT adapter is CAUSAL_LM"}
+REWARD_LORA_OWNED = {
+    "task_type": "the reward model is a SEQ_CLS adapter",
+    "modules_to_save": "the reward model saves its score head beside the LoRA weights",
+}
+
+SFT_BLOCKS = {
+    "trainer": recipe.Block("trl", "SFTConfig", SFT_TRAINER_DEFAULTS, SFT_TRAINER_OWNED),
+    "lora": recipe.Block("peft", "LoraConfig", SFT_LORA_DEFAULTS, SFT_LORA_OWNED),
+    "quantization": recipe.Block("transformers", "BitsAndBytesConfig", SFT_QUANTIZATION_DEFAULTS, {}, construct=True),
+}
+DPO_BLOCKS = {"trainer": recipe.Block("trl", "DPOConfig", DPO_TRAINER_DEFAULTS, DPO_TRAINER_OWNED)}
+REWARD_BLOCKS = {
+    "trainer": recipe.Block("trl", "RewardConfig", REWARD_TRAINER_DEFAULTS, REWARD_TRAINER_OWNED),
+    "lora": recipe.Block("peft", "LoraConfig", REWARD_LORA_DEFAULTS, REWARD_LORA_OWNED),
+}
+
+
+_RENAMED = {"lora_r": "r", "lr_scheduler": "lr_scheduler_type", "warmup_ratio": "warmup_steps",
+            "epochs": "num_train_epochs", "batch_size": "per_device_train_batch_size",
+            "grad_accum": "gradient_accumulation_steps", "gradient_checkpointing": "activation_checkpointing",
+            "group_by_length": "train_sampling_strategy (group_by_length or random)"}  # fmt: skip
+# Keys of earlier params files that are now the libraries' own fields, in a block: where each one went.
+MOVED = {
+    f"{section}.{key}": f"{section}.{block}.{_RENAMED.get(key, key)}"
+    for section, block, keys in (
+        ("sft", "lora", "lora_r lora_alpha lora_dropout target_modules"),
+        ("sft", "trainer", "learning_rate lr_scheduler warmup_ratio epochs max_steps batch_size grad_accum max_length "
+                           "group_by_length packing gradient_checkpointing logging_steps eval_steps save_steps"),
+        ("dpo", "trainer", "beta learning_rate epochs batch_size grad_accum max_length precompute_ref_log_probs "
+                           "logging_steps"),
+        ("dpo.reward", "lora", "lora_r lora_alpha"),
+        ("dpo.reward", "trainer", "learning_rate epochs batch_size max_length"),
+    )
+    for key in keys.split()
+}  # fmt: skip
+
+# A learning rate or a length of training that only a tiny model from scratch wants: 10x to 100x a real
+# model's. Such settings are the demo's, and on a real base they would wreck it.
+DEMO_SCALE = {"learning_rate": 1e-3, "num_train_epochs": 10}
+REAL_MODEL_PARAMETERS = 100e6  # above this, a base is a real model
+
+
+def demo_scale(trainer: dict[str, Any]) -> list[str]:
+    """The settings of an SFT trainer block that are demo-scale, e.g. ['learning_rate 0.003']."""
+    return [f"{key} {trainer[key]:g}" for key, limit in DEMO_SCALE.items()
+            if isinstance(trainer.get(key), int | float) and trainer[key] >= limit]  # fmt: skip
+
+
+def demo_scale_warning(sft: SftParams, parameters: int) -> str | None:
+    """One line when a base over REAL_MODEL_PARAMETERS is about to train with the demo's settings."""
+    found = demo_scale(sft.trainer)
+    if parameters <= REAL_MODEL_PARAMETERS or not found:
+        return None
+    defaults = ", ".join(f"{key} {SFT_TRAINER_DEFAULTS[key]:g}" for key in DEMO_SCALE)
+    return (
+        f"sft.trainer has demo-scale settings ({', '.join(found)}), meant for the tiny demo model, on a base of "
+        f"{parameters / 1e9:.2g}B parameters: a real model trains with the defaults ({defaults}; "
+        "tunebook.params.SFT_TRAINER_DEFAULTS)"
+    )
+
+
+def _block(blocks: dict[str, recipe.Block]) -> Any:
+    """A pass-through block of a section: checked against its class, merged over tunebook's defaults."""
+
+    def resolve(cls, given: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        return recipe.resolve(blocks[info.field_name], given)
+
+    return field_validator(*blocks)(classmethod(resolve))
+
+
+def _pass_through() -> Any:
+    # Validated when left out too, so that the defaults are merged in.
+    return Field(default_factory=dict, validate_default=True)
+
+
 class SftParams(Strict):
     base_model: str = "tiny"
     base_config: str | None = None  # a config.json to plan with when the base is not on this machine
@@ -202,33 +372,22 @@ class SftParams(Strict):
     method: Literal["lora", "qlora", "full"] = "lora"  # full: every weight trained, for small models
     # auto, a family name (chatml, llama3, qwen2_5, gemma, phi3...) or a .jinja file: see tunebook.chat
     chat_template: str = "auto"
-    lora_r: int = Field(16, ge=1)
-    lora_alpha: int = Field(32, ge=1)
-    lora_dropout: float = Field(0.05, ge=0, lt=1)
-    target_modules: str | list[str] = "all-linear"
-    learning_rate: float = Field(2e-4, gt=0)
-    lr_scheduler: str = "cosine"
-    warmup_ratio: float = Field(0.03, ge=0, lt=1)
-    epochs: float = Field(3.0, gt=0)
-    max_steps: int = -1
-    batch_size: int = Field(8, ge=1)
-    grad_accum: int = Field(1, ge=1)
-    max_length: int = Field(512, ge=16)
-    # batches of similar lengths, each padded only to its longest example: little compute spent on padding
-    group_by_length: bool = True
-    packing: bool = False  # pack examples into max_length rows, padding-free (checked: no attention across them)
-    gradient_checkpointing: bool = False
+    # trl.SFTConfig fields (over SFT_TRAINER_DEFAULTS); tunebook sets output_dir, seed, bf16/fp16, the loss mask...
+    trainer: dict[str, Any] = _pass_through()
+    lora: dict[str, Any] = _pass_through()  # method lora and qlora (over SFT_LORA_DEFAULTS)
+    # method qlora: transformers.BitsAndBytesConfig arguments (over SFT_QUANTIZATION_DEFAULTS)
+    quantization: dict[str, Any] = _pass_through()
     processes: int = Field(1, ge=1)  # data-parallel worker processes, started by `accelerate launch`
     # how those processes share the work (relative to the checkout): params/accelerate/ has ddp (gloo on a
     # CPU, nccl on GPUs), fsdp, deepspeed_zero2 and deepspeed_zero3
     accelerate_config: str = "params/accelerate/ddp.yaml"
+    # auto: bf16 on a GPU that has it, fp32 elsewhere (TRL by itself would turn bf16 on even on a CPU)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
-    logging_steps: int = Field(10, ge=1)
-    eval_steps: int = Field(50, ge=1)
-    save_steps: int = Field(100, ge=1)
     # TensorBoard always logs into the run directory; a project name also logs to Weights & Biases
     # (with WANDB_MODE=offline, into the run directory without an account)
     wandb_project: str | None = None
+
+    _blocks = _block(SFT_BLOCKS)
 
     @model_validator(mode="after")
     def _accelerate_config_exists(self) -> SftParams:
@@ -489,13 +648,11 @@ class RewardParams(Strict):
     """A reward model trained from the preference pairs: LoRA on the base with a scalar head (TRL)."""
 
     enabled: bool = True
-    lora_r: int = Field(8, ge=1)
-    lora_alpha: int = Field(16, ge=1)
-    learning_rate: float = Field(1e-4, gt=0)
-    epochs: float = Field(1.0, gt=0)
-    batch_size: int = Field(8, ge=1)
-    max_length: int = Field(512, ge=16)
     held_out_fraction: float = Field(0.2, gt=0, lt=1)  # pairs kept out of training to measure its accuracy
+    trainer: dict[str, Any] = _pass_through()  # trl.RewardConfig fields (over REWARD_TRAINER_DEFAULTS)
+    lora: dict[str, Any] = _pass_through()  # peft.LoraConfig fields (over REWARD_LORA_DEFAULTS)
+
+    _blocks = _block(REWARD_BLOCKS)
 
 
 class DpoParams(Strict):
@@ -515,17 +672,13 @@ class DpoParams(Strict):
     critic: Literal["self", "judge"] = "self"
     critique_prompt: str = DEFAULT_CRITIQUE_PROMPT  # fields: {label} {question} {reference} {answer}
     judge: JudgeParams = JudgeParams()
-    beta: float = Field(0.1, gt=0)  # DPO's KL strength
-    learning_rate: float = Field(5e-6, gt=0)
-    epochs: float = Field(1.0, gt=0)
-    batch_size: int = Field(8, ge=1)
-    grad_accum: int = Field(1, ge=1)
-    max_length: int = Field(512, ge=16)
-    precompute_ref_log_probs: bool = False  # compute the reference's log-probs once up front, to save memory
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
-    logging_steps: int = Field(5, ge=1)
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # as sft.precision
+    # trl.DPOConfig fields (over DPO_TRAINER_DEFAULTS); tunebook sets output_dir, seed, bf16/fp16, eval_strategy...
+    trainer: dict[str, Any] = _pass_through()
     reward: RewardParams = RewardParams()
     val_fraction: float = Field(0.1, ge=0, lt=1)  # pairs held out to watch reward accuracy during DPO
+
+    _blocks = _block(DPO_BLOCKS)
 
     @model_validator(mode="after")
     def _scorer(self) -> DpoParams:
@@ -599,46 +752,116 @@ def load_params(path: str | Path, overrides: list[str] = ()) -> Params:
         raise ParamsError(f"{where}: invalid YAML ({getattr(err, 'problem', err)})") from None
     if not isinstance(raw, dict):
         raise ParamsError(f"{path}: expected a mapping of sections at the top level")
-    for override in overrides:
-        _apply_override(raw, override)
+    # Each override's key as validation errors name it (list items by index) -> as it was written.
+    written = dict(_apply_override(raw, override) for override in overrides)
     try:
         params = Params.model_validate(raw)
     except ValidationError as err:
-        raise ParamsError(_describe(err, path, text, overrides)) from None
+        raise ParamsError(_describe(err, path, text, written)) from None
     _check_files(params, path)
     return params
 
 
-def _apply_override(raw: dict, override: str) -> None:
+def _apply_override(raw: dict, override: str) -> tuple[str, str]:
+    """Apply one `--set KEY=VALUE` to the raw params. An item of a list of sections is reached by its name
+    (`generate.teachers.gpt.max_new_tokens`) or its index. Returns the key as validation errors name it (an
+    item by its index) and the key as written."""
     key, sep, value = override.partition("=")
+    key = key.strip()
     if not sep or not key:
         raise ParamsError(f"--set {override}: expected key.path=value")
-    *parents, leaf = key.strip().split(".")
-    node = raw
-    for part in parents:
-        node = node.setdefault(part, {})
-        if not isinstance(node, dict):
-            raise ParamsError(f"--set {key}: '{part}' is not a section")
-    node[leaf] = _override_value(value)
+    parts = key.split(".")
+    node: Any = raw
+    model: type[BaseModel] | None = Params  # the schema of `node`, for the defaults of a list it reaches into
+    resolved: list[str] = []
+    for depth, part in enumerate(parts):
+        last = depth == len(parts) - 1
+        if isinstance(node, list):
+            index: int | str = _item_index(node, part, key, ".".join(resolved))
+        elif isinstance(node, dict):
+            index = part
+            if not last and part not in node:
+                node[part] = _schema_default(model, part)
+            model = _field_model(model, part)
+        else:
+            raise ParamsError(f"--set {key}: '{parts[depth - 1]}' is not a section")
+        resolved.append(str(index))
+        if last:
+            node[index] = _override_value(value)
+        else:
+            node = node[index]
+    return ".".join(resolved), key
+
+
+def _item_index(items: list, part: str, key: str, where: str) -> int:
+    if part.isdigit():
+        if int(part) < len(items):
+            return int(part)
+        raise ParamsError(f"--set {key}: {where} has {len(items)} items")
+    names = [str(item.get("name")) if isinstance(item, dict) else None for item in items]
+    if part in names:
+        return names.index(part)
+    known = [name for name in names if name is not None]
+    if not known:
+        raise ParamsError(f"--set {key}: the items of {where} have no names; give an index")
+    raise ParamsError(f"--set {key}: {where} has no item named '{part}' (its names: {', '.join(known)})")
+
+
+def _field_model(model: type[BaseModel] | None, name: str) -> type[BaseModel] | None:
+    """The section model of a field (of its items, for a list of sections), or None for plain values."""
+    if model is None or name not in model.model_fields:
+        return None
+    annotation = model.model_fields[name].annotation
+    if typing.get_origin(annotation) is list:
+        annotation = typing.get_args(annotation)[0]
+    return annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+
+
+def _schema_default(model: type[BaseModel] | None, name: str) -> Any:
+    """What a section the file leaves out starts from: a list keeps its default items (so that --set can name
+    them), anything else starts empty and validates to its defaults."""
+    if model is None or name not in model.model_fields:
+        return {}
+    default = model.model_fields[name].get_default(call_default_factory=True)
+    if isinstance(default, list):
+        return [item.model_dump() if isinstance(item, BaseModel) else item for item in default]
+    return {}
 
 
 def _override_value(value: str) -> Any:
-    # YAML parsing gives `--set sft.lora_r=8` an int and `--set evaluate.models=[base]` a list.
+    # YAML parsing gives `--set sft.lora.r=8` an int and `--set evaluate.models=[base]` a list.
     return yaml.safe_load(value) if value.strip() else ""
 
 
-def _describe(err: ValidationError, path: Path, text: str, overrides: list[str]) -> str:
+def _describe(err: ValidationError, path: Path, text: str, written: dict[str, str]) -> str:
     first = err.errors()[0]
-    loc = [str(part) for part in first["loc"]]
+    loc = _error_loc(first)
     key = ".".join(loc)
-    overridden = any(o.partition("=")[0].strip() == key for o in overrides)
-    where = f"--set {key}" if overridden else f"{path}:{_line_of(text, loc)}: {key}"
+    given = _written_key(key, written)
+    where = f"--set {given}" if given else f"{path}:{_line_of(text, loc)}: {key}"
     if first["type"] == "extra_forbidden":
+        moved = MOVED.get(".".join(part for part in loc if not part.isdigit()))
+        if moved:
+            return f"{where}: moved to {moved}, under the library's own name"
         hint = _did_you_mean(loc)
         return f"{where}: unknown key{hint}"
     got = first.get("input")
     got_text = "" if isinstance(got, dict | list) else f" (got {got!r})"
     return f"{where}: {_message(first)}{got_text}"
+
+
+def _error_loc(error: dict) -> list[str]:
+    """The key path of a validation error; a pass-through block's error names the key inside the block."""
+    loc = [str(part) for part in error["loc"]]
+    return [*loc, error["ctx"]["key"]] if error["type"] == recipe.ERROR_TYPE else loc
+
+
+def _written_key(key: str, written: dict[str, str]) -> str | None:
+    """The --set key (as written) that set this key or a section holding it, if one did."""
+    for resolved, given in written.items():
+        if key == resolved or key.startswith(resolved + "."):
+            return given + key[len(resolved) :]
+    return None
 
 
 def _message(error: dict) -> str:
@@ -813,5 +1036,6 @@ def section(name: str, namespace: dict[str, Any]) -> BaseModel:
         raise ParamsError(f"{name}: the parameters cell does not define {err.args[0]}") from None
     except ValidationError as err:
         first = err.errors()[0]
-        key = ".".join([name, *(str(part) for part in first["loc"])])
-        raise ParamsError(f"{key}: {_message(first)} (got {first.get('input')!r})") from None
+        key = ".".join([name, *_error_loc(first)])
+        got = "" if first["type"] == recipe.ERROR_TYPE else f" (got {first.get('input')!r})"
+        raise ParamsError(f"{key}: {_message(first)}{got}") from None

@@ -8,16 +8,16 @@ and time from the training tokens at the throughput the params assume.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig
 
-from tunebook import paths
+from tunebook import paths, recipe
 from tunebook.generate import read_card
 from tunebook.models import pretrained_options
-from tunebook.params import Params, SftParams, base_config_path
+from tunebook.params import Params, SftParams, base_config_path, demo_scale_warning
 from tunebook.tiny import tiny_config
 
 GB = 1024**3
@@ -39,6 +39,7 @@ class Plan:
     note: str  # why an estimate is missing, or where the train-set size came from
     max_hours: float
     max_memory_gb: float
+    warnings: list[str] = field(default_factory=list)  # one line each, e.g. demo-scale settings on a real model
 
     @property
     def hours(self) -> float:
@@ -62,8 +63,10 @@ def estimate(params: Params, params_file: Path) -> Plan:
     if params.sft.base_model == "tiny":
         estimates.append(_tiny_estimate(params, config))
     rows, note = _train_rows(params)
-    estimates.append(_sft_estimate(params, config, rows))
-    return Plan(estimates, note, budget.max_hours, budget.max_memory_gb)
+    sft = _sft_estimate(params, config, rows)
+    estimates.append(sft)
+    warning = demo_scale_warning(params.sft, sft.params)
+    return Plan(estimates, note, budget.max_hours, budget.max_memory_gb, [warning] if warning else [])
 
 
 def _base_config(params: Params, params_file: Path) -> tuple[PretrainedConfig | None, str]:
@@ -114,33 +117,43 @@ def _tiny_estimate(params: Params, config: PretrainedConfig) -> Estimate:
 
 
 def _sft_estimate(params: Params, config: PretrainedConfig, rows: int) -> Estimate:
-    sft = params.sft
+    sft, trainer = params.sft, params.sft.trainer
     total, trainable = _trained(sft, config)
-    per_step = sft.batch_size * sft.grad_accum
-    steps = sft.max_steps if sft.max_steps > 0 else math.ceil(rows / per_step) * math.ceil(sft.epochs)
-    tokens = steps * per_step * sft.max_length  # an upper bound: examples shorter than max_length cost less
+    per_step = trainer["per_device_train_batch_size"] * trainer["gradient_accumulation_steps"]
+    steps = trainer["max_steps"]
+    if steps <= 0:
+        steps = math.ceil(rows / per_step) * math.ceil(trainer["num_train_epochs"])
+    tokens = steps * per_step * _max_length(sft, config)  # an upper bound: shorter examples cost less
     memory = sum(sft_memory(sft, config).values()) * GB
     # Frozen weights need no weight gradients (4N FLOPs a token, not 6N); checkpointing recomputes the forward.
-    flops = (6 if sft.gradient_checkpointing else 4) * total * tokens
+    flops = (6 if recipe.activation_checkpointing(trainer) else 4) * total * tokens
     return Estimate("sft", total, trainable, tokens, memory / GB, _hours(flops, params))
 
 
 def _trained(sft: SftParams, config: PretrainedConfig) -> tuple[int, int]:
     """The model's parameters, and how many of them SFT trains."""
-    total, lora = _count(config, sft.target_modules, sft.lora_r)
-    return total, total if sft.method == "full" else lora
+    if sft.method == "full":
+        total, _ = _count(config, [], 0)
+        return total, total
+    return _count(config, sft.lora["target_modules"], sft.lora["r"])
+
+
+def _max_length(sft: SftParams, config: PretrainedConfig) -> int:
+    """The longest example SFT trains on: sft.trainer.max_length, or the model's context when it is null."""
+    return sft.trainer["max_length"] or getattr(config, "max_position_embeddings", 2048)
 
 
 def sft_memory(sft: SftParams, config: PretrainedConfig) -> dict[str, float]:
     """GB that SFT needs, by what holds it: the base's weights, the trained parameters (fp32 weights,
     gradients and two Adam moments) and the activations kept for the backward pass."""
     total, trainable = _trained(sft, config)
+    batch, checkpointing = sft.trainer["per_device_train_batch_size"], recipe.activation_checkpointing(sft.trainer)
     frozen = 0 if sft.method == "full" else total
     bytes_per_weight = {"qlora": 0.55}.get(sft.method, 4 if sft.precision in ("fp32", "auto") and not _gpu() else 2)
     return {
         "weights": frozen * bytes_per_weight / GB,
         "trained parameters": trainable * 16 / GB,
-        "activations": _activations(config, sft.batch_size, sft.max_length, sft.gradient_checkpointing) / GB,
+        "activations": _activations(config, batch, _max_length(sft, config), checkpointing) / GB,
     }
 
 
@@ -171,6 +184,7 @@ def format_plan(plan: Plan) -> str:
         )
     if plan.note:
         lines.append(plan.note)
+    lines += [f"warning: {warning}" for warning in plan.warnings]
     verdict = "OVER BUDGET: `tunebook run` stops here unless --confirm" if plan.over_budget else "within budget"
     lines.append(
         f"total: {_duration(plan.hours)}, peak {plan.memory_gb:.1f} GB; budget {_duration(plan.max_hours)},"

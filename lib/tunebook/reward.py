@@ -57,8 +57,7 @@ def train_reward_model(
 ) -> RewardResult:
     """Train on the train side of `split_pairs`; save the adapter (+ tokenizer) to out_dir/adapter and
     measure pairwise accuracy on both sides."""
-    from peft import LoraConfig
-    from trl import RewardConfig, RewardTrainer
+    from trl import RewardTrainer
 
     from tunebook.sft import StopOnNonFinite
 
@@ -74,27 +73,7 @@ def train_reward_model(
     # The score is read at the last non-pad token, so sequence classification needs a pad id to find it.
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    config = RewardConfig(
-        output_dir=str(out_dir / "checkpoints"),
-        # fp32 weights, bf16 only as autocast on a GPU: the head's small AdamW updates would round away in bf16.
-        model_init_kwargs={"dtype": torch.float32, **pretrained_options()},
-        max_length=params.max_length,
-        num_train_epochs=params.epochs,
-        per_device_train_batch_size=params.batch_size,
-        learning_rate=params.learning_rate,
-        activation_checkpointing=True,  # TRL's default for reward models: memory over a little compute
-        logging_steps=0.05,  # about 20 points of history whatever the run's length
-        logging_first_step=True,
-        logging_nan_inf_filter=False,  # a NaN must reach StopOnNonFinite, not be averaged away
-        save_strategy="no",
-        bf16=bf16,
-        use_cpu=not torch.cuda.is_available(),
-        seed=seed,
-        report_to="none",
-        disable_tqdm=not progress,
-        dataloader_num_workers=0,
-    )
+    config = reward_config(params, out_dir, seed, progress)
     trainer = RewardTrainer(
         # Given a name, TRL seeds before loading, so the random score head and LoRA weights are reproducible; it
         # loads with num_labels=1 and copies the tokenizer's pad id into the model's config.
@@ -102,28 +81,22 @@ def train_reward_model(
         args=config,
         train_dataset=Dataset.from_list(train),
         processing_class=tokenizer,
-        # SEQ_CLS: PEFT trains and saves the new score head in full beside the LoRA weights.
-        peft_config=LoraConfig(
-            r=params.lora_r,
-            lora_alpha=params.lora_alpha,
-            target_modules="all-linear",
-            modules_to_save=["score"],
-            task_type="SEQ_CLS",
-        ),
+        peft_config=lora_config(params),
         callbacks=[StopOnNonFinite()],
     )
-    kept = len(trainer.train_dataset)
+    kept, max_length, batch = len(trainer.train_dataset), config.max_length, config.per_device_train_batch_size
     if kept < 2:
         raise ValueError(
             f"reward model: {len(train) - kept} of the {len(train)} train pairs are longer than "
-            f"dpo.reward.max_length={params.max_length} tokens and were dropped; at least 2 must remain"
+            f"dpo.reward.trainer.max_length={max_length} tokens and were dropped; at least 2 must remain"
         )
     try:
         trainer.train()
     except torch.OutOfMemoryError:
         raise MemoryError(
-            f"out of memory while training the reward model; try dpo.reward.batch_size={max(1, params.batch_size // 2)}"
-            f" or a shorter dpo.reward.max_length (now {params.max_length})"
+            "out of memory while training the reward model; try "
+            f"dpo.reward.trainer.per_device_train_batch_size={max(1, batch // 2)} or a shorter "
+            f"dpo.reward.trainer.max_length (now {max_length})"
         ) from None
     adapter_dir = out_dir / "adapter"
     trainer.save_model(str(adapter_dir))  # the adapter with its score head + the tokenizer with its chat template
@@ -133,10 +106,38 @@ def train_reward_model(
         adapter_dir=adapter_dir,
         train_pairs=kept,
         held_out_pairs=len(held_out),
-        accuracy=pairwise_accuracy(scorer, held_out, params.batch_size),
-        accuracy_train=pairwise_accuracy(scorer, train, params.batch_size),
+        accuracy=pairwise_accuracy(scorer, held_out, config.per_device_eval_batch_size),
+        accuracy_train=pairwise_accuracy(scorer, train, config.per_device_eval_batch_size),
         history=_history(trainer.state.log_history),
     )
+
+
+def reward_config(params: RewardParams, out_dir: Path, seed: int, progress: bool = True):
+    """dpo.reward.trainer (tunebook's defaults under the params' own keys), and what tunebook sets itself."""
+    from trl import RewardConfig
+
+    # Evaluation batches as large as the training ones, unless the block sets them.
+    trainer = {"per_device_eval_batch_size": params.trainer["per_device_train_batch_size"], **params.trainer}
+    return RewardConfig(
+        **trainer,
+        output_dir=str(out_dir / "checkpoints"),
+        # fp32 weights, bf16 only as autocast on a GPU: the head's small AdamW updates would round away in bf16.
+        model_init_kwargs={"dtype": torch.float32, **pretrained_options()},
+        logging_nan_inf_filter=False,  # a NaN must reach StopOnNonFinite, not be averaged away
+        bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
+        fp16=False,
+        use_cpu=not torch.cuda.is_available(),
+        seed=seed,
+        report_to="none",
+        disable_tqdm=not progress,
+    )
+
+
+def lora_config(params: RewardParams):
+    """dpo.reward.lora as a SEQ_CLS adapter: PEFT trains and saves the new score head in full beside it."""
+    from peft import LoraConfig
+
+    return LoraConfig(**params.lora, modules_to_save=["score"], task_type="SEQ_CLS")
 
 
 def load_scorer(base_model: str, adapter_dir: Path) -> RewardScorer:

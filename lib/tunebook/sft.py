@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -30,12 +31,12 @@ from transformers.integrations import TensorBoardCallback
 from transformers.trainer_utils import get_last_checkpoint
 from trl import SFTConfig, SFTTrainer
 
-from tunebook import chat, plan, registry
+from tunebook import chat, plan, recipe, registry
 from tunebook.files import hash_tree, sha256_text, write_atomic
 from tunebook.generate import read_card, read_split
 from tunebook.ingest import Chunk
 from tunebook.models import load_base, pretrained_options
-from tunebook.params import SftParams, accelerate_config_path
+from tunebook.params import SftParams, accelerate_config_path, demo_scale_warning
 from tunebook.servers import free_port
 
 
@@ -186,7 +187,8 @@ def train_sft(
     if params.task == "chat":
         template, _ = prepare_template(tokenizer, params.chat_template, data.train["messages"][:TEMPLATE_CHECKS])
     model = load_base(base_model, tokenizer, **_load_kwargs(params))
-    if params.packing:
+    warn_demo_scale(params, model)
+    if params.trainer["packing"]:
         check_packing_isolation(model)
     tensorboard = SummaryWriter(log_dir=str(out_dir / "tensorboard")) if state.is_main_process else None
     trainer = SFTTrainer(
@@ -195,15 +197,9 @@ def train_sft(
         train_dataset=data.train,
         eval_dataset=data.val if len(data.val) else None,
         processing_class=tokenizer,
-        peft_config=None if params.method == "full" else LoraConfig(
-            r=params.lora_r,
-            lora_alpha=params.lora_alpha,
-            lora_dropout=params.lora_dropout,
-            target_modules=params.target_modules,
-            task_type="CAUSAL_LM",
-        ),
+        peft_config=lora_config(params),
         callbacks=[StopOnNonFinite(), memory, *([TensorBoardCallback(tb_writer=tensorboard)] if tensorboard else [])],
-    )  # fmt: skip
+    )
     # Hashed once: it keys the checkpoints and goes into the registry (a real base is gigabytes to read).
     base_hash = _model_hash(base_model)
     # The main process clears stale checkpoints and writes the key before the others look.
@@ -319,13 +315,14 @@ def _training_key(params: SftParams, base_hash: str, data: TrainingData, seed: i
 
 def out_of_memory_advice(params: SftParams) -> str:
     """What to change when training runs out of memory, from the settings in use, cheapest first."""
-    steps = []
-    if params.batch_size > 1:
-        steps.append(f"sft.batch_size={params.batch_size // 2} with sft.grad_accum={params.grad_accum * 2} "
-                     "(the same effective batch)")  # fmt: skip
-    if not params.gradient_checkpointing:
-        steps.append("sft.gradient_checkpointing=true")
-    steps.append(f"a shorter sft.max_length (now {params.max_length})")
+    steps, trainer = [], params.trainer
+    batch, accumulation = trainer["per_device_train_batch_size"], trainer["gradient_accumulation_steps"]
+    if batch > 1:
+        steps.append(f"sft.trainer.per_device_train_batch_size={batch // 2} with sft.trainer."
+                     f"gradient_accumulation_steps={accumulation * 2} (the same effective batch)")  # fmt: skip
+    if not recipe.activation_checkpointing(trainer):
+        steps.append("sft.trainer.activation_checkpointing=true")
+    steps.append(f"a shorter sft.trainer.max_length (now {trainer['max_length']})")
     if params.method != "qlora":
         steps.append("sft.method=qlora (a 4-bit base)")
     return "out of memory while training; try " + "; or ".join(steps) + " (`tunebook plan` estimates the memory)"
@@ -371,7 +368,12 @@ def register_model(run_id: str, result: SftResult, params: SftParams, data: Trai
 
 def _model_card(run_id: str, entry: dict) -> str:
     params = entry["params"]
+    trainer, lora = params["trainer"], params["lora"]
     metrics = "\n".join(f"| {name} | {value:.4f} |" for name, value in entry["metrics"].items())
+    adapter = "" if params["method"] == "full" else (
+        f", r={lora['r']}, alpha={lora['lora_alpha']}, dropout={lora.get('lora_dropout', 0.0)}, "
+        f"target modules {lora['target_modules']}"
+    )  # fmt: skip
     kind = "Fine-tuned model" if params["method"] == "full" else "LoRA adapter"
     task = {
         "chat": "on question/answer chats, loss on the assistant's tokens only, with the chat template saved beside it",
@@ -387,11 +389,11 @@ Trained by tunebook with TRL's SFTTrainer {task}.
 
 - Base model: `{entry["base_model"]}` (content hash `{entry["base_hash"]}`)
 - Dataset hash: `{entry["dataset_hash"]}`
-- Method: {params["method"]}, r={params["lora_r"]}, alpha={params["lora_alpha"]}, dropout={params["lora_dropout"]},
-  target modules {params["target_modules"]}; {entry["trainable_params"]:,} trainable parameters
-- Optimisation: lr {params["learning_rate"]} ({params["lr_scheduler"]}), batch {params["batch_size"]} x
-  {params["grad_accum"]} accumulation, {params["epochs"]} epochs / max_steps {params["max_steps"]},
-  max_length {params["max_length"]}
+- Method: {params["method"]}{adapter}; {entry["trainable_params"]:,} trainable parameters
+- Optimisation: lr {trainer["learning_rate"]} ({trainer["lr_scheduler_type"]}), batch
+  {trainer["per_device_train_batch_size"]} x {trainer["gradient_accumulation_steps"]} accumulation,
+  {trainer["num_train_epochs"]} epochs / max_steps {trainer["max_steps"]}, max_length {trainer["max_length"]}
+- Every setting: the `params` of this model's entry in tunebook's registry (`data/registry.json`)
 
 | metric | value |
 |---|---|
@@ -401,16 +403,25 @@ Trained by tunebook with TRL's SFTTrainer {task}.
 
 def _load_kwargs(params: SftParams) -> dict:
     if params.method == "qlora":
-        # NF4 with double quantisation: the QLoRA paper's recipe. Compute in bf16 where the GPU has it.
-        return {
-            "quantization_config": BitsAndBytesConfig(
-                load_in_4bit=True,
-                bnb_4bit_quant_type="nf4",
-                bnb_4bit_use_double_quant=True,
-                bnb_4bit_compute_dtype=torch.bfloat16,
-            )
-        }
+        return {"quantization_config": quantization_config(params)}
     return {"dtype": torch.bfloat16 if precision(params.precision) == "bf16" else torch.float32}
+
+
+def quantization_config(params: SftParams) -> BitsAndBytesConfig | None:
+    """The 4-bit base of `method: qlora`, from sft.quantization (NF4, double quantisation, by default)."""
+    return BitsAndBytesConfig(**params.quantization) if params.method == "qlora" else None
+
+
+def lora_config(params: SftParams) -> LoraConfig | None:
+    """The adapter trained by `method: lora` and `qlora`, from sft.lora; None with `full`."""
+    return None if params.method == "full" else LoraConfig(**params.lora, task_type="CAUSAL_LM")
+
+
+def warn_demo_scale(params: SftParams, model: PreTrainedModel) -> None:
+    """Warn when a real base (over 100M parameters) is about to train with the demo's settings."""
+    message = demo_scale_warning(params, model.num_parameters())
+    if message:
+        warnings.warn(message, stacklevel=2)
 
 
 def precision(setting: str) -> str:
@@ -421,32 +432,17 @@ def precision(setting: str) -> str:
 
 
 def _sft_config(params: SftParams, out_dir: Path, seed: int, has_val: bool, progress: bool) -> SFTConfig:
+    """sft.trainer (tunebook's defaults under the params' own keys), and what tunebook sets itself."""
     dtype = precision(params.precision)
+    # Evaluation batches as large as the training ones, unless the block sets them.
+    trainer = {"per_device_eval_batch_size": params.trainer["per_device_train_batch_size"], **params.trainer}
     return SFTConfig(
+        **trainer,
         output_dir=str(out_dir / "checkpoints"),
         assistant_only_loss=params.task == "chat",
-        max_length=params.max_length,
-        # Best-fit packing of whole examples into max_length rows, padding-free: no compute spent on padding.
-        packing=params.packing,
-        packing_strategy="bfd",
-        train_sampling_strategy="group_by_length" if params.group_by_length and not params.packing else "random",
-        num_train_epochs=params.epochs,
-        max_steps=params.max_steps,
-        per_device_train_batch_size=params.batch_size,
-        per_device_eval_batch_size=params.batch_size,
-        gradient_accumulation_steps=params.grad_accum,
-        activation_checkpointing=params.gradient_checkpointing,
-        learning_rate=params.learning_rate,
-        lr_scheduler_type=params.lr_scheduler,
-        warmup_steps=params.warmup_ratio,
-        logging_steps=params.logging_steps,
-        logging_first_step=True,
         include_num_input_tokens_seen="non_padding",
         logging_nan_inf_filter=False,  # a NaN must reach StopOnNonFinite, not be averaged away
         eval_strategy="steps" if has_val else "no",
-        eval_steps=params.eval_steps,
-        save_steps=params.save_steps,
-        save_total_limit=2,
         bf16=dtype == "bf16",
         fp16=dtype == "fp16",
         use_cpu=not torch.cuda.is_available(),
@@ -455,8 +451,17 @@ def _sft_config(params: SftParams, out_dir: Path, seed: int, has_val: bool, prog
         report_to=["wandb"] if params.wandb_project else "none",
         run_name=out_dir.parent.name,
         disable_tqdm=not progress,
-        dataloader_num_workers=0,
     )
+
+
+def resolved_configs(params: SftParams, data: TrainingData, out_dir: Path, seed: int) -> pd.DataFrame:
+    """What train_sft trains with beyond the libraries' own defaults: each field of the resolved SFTConfig,
+    LoraConfig and BitsAndBytesConfig that differs from the library's default, for the report."""
+    return recipe.differences({
+        "SFTConfig": _sft_config(params, out_dir, seed, has_val=len(data.val) > 0, progress=True),
+        "LoraConfig": lora_config(params),
+        "BitsAndBytesConfig": quantization_config(params),
+    })  # fmt: skip
 
 
 def _last(log_history: list[dict], key: str) -> float:

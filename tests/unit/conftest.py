@@ -129,7 +129,8 @@ def lora_adapter(tiny_model: str, tmp_path_factory: pytest.TempPathFactory) -> P
     rows = [{"messages": [{"role": "user", "content": f"What is item {i}?"},
                           {"role": "assistant", "content": f"Item {i} is a number."}]} for i in range(8)]  # fmt: skip
     data = TrainingData(Dataset.from_list(rows), Dataset.from_list([]), "h", out, [])
-    params = SftParams(max_steps=3, learning_rate=1e-2, save_steps=10, logging_steps=1, max_length=64, precision="fp32")
+    trainer = {"max_steps": 3, "learning_rate": 1e-2, "save_steps": 10, "logging_steps": 1, "max_length": 64}
+    params = SftParams(trainer=trainer, precision="fp32")
     return train_sft(params, tiny_model, data, out / "sft", seed=0, progress=False).output_dir
 
 

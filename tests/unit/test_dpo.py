@@ -89,6 +89,22 @@ def test_the_card_counts_pairs_drops_and_length_bias(tmp_path):
     assert len(dpo.read_pairs(tmp_path, "train")) == card["splits"]["train"]
 
 
+def test_the_report_shows_the_resolved_dpo_and_reward_configs_beyond_the_librarys_defaults(tmp_path):
+    results = {"sample_judge": dpo.Pairs([pair(i) for i in range(20)])}
+    params = DpoParams(trainer={"beta": 0.3}, reward={"lora": {"r": 4}}, val_fraction=0.2)
+    dpo.write_pairs(results, tmp_path, "abc", params, 0)
+    table = dpo.resolved_configs(params, tmp_path, tmp_path / "out", seed=0)
+    shown = {(row["config"], row["field"]): (row["value"], row["library default"]) for _, row in table.iterrows()}
+    assert shown[("DPOConfig", "beta")] == ("0.3", "0.1")  # the params' own
+    assert shown[("DPOConfig", "learning_rate")] == ("5e-06", "1e-06")  # tunebook's default
+    assert shown[("DPOConfig", "eval_strategy")][0] == "epoch"  # pairs were held out to validate on
+    assert shown[("LoraConfig (reward model)", "r")] == ("4", "8")
+    assert shown[("LoraConfig (reward model)", "modules_to_save")] == ("['score']", "None")
+    assert ("RewardConfig (reward model)", "learning_rate") not in shown  # 1e-4: TRL's own default too
+    without_reward = dpo.resolved_configs(DpoParams(reward={"enabled": False}), tmp_path, tmp_path / "out", seed=0)
+    assert set(without_reward["config"]) == {"DPOConfig"}
+
+
 @pytest.fixture
 def sft_model(tiny_model, tmp_path, workdir):
     """A registered SFT adapter on the tiny model: a few real steps of tunebook's SFT."""
@@ -100,7 +116,8 @@ def sft_model(tiny_model, tmp_path, workdir):
     rows = [{"messages": [{"role": "user", "content": f"question {i}?"},
                           {"role": "assistant", "content": f"good answer {i}"}]} for i in range(8)]  # fmt: skip
     data = TrainingData(Dataset.from_list(rows), Dataset.from_list([]), "h", tmp_path, [])
-    params = SftParams(max_steps=2, save_steps=10, logging_steps=1, max_length=64, precision="fp32")
+    trainer = {"max_steps": 2, "save_steps": 10, "logging_steps": 1, "max_length": 64}
+    params = SftParams(trainer=trainer, precision="fp32")
     result = train_sft(params, tiny_model, data, tmp_path / "t" / "sft", seed=0, progress=False)
     return register_model("t", result, params, data)
 
@@ -108,8 +125,9 @@ def sft_model(tiny_model, tmp_path, workdir):
 def test_dpo_trains_the_sft_adapter_against_a_verified_copy_of_it(sft_model, tmp_path):
     from tunebook import models
 
-    params = DpoParams(learning_rate=5e-3, epochs=2, batch_size=4, max_length=64, precision="fp32", logging_steps=1,
-                       val_fraction=0.2)  # fmt: skip
+    trainer = {"learning_rate": 5e-3, "num_train_epochs": 2, "per_device_train_batch_size": 4, "max_length": 64,
+               "logging_steps": 1}  # fmt: skip
+    params = DpoParams(trainer=trainer, precision="fp32", val_fraction=0.2)
     spec = registry.resolve("sft", "t")
     template = dpo.template_hash(models.load_model("sft", spec["base_model"], spec["adapter"]))
     card = dpo.write_pairs({"sample_judge": dpo.Pairs([pair(i) for i in range(16)])}, tmp_path, template, params, 0)
@@ -124,7 +142,7 @@ def test_dpo_trains_the_sft_adapter_against_a_verified_copy_of_it(sft_model, tmp
 
 
 def test_dpo_refuses_another_chat_template_and_a_changed_reference(sft_model, tmp_path):
-    params = DpoParams(max_length=64, precision="fp32")
+    params = DpoParams(trainer={"max_length": 64}, precision="fp32")
     dpo.write_pairs({"sample_judge": dpo.Pairs([pair(i) for i in range(4)])}, tmp_path, "another", params, 0)
     with pytest.raises(dpo.DpoError, match="chat template another, the SFT model has"):
         dpo.train_dpo(params, "t", tmp_path, tmp_path / "out", seed=0, progress=False)

@@ -30,6 +30,22 @@ def test_demo_is_within_budget(capsys):
     assert "within budget" in out and "tiny" in out and "sft" in out
 
 
+def test_plan_warns_when_a_real_base_would_train_with_demo_scale_settings(checkout_workdir, capsys):
+    """The demo's learning rate and epochs, pointed at Llama 3.1 8B (params/examples/llama-3.1-8b-config.json)."""
+    demo_scale = ["sft.trainer.learning_rate=3e-3", "sft.trainer.num_train_epochs=10"]
+    main(["plan", str(EXAMPLE), *(arg for override in demo_scale for arg in ("--set", override))])
+    warnings = [line for line in capsys.readouterr().out.splitlines() if line.startswith("warning:")]
+    assert warnings == [
+        "warning: sft.trainer has demo-scale settings (learning_rate 0.003, num_train_epochs 10), meant for the tiny "
+        "demo model, on a base of 8B parameters: a real model trains with the defaults (learning_rate 0.0002, "
+        "num_train_epochs 3; tunebook.params.SFT_TRAINER_DEFAULTS)"
+    ]
+    assert plan.estimate(load_params(EXAMPLE), EXAMPLE).warnings == []  # the recipe's own settings
+    # The tiny demo model is meant to train at the demo's scale.
+    demo = paths.project_root() / "params" / "demo.yaml"
+    assert plan.estimate(load_params(demo), demo).warnings == []
+
+
 def test_missing_config_explains(checkout_workdir):
     params = load_params(EXAMPLE, ["sft.base_config=null"])
     estimate = plan.estimate(params, EXAMPLE)

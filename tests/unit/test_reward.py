@@ -21,7 +21,10 @@ from tunebook.reward import RewardResult, split_pairs, train_reward_model
 MODULES = ("json", "pathlib", "collections", "functools", "itertools", "textwrap", "os.path", "string", "shutil")
 REFUSALS = ("I don't know.", "Sorry, I cannot answer that.")
 # Tuned on the tiny model: held-out accuracy 0.96-1.0 over seeds 0-4, in about 36 steps.
-PARAMS = RewardParams(learning_rate=5e-3, epochs=4, batch_size=8, max_length=64, held_out_fraction=0.3)
+PARAMS = RewardParams(
+    trainer={"learning_rate": 5e-3, "num_train_epochs": 4, "per_device_train_batch_size": 8, "max_length": 64},
+    held_out_fraction=0.3,
+)
 SEED = 0
 
 
@@ -131,8 +134,8 @@ def test_the_saved_adapter_scores_as_at_train_time_without_importing_trl(trained
 def test_too_few_pairs_to_train_is_refused_before_any_compute(pairs, tiny_model, tmp_path):
     with pytest.raises(ValueError, match=r"1 of 1 preference pairs fall on the train side.*at least 2"):
         train_reward_model(pairs[:1], tiny_model, PARAMS.model_copy(update={"held_out_fraction": 0.01}), tmp_path, 0)
-    short = PARAMS.model_copy(update={"max_length": 16})
-    with pytest.raises(ValueError, match=r"longer than dpo.reward.max_length=16 tokens.*at least 2 must remain"):
+    short = PARAMS.model_copy(update={"trainer": {**PARAMS.trainer, "max_length": 16}})
+    with pytest.raises(ValueError, match=r"longer than dpo.reward.trainer.max_length=16 tokens.*at least 2 must"):
         train_reward_model(pairs, tiny_model, short, tmp_path, SEED, progress=False)
     unanswered = {"id": "x", "prompt": pairs[0]["prompt"], "chosen": pairs[0]["chosen"]}
     with pytest.raises(ValueError, match=r"preference pair 1 \(id 'x'\) has no rejected"):

@@ -57,7 +57,7 @@ def test_a_canary_key_used_by_a_campaign_and_an_evaluation_is_written_nowhere(ke
         "max_new_tokens: 16}",
     ]
     # What is checked is where the key goes, not the model: a short pre-training and a short SFT will do.
-    overrides += ["tiny.steps=20", "sft.max_steps=10", "sft.logging_steps=5"]
+    overrides += ["tiny.steps=20", "sft.trainer.max_steps=10", "sft.trainer.logging_steps=5"]
     sets = [arg for override in overrides for arg in ("--set", override)]
     assert main(["run", CI, "--stages", "ingest,generate,sft,evaluate", *sets]) == 0
 

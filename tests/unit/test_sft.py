@@ -1,5 +1,6 @@
 """SFT's checks before training, on the real tokenizer of the tiny model."""
 
+import warnings
 from pathlib import Path
 
 import pytest
@@ -29,10 +30,13 @@ def test_out_of_memory_gives_advice_from_the_settings_in_use():
     from tunebook.params import SftParams
     from tunebook.sft import out_of_memory_advice
 
-    advice = out_of_memory_advice(SftParams(batch_size=8, grad_accum=2, max_length=2048))
-    assert "sft.batch_size=4 with sft.grad_accum=4" in advice and "gradient_checkpointing=true" in advice
-    assert "sft.method=qlora" in advice and "max_length (now 2048)" in advice
-    assert "qlora" not in out_of_memory_advice(SftParams(method="qlora", batch_size=1, gradient_checkpointing=True))
+    trainer = {"per_device_train_batch_size": 8, "gradient_accumulation_steps": 2, "max_length": 2048}
+    advice = out_of_memory_advice(SftParams(trainer=trainer))
+    assert "sft.trainer.per_device_train_batch_size=4 with sft.trainer.gradient_accumulation_steps=4" in advice
+    assert "sft.trainer.activation_checkpointing=true" in advice
+    assert "sft.method=qlora" in advice and "sft.trainer.max_length (now 2048)" in advice
+    frugal = {"per_device_train_batch_size": 1, "activation_checkpointing": True}
+    assert "qlora" not in out_of_memory_advice(SftParams(method="qlora", trainer=frugal))
 
 
 RESUME_SCRIPT = """
@@ -74,8 +78,9 @@ def test_training_killed_at_5_random_points_resumes_and_ends_where_an_uninterrup
     from tunebook.params import SftParams
     from tunebook.sft import train_sft, training_data
 
-    params = SftParams(max_steps=160, save_steps=5, eval_steps=160, logging_steps=10, batch_size=4,
-                       learning_rate=3e-3, lora_dropout=0.0, max_length=128, precision="fp32")  # fmt: skip
+    params = SftParams(trainer={"max_steps": 160, "save_steps": 5, "eval_steps": 160, "logging_steps": 10,
+                                "per_device_train_batch_size": 4, "learning_rate": 3e-3, "max_length": 128},
+                       lora={"lora_dropout": 0.0}, precision="fp32")  # fmt: skip
     data = training_data(params, dataset_dir, [])
     reference = train_sft(params, tiny_model, data, tmp_path / "reference", seed=0, progress=False)
 
@@ -129,12 +134,12 @@ def test_checkpoints_of_other_settings_are_not_resumed(tiny_model, dataset_dir, 
     from tunebook.params import SftParams
     from tunebook.sft import train_sft, training_data
 
-    params = SftParams(max_steps=10, save_steps=5, eval_steps=10, batch_size=4, max_length=128, precision="fp32")
+    trainer = {"max_steps": 10, "save_steps": 5, "eval_steps": 10, "per_device_train_batch_size": 4, "max_length": 128}
+    params = SftParams(trainer=trainer, precision="fp32")
     data = training_data(params, dataset_dir, [])
     train_sft(params, tiny_model, data, tmp_path, seed=0, progress=False)
-    changed = train_sft(params.model_copy(update={"learning_rate": 1e-3}), tiny_model, data, tmp_path, seed=0,
-                        progress=False)  # fmt: skip
-    assert changed.resumed_from is None
+    changed = SftParams(trainer={**trainer, "learning_rate": 1e-3}, precision="fp32")
+    assert train_sft(changed, tiny_model, data, tmp_path, seed=0, progress=False).resumed_from is None
 
 
 @pytest.mark.parametrize(
@@ -152,8 +157,9 @@ def test_methods_train_save_and_register_a_loadable_model(method, task, tiny_mod
 
     packing = method == "packed"
     method = "lora" if packing else method
-    params = SftParams(method=method, task=task, packing=packing, max_steps=6, save_steps=100, eval_steps=6,
-                       batch_size=4, max_length=128, learning_rate=1e-3, precision="fp32")  # fmt: skip
+    trainer = {"packing": packing, "max_steps": 6, "save_steps": 100, "eval_steps": 6,
+               "per_device_train_batch_size": 4, "max_length": 128, "learning_rate": 1e-3}  # fmt: skip
+    params = SftParams(method=method, task=task, precision="fp32", trainer=trainer)
     data = training_data(params, dataset_dir, stdlib_chunks(tmp_path, ("json", "bisect")))
     assert data.train.column_names == (["messages"] if task == "chat" else ["text"])
     result = train_sft(params, tiny_model, data, tmp_path / "sft", seed=0, progress=False)
@@ -189,12 +195,12 @@ def test_gradient_accumulation_matches_the_larger_batch(tiny_model, dataset_dir,
     from tunebook.params import SftParams
     from tunebook.sft import train_sft, training_data
 
-    common = {"max_steps": 1, "learning_rate": 1e-2, "group_by_length": False, "lora_dropout": 0.0, "eval_steps": 9,
-              "save_steps": 9, "max_length": 128, "precision": "fp32", "warmup_ratio": 0.0,
-              "lr_scheduler": "constant"}  # fmt: skip
+    common = {"max_steps": 1, "learning_rate": 1e-2, "train_sampling_strategy": "random", "eval_steps": 9,
+              "save_steps": 9, "max_length": 128, "warmup_steps": 0.0, "lr_scheduler_type": "constant"}  # fmt: skip
     weights = {}
     for batch, accum in ((4, 1), (2, 2)):
-        params = SftParams(batch_size=batch, grad_accum=accum, **common)
+        trainer = {**common, "per_device_train_batch_size": batch, "gradient_accumulation_steps": accum}
+        params = SftParams(trainer=trainer, lora={"lora_dropout": 0.0}, precision="fp32")
         result = train_sft(params, tiny_model, training_data(params, dataset_dir, []), tmp_path / f"{batch}x{accum}",
                            seed=0, progress=False)  # fmt: skip
         weights[(batch, accum)] = load_file(result.output_dir / "adapter_model.safetensors")
@@ -213,12 +219,12 @@ def test_two_process_data_parallel_matches_one_process(tiny_model, dataset_dir, 
     from tunebook.params import SftParams
     from tunebook.sft import register_model, train_sft, training_data
 
-    common = {"max_steps": 2, "learning_rate": 1e-2, "group_by_length": False, "lora_dropout": 0.0, "eval_steps": 2,
-              "save_steps": 9, "max_length": 128, "precision": "fp32", "warmup_ratio": 0.0,
-              "lr_scheduler": "constant"}  # fmt: skip
+    common = {"max_steps": 2, "learning_rate": 1e-2, "train_sampling_strategy": "random", "eval_steps": 2,
+              "save_steps": 9, "max_length": 128, "warmup_steps": 0.0, "lr_scheduler_type": "constant"}  # fmt: skip
     results, entries = {}, {}
     for processes, batch in ((1, 4), (2, 2)):
-        params = SftParams(processes=processes, batch_size=batch, **common)
+        trainer = {**common, "per_device_train_batch_size": batch}
+        params = SftParams(processes=processes, trainer=trainer, lora={"lora_dropout": 0.0}, precision="fp32")
         data = training_data(params, dataset_dir, [])
         results[processes] = train_sft(params, tiny_model, data, tmp_path / f"p{processes}", seed=0, progress=False)
         name = register_model(f"p{processes}", results[processes], params, data)
@@ -263,8 +269,8 @@ def test_wandb_logs_offline_into_the_run_directory_and_peak_memory_is_measured(
 
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
-    params = SftParams(max_steps=2, logging_steps=1, eval_steps=2, save_steps=9, max_length=128,
-                       wandb_project="tunebook-test")  # fmt: skip
+    trainer = {"max_steps": 2, "logging_steps": 1, "eval_steps": 2, "save_steps": 9, "max_length": 128}
+    params = SftParams(trainer=trainer, wandb_project="tunebook-test")
     out_dir = tmp_path / "run1" / "sft"
     result = train_sft(params, tiny_model, training_data(params, dataset_dir, []), out_dir, seed=0, progress=False)
     (run,) = (out_dir / "wandb").glob("offline-run-*")
@@ -287,3 +293,60 @@ def test_the_report_sets_the_plans_memory_estimate_beside_the_measured_peak(tiny
     assert lora.loc["total", "measured peak GB"] == 0.25
     assert full.loc["weights", "estimated GB"] == 0  # nothing frozen: every weight is a trained parameter
     assert full.loc["trained parameters", "estimated GB"] > 10 * lora.loc["trained parameters", "estimated GB"]
+
+
+def test_a_real_base_about_to_train_with_demo_scale_settings_warns():
+    """Llama 3.1 8B (its shipped config, on the meta device: no memory) with the demo's learning rate."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from tunebook import paths
+    from tunebook.params import SftParams
+    from tunebook.sft import warn_demo_scale
+
+    config = AutoConfig.from_pretrained(paths.project_root() / "params" / "examples" / "llama-3.1-8b-config.json")
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    with pytest.warns(UserWarning, match=r"demo-scale settings \(learning_rate 0.003\).*base of 8B parameters"):
+        warn_demo_scale(SftParams(trainer={"learning_rate": 3e-3}), model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        warn_demo_scale(SftParams(), model)  # the real-model defaults
+
+
+def test_train_sft_warns_of_demo_scale_settings_on_a_real_base(tiny_model, tmp_path, monkeypatch):
+    """train_sft checks the model it loaded: here the tiny model, counted as real by lowering the bar."""
+    from datasets import Dataset
+
+    from tunebook import params as params_module
+    from tunebook.params import SftParams
+    from tunebook.sft import TrainingData, train_sft
+
+    monkeypatch.setattr(params_module, "REAL_MODEL_PARAMETERS", 0)
+    rows = [{"messages": MESSAGES} for _ in range(4)]
+    data = TrainingData(Dataset.from_list(rows), Dataset.from_list([]), "h", tmp_path, [])
+    params = SftParams(trainer={"max_steps": 1, "learning_rate": 3e-3, "max_length": 64}, precision="fp32")
+    with pytest.warns(UserWarning, match=r"sft.trainer has demo-scale settings \(learning_rate 0.003\)"):
+        train_sft(params, tiny_model, data, tmp_path / "sft", seed=0, progress=False)
+
+
+def test_the_report_shows_each_resolved_config_field_that_differs_from_the_librarys_default(tmp_path):
+    from datasets import Dataset
+
+    from tunebook.params import SftParams
+    from tunebook.sft import TrainingData, resolved_configs
+
+    data = TrainingData(Dataset.from_list([{"messages": MESSAGES}]), Dataset.from_list([]), "h", tmp_path, [])
+    params = SftParams(method="qlora", trainer={"learning_rate": 3e-3}, lora={"r": 4}, precision="fp32")
+    table = resolved_configs(params, data, tmp_path / "run" / "sft", seed=7)
+    shown = {(row["config"], row["field"]): (row["value"], row["library default"]) for _, row in table.iterrows()}
+    assert shown[("SFTConfig", "learning_rate")] == ("0.003", "2e-05")  # the params' own
+    assert shown[("SFTConfig", "lr_scheduler_type")] == ("cosine", "linear")  # tunebook's default
+    assert shown[("SFTConfig", "bf16")] == ("False", "True")  # tunebook's precision, against TRL's bf16 on a CPU
+    assert shown[("SFTConfig", "seed")] == ("7", "42") and shown[("SFTConfig", "assistant_only_loss")][0] == "True"
+    assert shown[("LoraConfig", "r")] == ("4", "8") and shown[("LoraConfig", "task_type")][0] == "CAUSAL_LM"
+    assert shown[("BitsAndBytesConfig", "bnb_4bit_quant_type")] == ("nf4", "fp4")
+    assert ("SFTConfig", "per_device_train_batch_size") not in shown  # 8, as TRL's own default
+    assert ("SFTConfig", "eval_strategy") not in shown  # no validation split
+    full = resolved_configs(SftParams(method="full"), data, tmp_path / "run" / "sft", seed=7)
+    assert set(full["config"]) == {"SFTConfig"}  # no adapter, no quantisation
