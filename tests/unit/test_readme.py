@@ -37,7 +37,7 @@ EXERCISED = {
     "tunebook plan params/examples/llama3-8b-qlora.yaml": ["test_plan.py::test_gpu_recipe_estimate_is_realistic"],
     "tunebook run": ["test_pipeline.py::test_run_completes_with_reports_and_manifest"],
     "tunebook run PARAMS": ["test_pipeline.py::test_run_completes_with_reports_and_manifest"],
-    "tunebook run params/demo.yaml --set run.id=r8 --set sft.lora_r=8":
+    "tunebook run params/demo.yaml --set run.id=r8 --set sft.lora.r=8":
         ["test_secrets.py::test_a_canary_key_used_by_a_campaign_and_an_evaluation_is_written_nowhere",
          "test_pipeline.py::test_changed_param_reruns_that_stage_and_downstream_only"],
     "tunebook run params/demo.yaml --from evaluate":
