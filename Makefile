@@ -21,16 +21,16 @@ LLAMA_CONVERTER := $(LLAMA_CACHE)/converter-$(LLAMA_CPP_VERSION)
 LLAMA_WHEEL := $(LLAMA_CACHE)/wheels/.built-$(LLAMA_CPP_VERSION)
 LLAMA_CMAKE_ARGS ?= -DLLAVA_BUILD=OFF -DGGML_NATIVE=OFF -DLLAMA_OPENSSL=OFF
 
-.PHONY: install demo test lint format golden bench lab clean
+.PHONY: install demo test lint format golden bench lab clean lock
 .DEFAULT_GOAL := demo
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-$(BIN)/.installed: pyproject.toml $(LLAMA_CONVERTER) $(LLAMA_WHEEL) | $(BIN)/python
+$(BIN)/.installed: pyproject.toml constraints.txt $(LLAMA_CONVERTER) $(LLAMA_WHEEL) | $(BIN)/python
 	$(BIN)/pip install --quiet $(TORCH_SPEC) $(TORCH_PIP_ARGS)
-	$(BIN)/pip install --quiet --find-links $(LLAMA_CACHE)/wheels -e '.[dev,gguf]'
+	$(BIN)/pip install --quiet -c constraints.txt --find-links $(LLAMA_CACHE)/wheels -e '.[dev,gguf]'
 	$(BIN)/python -m ipykernel install --sys-prefix --name tunebook --display-name "Python (tunebook)" >/dev/null
 	touch $@
 
@@ -94,3 +94,8 @@ lab: install
 
 clean:
 	rm -rf data/runs data/chroma data/models data/registry.json reports/*/ reports/index.html
+
+# Record the versions this environment was tested with (torch and llama-cpp-python are pinned on their own).
+lock: install
+	{ sed -n '1,2p' constraints.txt; $(BIN)/pip freeze --exclude-editable | grep -viE '^(torch|llama[-_]cpp[-_]python)=='; } > constraints.tmp
+	mv constraints.tmp constraints.txt

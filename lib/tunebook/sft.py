@@ -191,13 +191,14 @@ def train_sft(
     if params.trainer["packing"]:
         check_packing_isolation(model)
     tensorboard = SummaryWriter(log_dir=str(out_dir / "tensorboard")) if state.is_main_process else None
+    train, val = rows_for(template, data.train), rows_for(template, data.val)
     trainer = SFTTrainer(
         model=model,
-        args=_sft_config(params, out_dir, seed, has_val=len(data.val) > 0, progress=progress),
-        train_dataset=data.train,
-        eval_dataset=data.val if len(data.val) else None,
+        args=_sft_config(params, out_dir, seed, has_val=len(val) > 0, progress=progress, template=template),
+        train_dataset=train,
+        eval_dataset=val if len(val) else None,
         processing_class=tokenizer,
-        peft_config=lora_config(params),
+        peft_config=lora_config(params, template and tokenizer.convert_tokens_to_ids(template.added_tokens)),
         callbacks=[StopOnNonFinite(), memory, *([TensorBoardCallback(tb_writer=tensorboard)] if tensorboard else [])],
     )
     # Hashed once: it keys the checkpoints and goes into the registry (a real base is gigabytes to read).
@@ -412,9 +413,20 @@ def quantization_config(params: SftParams) -> BitsAndBytesConfig | None:
     return BitsAndBytesConfig(**params.quantization) if params.method == "qlora" else None
 
 
-def lora_config(params: SftParams) -> LoraConfig | None:
-    """The adapter trained by `method: lora` and `qlora`, from sft.lora; None with `full`."""
-    return None if params.method == "full" else LoraConfig(**params.lora, task_type="CAUSAL_LM")
+def lora_config(params: SftParams, new_token_ids: list[int] | None = None) -> LoraConfig | None:
+    """The adapter trained by `method: lora` and `qlora`, from sft.lora; None with `full`. Tokens a chat template
+    brought are trained too: their rows of the input embedding, as TRL does for a cloned template."""
+    if params.method == "full":
+        return None
+    return LoraConfig(**params.lora, task_type="CAUSAL_LM", trainable_token_indices=new_token_ids or None)
+
+
+def rows_for(template: chat.ChatTemplate | None, split: Dataset) -> Dataset:
+    """A split as TRL reads it for the template's loss: `messages` for an assistant-only loss, prompt/completion
+    rows for a loss on what follows the rendered prompt."""
+    if template is None or template.loss == "assistant":
+        return split
+    return Dataset.from_list([chat.as_prompt_completion(messages) for messages in split["messages"]])
 
 
 def warn_demo_scale(params: SftParams, model: PreTrainedModel) -> None:
@@ -431,7 +443,8 @@ def precision(setting: str) -> str:
     return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
 
 
-def _sft_config(params: SftParams, out_dir: Path, seed: int, has_val: bool, progress: bool) -> SFTConfig:
+def _sft_config(params: SftParams, out_dir: Path, seed: int, has_val: bool, progress: bool,
+                template: chat.ChatTemplate | None) -> SFTConfig:  # fmt: skip
     """sft.trainer (tunebook's defaults under the params' own keys), and what tunebook sets itself."""
     dtype = precision(params.precision)
     # Evaluation batches as large as the training ones, unless the block sets them.
@@ -439,7 +452,9 @@ def _sft_config(params: SftParams, out_dir: Path, seed: int, has_val: bool, prog
     return SFTConfig(
         **trainer,
         output_dir=str(out_dir / "checkpoints"),
-        assistant_only_loss=params.task == "chat",
+        # The loss the chat template allows (see tunebook.chat); continued pre-training (no template) trains all.
+        assistant_only_loss=template is not None and template.loss == "assistant",
+        completion_only_loss=template is not None and template.loss == "completion",
         include_num_input_tokens_seen="non_padding",
         logging_nan_inf_filter=False,  # a NaN must reach StopOnNonFinite, not be averaged away
         eval_strategy="steps" if has_val else "no",
@@ -454,11 +469,12 @@ def _sft_config(params: SftParams, out_dir: Path, seed: int, has_val: bool, prog
     )
 
 
-def resolved_configs(params: SftParams, data: TrainingData, out_dir: Path, seed: int) -> pd.DataFrame:
+def resolved_configs(params: SftParams, data: TrainingData, out_dir: Path, seed: int,
+                     template: chat.ChatTemplate | None) -> pd.DataFrame:  # fmt: skip
     """What train_sft trains with beyond the libraries' own defaults: each field of the resolved SFTConfig,
     LoraConfig and BitsAndBytesConfig that differs from the library's default, for the report."""
     return recipe.differences({
-        "SFTConfig": _sft_config(params, out_dir, seed, has_val=len(data.val) > 0, progress=True),
+        "SFTConfig": _sft_config(params, out_dir, seed, has_val=len(data.val) > 0, progress=True, template=template),
         "LoraConfig": lora_config(params),
         "BitsAndBytesConfig": quantization_config(params),
     })  # fmt: skip

@@ -147,8 +147,12 @@ def test_checkpoints_of_other_settings_are_not_resumed(tiny_model, dataset_dir, 
     [("full", "chat"), ("lora", "text"), ("qlora", "chat"), ("packed", "chat")],
     ids=["full", "continued-pretraining", "qlora", "lora-packed"],
 )
-def test_methods_train_save_and_register_a_loadable_model(method, task, tiny_model, dataset_dir, tmp_path, workdir):
-    """Full fine-tuning, continued pre-training on corpus text and QLoRA (bitsandbytes 4-bit, on the CPU here)."""
+def test_methods_train_save_and_register_a_loadable_model(
+    method, task, tiny_model, zoo, dataset_dir, tmp_path, workdir
+):
+    """Full fine-tuning, continued pre-training on corpus text and QLoRA (bitsandbytes 4-bit, on the CPU here,
+    on the zoo's Llama 3: bitsandbytes' CPU kernel takes no dimension under its 64-value block, which the tiny
+    model's are and real models' never are)."""
     from test_generate import stdlib_chunks
 
     from tunebook import models, registry
@@ -162,13 +166,14 @@ def test_methods_train_save_and_register_a_loadable_model(method, task, tiny_mod
     params = SftParams(method=method, task=task, precision="fp32", trainer=trainer)
     data = training_data(params, dataset_dir, stdlib_chunks(tmp_path, ("json", "bisect")))
     assert data.train.column_names == (["messages"] if task == "chat" else ["text"])
-    result = train_sft(params, tiny_model, data, tmp_path / "sft", seed=0, progress=False)
+    base = zoo("llama3") if method == "qlora" else tiny_model
+    result = train_sft(params, str(base), data, tmp_path / "sft", seed=0, progress=False)
     assert result.output_dir.name == ("model" if method == "full" else "adapter")
     assert (result.trainable_params == result.total_params) == (method == "full")
     name = register_model("r", result, params, data)
     spec = registry.resolve(name, "r")
     assert (spec["adapter"] is None) == (method == "full")
-    assert registry.resolve("base", "r")["base_model"] == tiny_model
+    assert registry.resolve("base", "r")["base_model"] == str(base)
     loaded = models.load_model(name, spec["base_model"], spec["adapter"])
     [answer] = models.generate(loaded, [MESSAGES[:1]], max_new_tokens=4, batch_size=1, progress=False)
     assert isinstance(answer.text, str)
@@ -185,6 +190,12 @@ def test_packed_examples_must_not_see_each_other(tiny_model, monkeypatch):
     monkeypatch.setattr(masking_utils, "find_packed_sequence_indices", lambda position_ids: None)
     with pytest.raises(PackingError, match="packed examples attend to each other"):
         check_packing_isolation(model)
+
+
+# Two ways of taking the same optimizer step agree to 1% of the step (lr 1e-2): Adam's first step divides each
+# gradient by its own size, so a gradient near Adam's eps turns rounding of 1e-7 into ~1e-5 of weight
+# (transformers 5.24 lands at 1.02e-5), while a wrongly normalised loss moves weights by the whole step.
+STEP_TOLERANCE = 1e-4
 
 
 def test_gradient_accumulation_matches_the_larger_batch(tiny_model, dataset_dir, tmp_path):
@@ -208,7 +219,7 @@ def test_gradient_accumulation_matches_the_larger_batch(tiny_model, dataset_dir,
     changed = [name for name in one if "lora_B" in name and one[name].abs().max() > 0]
     assert changed  # the step did move the adapter
     for name in one:
-        assert (one[name] - accumulated[name]).abs().max().item() < 1e-5, name
+        assert (one[name] - accumulated[name]).abs().max().item() < STEP_TOLERANCE, name
 
 
 def test_two_process_data_parallel_matches_one_process(tiny_model, dataset_dir, tmp_path, workdir):
@@ -232,7 +243,7 @@ def test_two_process_data_parallel_matches_one_process(tiny_model, dataset_dir, 
     one, two = (load_file(results[n].output_dir / "adapter_model.safetensors") for n in (1, 2))
     assert any(one[name].abs().max() > 0 for name in one if "lora_B" in name)
     for name in one:
-        assert (one[name] - two[name]).abs().max().item() < 1e-5, name
+        assert (one[name] - two[name]).abs().max().item() < STEP_TOLERANCE, name
     # Trainer's eval loss is a mean of per-batch means, and the eval batches differ (4 vs 2 a worker): close only.
     eval_one, eval_two = results[1].metrics["eval_loss"], results[2].metrics["eval_loss"]
     assert abs(eval_one - eval_two) < 0.01 * eval_one
@@ -333,12 +344,14 @@ def test_train_sft_warns_of_demo_scale_settings_on_a_real_base(tiny_model, tmp_p
 def test_the_report_shows_each_resolved_config_field_that_differs_from_the_librarys_default(tmp_path):
     from datasets import Dataset
 
+    from tunebook.chat import CHATML, ChatTemplate
     from tunebook.params import SftParams
     from tunebook.sft import TrainingData, resolved_configs
 
     data = TrainingData(Dataset.from_list([{"messages": MESSAGES}]), Dataset.from_list([]), "h", tmp_path, [])
     params = SftParams(method="qlora", trainer={"learning_rate": 3e-3}, lora={"r": 4}, precision="fp32")
-    table = resolved_configs(params, data, tmp_path / "run" / "sft", seed=7)
+    template = ChatTemplate(CHATML, "model", "assistant")
+    table = resolved_configs(params, data, tmp_path / "run" / "sft", seed=7, template=template)
     shown = {(row["config"], row["field"]): (row["value"], row["library default"]) for _, row in table.iterrows()}
     assert shown[("SFTConfig", "learning_rate")] == ("0.003", "2e-05")  # the params' own
     assert shown[("SFTConfig", "lr_scheduler_type")] == ("cosine", "linear")  # tunebook's default
@@ -348,5 +361,5 @@ def test_the_report_shows_each_resolved_config_field_that_differs_from_the_libra
     assert shown[("BitsAndBytesConfig", "bnb_4bit_quant_type")] == ("nf4", "fp4")
     assert ("SFTConfig", "per_device_train_batch_size") not in shown  # 8, as TRL's own default
     assert ("SFTConfig", "eval_strategy") not in shown  # no validation split
-    full = resolved_configs(SftParams(method="full"), data, tmp_path / "run" / "sft", seed=7)
+    full = resolved_configs(SftParams(method="full"), data, tmp_path / "run" / "sft", seed=7, template=template)
     assert set(full["config"]) == {"SFTConfig"}  # no adapter, no quantisation
