@@ -33,14 +33,6 @@ HEAD_DIM = SIZES["hidden_size"] // SIZES["num_attention_heads"]
 # method, template, LoRA, quantisation or precision.
 TRAINER_SIZES = {"max_steps": 2, "per_device_train_batch_size": 4, "gradient_accumulation_steps": 1,
                  "max_length": 256, "logging_steps": 1, "eval_steps": 2, "save_steps": 2}  # fmt: skip
-# tunebook.chat trains a stock template that TRL has no training version of (Llama 3.1's, Mistral's) on the answer
-# after its prompt, as prompt/completion rows; train_sft still hands TRL `messages` rows with assistant_only_loss,
-# and TRL refuses the template. Strict: the fix shows here as an XPASS, and this marker goes.
-COMPLETION_LOSS_BUG = (
-    "train_sft gives TRL messages rows with assistant_only_loss=True for a template chosen with loss 'completion': "
-    "ValueError: The chat template is not training-compatible (missing prefix-preservation or `{% generation %}` "
-    "markers) and patching is not supported for this template."
-)
 
 
 def family_template(config: dict) -> tuple[str, str]:
@@ -105,9 +97,7 @@ def test_every_recipe_ships_its_config():
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=[path.stem for path in RECIPES])
-def test_the_recipe_trains_its_sft_stage_on_a_shrunken_model_of_its_family(
-    recipe, zoo, dataset, tmp_path, workdir, request
-):
+def test_the_recipe_trains_its_sft_stage_on_a_shrunken_model_of_its_family(recipe, zoo, dataset, tmp_path, workdir):
     as_written = load_params(recipe, [f"ingest.corpus_dir={EXAMPLES / 'corpus'}"])
     config = json.loads(base_config_path(as_written, recipe).read_text(encoding="utf-8"))
     family, template = family_template(config)
@@ -123,9 +113,6 @@ def test_the_recipe_trains_its_sft_stage_on_a_shrunken_model_of_its_family(
     )
     unsized = {key: value for key, value in as_written.sft.trainer.items() if key not in TRAINER_SIZES}
     assert {key: value for key, value in sft.trainer.items() if key not in TRAINER_SIZES} == unsized
-    if chat.choose(AutoTokenizer.from_pretrained(model_dir), sft.chat_template).loss == "completion":
-        request.applymarker(pytest.mark.xfail(raises=ValueError, strict=True, reason=COMPLETION_LOSS_BUG))
-
     dataset_dir, chunks = dataset
     data = training_data(sft, dataset_dir, chunks)
     result = train_sft(sft, str(model_dir), data, paths.stage_dir(params.run.id, "sft"), params.seed, progress=False)
