@@ -40,6 +40,7 @@ class Inputs:
     chunk_texts: dict[str, str]  # chunk id -> text: the source passage the judge is shown
     policy: models.LoadedModel  # the model DPO starts from, which answers, samples and critiques
     base_model: str
+    adapter: str  # the policy's adapter, with the tokenizer and chat template it was trained with
 
 
 def inputs(run_id: str, params: DpoParams, seed: int) -> Inputs:
@@ -50,7 +51,7 @@ def inputs(run_id: str, params: DpoParams, seed: int) -> Inputs:
     chunks = ingest.read_chunks(paths.stage_dir(run_id, "ingest") / "chunks.jsonl")
     spec = registry.resolve(params.model, run_id)
     policy = models.load_model(params.model, spec["base_model"], spec["adapter"])
-    return Inputs(prompts, {c.id: c.text for c in chunks}, policy, spec["base_model"])
+    return Inputs(prompts, {c.id: c.text for c in chunks}, policy, spec["base_model"], spec["adapter"])
 
 
 def train_prompts(train_rows: list[dict], test_rows: list[dict], params: DpoParams, seed: int) -> pd.DataFrame:
@@ -251,7 +252,8 @@ def train_reward(results: dict[str, Pairs], inputs: Inputs, params: DpoParams, o
     from tunebook import reward
 
     pairs = [p for result in results.values() for p in result.pairs]
-    return reward.train_reward_model(pairs, inputs.base_model, params.reward, out_dir / "reward", seed, progress)
+    return reward.train_reward_model(pairs, inputs.base_model, inputs.adapter, params.reward, out_dir / "reward", seed,
+                                     progress)  # fmt: skip
 
 
 def rescore(

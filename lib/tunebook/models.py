@@ -75,10 +75,12 @@ def end_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
     return ids
 
 
-def load_base(base: str, tokenizer: PreTrainedTokenizerBase, **kwargs) -> PreTrainedModel:
+def load_base(
+    base: str, tokenizer: PreTrainedTokenizerBase, auto_class=AutoModelForCausalLM, **kwargs
+) -> PreTrainedModel:
     """A base model sized for the tokenizer it is used with: a template that brought new tokens (ChatML on a
     base model) needs their embedding rows, which the adapter then fills with the trained ones."""
-    model = AutoModelForCausalLM.from_pretrained(base, **kwargs, **pretrained_options())
+    model = auto_class.from_pretrained(base, **kwargs, **pretrained_options())
     if len(tokenizer) > model.get_input_embeddings().num_embeddings:
         model.resize_token_embeddings(len(tokenizer))
     return model

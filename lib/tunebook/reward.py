@@ -19,7 +19,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreT
 from transformers import logging as transformers_logging
 
 from tunebook.files import sha256_text
-from tunebook.models import device, pretrained_options
+from tunebook.models import device, load_base, pretrained_options
 from tunebook.params import RewardParams
 
 PAIR_KEYS = ("prompt", "chosen", "rejected")
@@ -53,10 +53,18 @@ def split_pairs(pairs: list[dict], held_out_fraction: float, seed: int) -> tuple
 
 
 def train_reward_model(
-    pairs: list[dict], base_model: str, params: RewardParams, out_dir: Path, seed: int, progress: bool = True
+    pairs: list[dict],
+    base_model: str,
+    tokenizer_dir: str | Path,
+    params: RewardParams,
+    out_dir: Path,
+    seed: int,
+    progress: bool = True,
 ) -> RewardResult:
     """Train on the train side of `split_pairs`; save the adapter (+ tokenizer) to out_dir/adapter and
-    measure pairwise accuracy on both sides."""
+    measure pairwise accuracy on both sides. The tokenizer, so the chat template, is the one the pairs' model
+    was trained with (tokenizer_dir: the SFT adapter), so the reward model reads answers as that model wrote them."""
+    from transformers import set_seed
     from trl import RewardTrainer
 
     from tunebook.sft import StopOnNonFinite
@@ -69,15 +77,14 @@ def train_reward_model(
             f"reward model: {len(train)} of {len(pairs)} preference pairs fall on the train side (held_out_fraction "
             f"{params.held_out_fraction}); at least 2 are needed: generate more pairs or lower the held-out fraction"
         )
-    tokenizer = AutoTokenizer.from_pretrained(base_model, **pretrained_options(weights=False))
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, **pretrained_options(weights=False))
     # The score is read at the last non-pad token, so sequence classification needs a pad id to find it.
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     config = reward_config(params, out_dir, seed, progress)
+    set_seed(seed)  # before loading, so the random score head is reproducible (as TRL does given a name)
     trainer = RewardTrainer(
-        # Given a name, TRL seeds before loading, so the random score head and LoRA weights are reproducible; it
-        # loads with num_labels=1 and copies the tokenizer's pad id into the model's config.
-        model=base_model,
+        model=_classifier(base_model, tokenizer),
         args=config,
         train_dataset=Dataset.from_list(train),
         processing_class=tokenizer,
@@ -121,8 +128,6 @@ def reward_config(params: RewardParams, out_dir: Path, seed: int, progress: bool
     return RewardConfig(
         **trainer,
         output_dir=str(out_dir / "checkpoints"),
-        # fp32 weights, bf16 only as autocast on a GPU: the head's small AdamW updates would round away in bf16.
-        model_init_kwargs={"dtype": torch.float32, **pretrained_options()},
         logging_nan_inf_filter=False,  # a NaN must reach StopOnNonFinite, not be averaged away
         bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
         fp16=False,
@@ -147,19 +152,23 @@ def load_scorer(base_model: str, adapter_dir: Path) -> RewardScorer:
     tokenizer = AutoTokenizer.from_pretrained(adapter_dir, **pretrained_options(weights=False))
     # Right padding, as in training: the score is read at the last non-pad token.
     tokenizer.padding_side = "right"
-    # Loading a causal LM as a classifier reports its new score head and unused LM head; the adapter brings the
-    # trained head, so the report would only mislead.
+    model = PeftModel.from_pretrained(_classifier(base_model, tokenizer), str(adapter_dir))
+    return RewardScorer(model.to(device()).eval(), tokenizer)
+
+
+def _classifier(base_model: str, tokenizer: PreTrainedTokenizerBase) -> PreTrainedModel:
+    """The base as a one-score classifier sized for the tokenizer, reading its score at the tokenizer's pad id.
+    fp32 weights, bf16 only as autocast on a GPU: the head's small AdamW updates would round away in bf16."""
+    # Loading a causal LM as a classifier reports its new score head and unused LM head; training makes the head
+    # (or the adapter brings the trained one), so the report would only mislead.
     verbosity = transformers_logging.get_verbosity()
     transformers_logging.set_verbosity_error()
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(
-            base_model, num_labels=1, dtype=torch.float32, **pretrained_options()
-        )
+        model = load_base(base_model, tokenizer, AutoModelForSequenceClassification, num_labels=1, dtype=torch.float32)
     finally:
         transformers_logging.set_verbosity(verbosity)
     model.config.pad_token_id = tokenizer.pad_token_id
-    model = PeftModel.from_pretrained(model, str(adapter_dir))
-    return RewardScorer(model.to(device()).eval(), tokenizer)
+    return model
 
 
 @torch.inference_mode()

@@ -69,7 +69,9 @@ def pairs(tiny_model: str) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def trained(pairs, tiny_model: str, tmp_path_factory: pytest.TempPathFactory) -> RewardResult:
-    return train_reward_model(pairs, tiny_model, PARAMS, tmp_path_factory.mktemp("reward"), SEED, progress=False)
+    return train_reward_model(
+        pairs, tiny_model, tiny_model, PARAMS, tmp_path_factory.mktemp("reward"), SEED, progress=False
+    )
 
 
 def test_split_keeps_each_prompts_pairs_together_whatever_the_order():
@@ -133,10 +135,12 @@ def test_the_saved_adapter_scores_as_at_train_time_without_importing_trl(trained
 
 def test_too_few_pairs_to_train_is_refused_before_any_compute(pairs, tiny_model, tmp_path):
     with pytest.raises(ValueError, match=r"1 of 1 preference pairs fall on the train side.*at least 2"):
-        train_reward_model(pairs[:1], tiny_model, PARAMS.model_copy(update={"held_out_fraction": 0.01}), tmp_path, 0)
+        train_reward_model(
+            pairs[:1], tiny_model, tiny_model, PARAMS.model_copy(update={"held_out_fraction": 0.01}), tmp_path, 0
+        )
     short = PARAMS.model_copy(update={"trainer": {**PARAMS.trainer, "max_length": 16}})
     with pytest.raises(ValueError, match=r"longer than dpo.reward.trainer.max_length=16 tokens.*at least 2 must"):
-        train_reward_model(pairs, tiny_model, short, tmp_path, SEED, progress=False)
+        train_reward_model(pairs, tiny_model, tiny_model, short, tmp_path, SEED, progress=False)
     unanswered = {"id": "x", "prompt": pairs[0]["prompt"], "chosen": pairs[0]["chosen"]}
     with pytest.raises(ValueError, match=r"preference pair 1 \(id 'x'\) has no rejected"):
-        train_reward_model([pairs[0], unanswered], tiny_model, PARAMS, tmp_path, SEED)
+        train_reward_model([pairs[0], unanswered], tiny_model, tiny_model, PARAMS, tmp_path, SEED)

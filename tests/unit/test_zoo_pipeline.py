@@ -30,6 +30,9 @@ EXPECTED = {
 # Tokenizers llama.cpp's converter takes offline: the zoo's Qwen2.5 tokenizer is a byte-level BPE whose
 # pre-tokenizer the converter knows only by the hash of the real Qwen vocabulary.
 CONVERTIBLE = ("llama3", "gemma", "mistral", "phi3")
+REWARD = RewardParams(
+    held_out_fraction=0.25, trainer={"max_steps": 2, "max_length": 192, "per_device_train_batch_size": 4}
+)
 FEW_STEPS = {"max_steps": 6, "learning_rate": 5e-3, "per_device_train_batch_size": 8, "max_length": 192,
              "logging_steps": 1, "save_steps": 100, "eval_steps": 100}  # fmt: skip
 
@@ -86,12 +89,17 @@ def test_a_stock_model_goes_through_sft_evaluate_dpo_and_export(family, zoo, run
     assert sorted(evaluation.summary["system"]) == ["base", "sft"]
 
     # DPO: pairs from the SFT model's samples, then TRL's DPO on its adapter
-    dpo_params = DpoParams(strategies=["sample_judge"], prompts=8, candidates=3, max_new_tokens=12,
+    dpo_params = DpoParams(strategies=["sample_judge"], prompts=24, candidates=4, max_new_tokens=12,
                            trainer={"max_steps": 2, "per_device_train_batch_size": 4, "max_length": 192,
                                     "learning_rate": 1e-3, "logging_steps": 1},
-                           precision="fp32", val_fraction=0.0, reward=RewardParams(enabled=False))  # fmt: skip
+                           precision="fp32", val_fraction=0.0, reward=REWARD)  # fmt: skip
     inputs = dpo.inputs(RUN, dpo_params, seed=0)
     results = dpo.build_pairs(inputs, dpo_params, seed=0, progress=False)
+    # The reward model reads conversations through the same template, and ranks the candidates again.
+    reward_model = dpo.train_reward(results, inputs, dpo_params, paths.stage_dir(RUN, "dpo"), 0, progress=False)
+    assert AutoTokenizer.from_pretrained(reward_model.adapter_dir).chat_template == sft_tokenizer.chat_template
+    rescored = dpo.rescore(results, dpo_params, reward_model, inputs.base_model, seed=0)
+    assert rescored["sample_judge"].candidates["score"].notna().all()
     card = dpo.write_pairs(results, paths.stage_dir(RUN, "dpo"), dpo.template_hash(inputs.policy), dpo_params, 0)
     del inputs
     result = dpo.train_dpo(dpo_params, RUN, paths.stage_dir(RUN, "dpo"), paths.stage_dir(RUN, "dpo"), 0, False)
@@ -145,3 +153,10 @@ def test_a_base_model_without_a_template_gets_chatml_and_trains_its_new_tokens(z
     assert models.end_ids(tokenizer)[0] == tokenizer.convert_tokens_to_ids("<|im_end|>")
     base = registry.resolve("base", RUN)
     assert models.load_model("base", base["base_model"], None, base["tokenizer"]).tokenizer.chat_template
+    # The export merges the adapter, new token rows included, into the base resized for them, and checks it.
+    params = ExportParams(model="sft", verify_prompts=4, max_new_tokens=6, gguf=[], modelfile=None)
+    merged, check = export.merge_and_verify(export.inputs(RUN, params), params)
+    assert check.ok and merged.get_input_embeddings().num_embeddings == len(tokenizer)
+    from tunebook.reward import _classifier
+
+    assert _classifier(entry["base_model"], tokenizer).get_input_embeddings().num_embeddings == len(tokenizer)
