@@ -274,8 +274,8 @@ SFT_TRAINER_OWNED = {
     **{key: hint.format(stage="sft") for key, hint in _TRAINER_OWNED.items()},
     "eval_strategy": "it evaluates every sft.trainer.eval_steps when there is a validation split",
     "model_init_kwargs": "set sft.precision or sft.quantization instead (tunebook loads the model)",
-    "assistant_only_loss": "set sft.task instead (chat: the loss on the assistant's tokens only)",
-    "completion_only_loss": "set sft.task instead (chat: the loss on the assistant's tokens only)",
+    "assistant_only_loss": "the loss follows sft.chat_template (tunebook.chat) and sft.task",
+    "completion_only_loss": "the loss follows sft.chat_template (tunebook.chat) and sft.task",
     "include_num_input_tokens_seen": "it counts the non-padding tokens for its tokens/s",
 }
 DPO_TRAINER_OWNED = {**{key: hint.format(stage="dpo") for key, hint in _TRAINER_OWNED.items()},

@@ -98,7 +98,8 @@ def test_a_swapped_in_template_that_renders_otherwise_is_refused(tokenizer):
     chat.check_rendering(stock, chat.ChatTemplate(CHATML, "trl:x", "assistant"), tokenizer, [MESSAGES])
 
 
-# Each zoo family's stock template: the template SFT trains with, its loss, and the token that ends its turn.
+# Each zoo family's stock template: the template SFT trains with under `auto`, its loss, and the token that ends
+# its turn (tests/unit/test_zoo_pipeline.py takes them through every stage).
 STOCK = {
     "llama3": ("trl:llama3", "assistant", "<|eot_id|>"),
     "qwen2_5": ("trl:qwen2_5", "assistant", "<|im_end|>"),

@@ -246,8 +246,7 @@ SETS = "tunebook sets this itself"
         ("sft:\n  trainer:\n    bf16: true\n", f"sft.trainer.bf16: {SETS}: set sft.precision instead"),
         ("sft:\n  trainer:\n    seed: 1\n", f"sft.trainer.seed: {SETS}: set the top-level seed instead"),
         ("sft:\n  trainer:\n    assistant_only_loss: false\n",
-         f"sft.trainer.assistant_only_loss: {SETS}: set sft.task instead (chat: the loss on the assistant's tokens "
-         "only)"),
+         f"sft.trainer.assistant_only_loss: {SETS}: the loss follows sft.chat_template (tunebook.chat) and sft.task"),
         ("sft:\n  lora:\n    task_type: SEQ_CLS\n", f"sft.lora.task_type: {SETS}: an SFT adapter is CAUSAL_LM"),
         ("dpo:\n  trainer:\n    fp16: true\n", f"dpo.trainer.fp16: {SETS}: set dpo.precision instead"),
         ("dpo:\n  reward:\n    lora:\n      modules_to_save: [score]\n",

@@ -10,6 +10,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from test_chat import STOCK
 from test_generate import extractive_only, run, stdlib_chunks
 from transformers import AutoTokenizer, GenerationConfig
 from zoo import FAMILIES
@@ -19,14 +20,6 @@ from tunebook.params import ChromaParams, DpoParams, EvaluateParams, ExportParam
 from tunebook.sft import register_model, train_sft, training_data
 
 RUN = "zoo"
-# The template each family trains with when sft.chat_template is `auto`, and the token ending its turn.
-EXPECTED = {
-    "llama3": ("trl:llama3", "assistant", "<|eot_id|>"),
-    "qwen2_5": ("trl:qwen2_5", "assistant", "<|im_end|>"),
-    "gemma": ("trl:gemma", "assistant", "<end_of_turn>"),
-    "mistral": ("model", "completion", "</s>"),
-    "phi3": ("trl:phi3", "assistant", "<|end|>"),
-}
 # Tokenizers llama.cpp's converter takes offline: the zoo's Qwen2.5 tokenizer is a byte-level BPE whose
 # pre-tokenizer the converter knows only by the hash of the real Qwen vocabulary.
 CONVERTIBLE = ("llama3", "gemma", "mistral", "phi3")
@@ -67,7 +60,7 @@ def sft(family_dir: Path, **overrides) -> str:
 @pytest.mark.parametrize("family", FAMILIES)
 def test_a_stock_model_goes_through_sft_evaluate_dpo_and_export(family, zoo, run_data, workdir):
     stage_inputs(run_data)
-    source, loss, turn_end = EXPECTED[family]
+    source, loss, turn_end = STOCK[family]
     name = sft(zoo(family))
     entry = registry.entries()[name]
     assert entry["chat_template"]["source"] == source and entry["chat_template"]["loss"] == loss
