@@ -185,7 +185,7 @@ def train_sft(
     tokenizer = AutoTokenizer.from_pretrained(base_model, **pretrained_options(weights=False))
     template = None
     if params.task == "chat":
-        template, _ = prepare_template(tokenizer, params.chat_template, data.train["messages"][:TEMPLATE_CHECKS])
+        template, _ = prepare_template(tokenizer, params.chat_template, data.train[:TEMPLATE_CHECKS]["messages"])
     model = load_base(base_model, tokenizer, **_load_kwargs(params))
     warn_demo_scale(params, model)
     if params.trainer["packing"]:
@@ -345,7 +345,7 @@ def template_check(params: SftParams, base_model: str, data: TrainingData
     if "messages" not in data.train.column_names:
         return None
     tokenizer = AutoTokenizer.from_pretrained(base_model, **pretrained_options(weights=False))
-    return prepare_template(tokenizer, params.chat_template, data.train["messages"][:TEMPLATE_CHECKS])
+    return prepare_template(tokenizer, params.chat_template, data.train[:TEMPLATE_CHECKS]["messages"])
 
 
 def register_model(run_id: str, result: SftResult, params: SftParams, data: TrainingData) -> str:
