@@ -63,9 +63,12 @@ $(CHROMIUM):
 	@echo "Installing Debian's chromium for the browser test of the runs index"
 	apt-get install -y -qq chromium >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)
 
+# Unit tests on both cores (pytest-xdist, a file's tests on one worker so that its servers and models are set up
+# once); the reference notebooks after, in order, as each reads the artifacts of the one before.
 test: install $(CHROMIUM)
 	$(BIN)/ruff check .
-	$(BIN)/pytest tests/unit tests/nbval $(NBVAL) --durations=15
+	$(BIN)/pytest tests/unit -n 2 --dist loadfile --durations=15
+	$(BIN)/pytest tests/nbval $(NBVAL)
 
 lint: install
 	$(BIN)/ruff check .

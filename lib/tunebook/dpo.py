@@ -341,7 +341,7 @@ class DpoResult:
 
 def check_reference(sft_name: str, run_id: str) -> dict:
     """The SFT model's registry entry, refused when its adapter is not the one that was registered."""
-    key = sft_name if ":" in sft_name else f"{run_id}:{sft_name}"
+    key = registry.key(sft_name, run_id)
     entry = registry.entries().get(key)
     if entry is None or not entry.get("adapter"):
         raise DpoError(f"DPO starts from a LoRA adapter in the registry, and {key} is not one")
@@ -447,12 +447,13 @@ def _history(log_history: list[dict]) -> pd.DataFrame:
 
 
 def register_model(run_id: str, result: DpoResult, params: DpoParams, card: dict) -> str:
-    entry = registry.entries()[params.model if ":" in params.model else f"{run_id}:{params.model}"]
+    entry = registry.entries()[registry.key(params.model, run_id)]
     record = {
         "base_model": entry["base_model"],
         "base_hash": entry.get("base_hash"),
         "adapter": str(result.adapter_dir),
         "model_dir": None,
+        "chat_template": entry.get("chat_template"),  # DPO trains the SFT model's template further
         "dataset_hash": card["pairs_hash"],
         "reference": result.reference,
         "params": params.model_dump(),

@@ -43,6 +43,11 @@ def register(run_id: str, stage: str, entry: dict) -> str:
     return name
 
 
+def key(name: str, run_id: str) -> str:
+    """The registry key of a model name: `RUN_ID:stage` as given, or a stage of this run."""
+    return name if ":" in name else f"{run_id}:{name}"
+
+
 def resolve(name: str, run_id: str) -> dict:
     """{'name', 'base_model', 'adapter', 'tokenizer', 'identity'} for a model name as params and notebooks write
     it. The identity is the content hash of the weights it names (None for an entry recorded without hashes).
@@ -56,11 +61,10 @@ def resolve(name: str, run_id: str) -> dict:
         identity = trained.get("base_hash")
         return {"name": "base", "base_model": trained["base_model"], "adapter": None,
                 "tokenizer": trained.get("adapter") or trained.get("model_dir"), "identity": identity}  # fmt: skip
-    key = name if ":" in name else f"{run_id}:{name}"
-    if key not in models:
+    if key(name, run_id) not in models:
         known = ", ".join(sorted(models)) or "none yet"
         raise RegistryError(f"no model named '{name}' in {registry_path()} (known: {known})")
-    entry = models[key]
+    entry = models[key(name, run_id)]
     # A fully fine-tuned model is a model directory of its own; an adapter goes on top of its base.
     if entry.get("model_dir"):
         identity = entry.get("output_hash")

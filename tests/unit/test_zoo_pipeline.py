@@ -107,6 +107,9 @@ def test_a_stock_model_goes_through_sft_evaluate_dpo_and_export(family, zoo, run
     out_dir = paths.stage_dir(RUN, "export")
     merged_dir = export.save_merged(merged, exported.reference.tokenizer, out_dir / "merged",
                                     [exported.adapter_dir, exported.base_model])  # fmt: skip
+    export.register(RUN, exported, merged_dir, check)
+    recorded = {stage: registry.entries()[f"{RUN}:{stage}"]["chat_template"] for stage in ("sft", "dpo", "export")}
+    assert recorded["sft"] == recorded["dpo"] == recorded["export"]  # the one template, recorded with each model
     saved = GenerationConfig.from_pretrained(merged_dir).eos_token_id
     assert set(saved if isinstance(saved, list) else [saved]) == set(stops)
     assert AutoTokenizer.from_pretrained(merged_dir).chat_template == sft_tokenizer.chat_template
