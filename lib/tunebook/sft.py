@@ -376,10 +376,12 @@ def _model_card(run_id: str, entry: dict) -> str:
         f"target modules {lora['target_modules']}"
     )  # fmt: skip
     kind = "Fine-tuned model" if params["method"] == "full" else "LoRA adapter"
-    task = {
-        "chat": "on question/answer chats, loss on the assistant's tokens only, with the chat template saved beside it",
-        "text": "as continued pre-training on the corpus text",
-    }[params["task"]]
+    template = entry["chat_template"]
+    task = (
+        f"on question/answer chats with the chat template saved beside it ({template['source']}, hash "
+        f"`{template['hash']}`), the loss on the {template['loss']}'s tokens only"
+        if template else "as continued pre-training on the corpus text"
+    )  # fmt: skip
     return f"""---
 library_name: {"transformers" if params["method"] == "full" else "peft"}
 tags: [{params["method"]}, sft, trl, tunebook]
