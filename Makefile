@@ -64,10 +64,12 @@ $(CHROMIUM):
 	apt-get install -y -qq chromium >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)
 
 # Unit tests on both cores (pytest-xdist, a file's tests on one worker so that its servers and models are set up
-# once); the reference notebooks after, in order, as each reads the artifacts of the one before.
+# once), each worker and the kernels it starts on one thread: two workers of two OpenMP threads each on two cores
+# took twice as long (13 min vs 7: their threads spin waiting for each other). The reference notebooks run after,
+# in order, as each reads the artifacts of the one before.
 test: install $(CHROMIUM)
 	$(BIN)/ruff check .
-	$(BIN)/pytest tests/unit -n 2 --dist loadfile --durations=15
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/pytest tests/unit -n 2 --dist loadfile --durations=15
 	$(BIN)/pytest tests/nbval $(NBVAL)
 
 lint: install
