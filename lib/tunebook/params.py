@@ -288,7 +288,10 @@ REWARD_TRAINER_OWNED = {
     "eval_strategy": "its pairwise accuracy is measured after training (set dpo.reward.held_out_fraction)",
     "model_init_kwargs": "the reward model loads in fp32 (its head's small updates would round away in bf16)",
 }
-SFT_LORA_OWNED = {"task_type": "an SFT adapter is CAUSAL_LM"}
+SFT_LORA_OWNED = {
+    "task_type": "an SFT adapter is CAUSAL_LM",
+    "trainable_token_indices": "the rows of the tokens sft.chat_template adds are trained (tunebook.chat)",
+}
 REWARD_LORA_OWNED = {
     "task_type": "the reward model is a SEQ_CLS adapter",
     "modules_to_save": "the reward model saves its score head beside the LoRA weights",

@@ -198,7 +198,7 @@ def train_sft(
         train_dataset=train,
         eval_dataset=val if len(val) else None,
         processing_class=tokenizer,
-        peft_config=lora_config(params, template and tokenizer.convert_tokens_to_ids(template.added_tokens)),
+        peft_config=lora_config(params, new_token_rows(template, tokenizer)),
         callbacks=[StopOnNonFinite(), memory, *([TensorBoardCallback(tb_writer=tensorboard)] if tensorboard else [])],
     )
     # Hashed once: it keys the checkpoints and goes into the registry (a real base is gigabytes to read).
@@ -415,12 +415,22 @@ def quantization_config(params: SftParams) -> BitsAndBytesConfig | None:
     return BitsAndBytesConfig(**params.quantization) if params.method == "qlora" else None
 
 
-def lora_config(params: SftParams, new_token_ids: list[int] | None = None) -> LoraConfig | None:
-    """The adapter trained by `method: lora` and `qlora`, from sft.lora; None with `full`. Tokens a chat template
-    brought are trained too: their rows of the input embedding, as TRL does for a cloned template."""
+def lora_config(params: SftParams, new_token_rows: list[int] | None = None) -> LoraConfig | None:
+    """The adapter trained by `method: lora` and `qlora`, from sft.lora; None with `full`. The rows of tokens a
+    chat template brought are trained too (see new_token_rows)."""
     if params.method == "full":
         return None
-    return LoraConfig(**params.lora, task_type="CAUSAL_LM", trainable_token_indices=new_token_ids or None)
+    return LoraConfig(**params.lora, task_type="CAUSAL_LM", trainable_token_indices=new_token_rows)
+
+
+def new_token_rows(template: chat.ChatTemplate | None, tokenizer: PreTrainedTokenizerBase) -> list[int] | None:
+    """The input-embedding rows of the tokens the template brought, trained as TRL trains a cloned template's.
+    An output head not tied to the embedding (Llama 3 8B, Mistral 7B) keeps its mean-initialised rows for them:
+    TRL's fused loss reads the head's weight directly, past any PEFT wrapper, so the model learns to write its
+    new end-of-turn token through its hidden states alone."""
+    if template is None or not template.added_tokens:
+        return None
+    return tokenizer.convert_tokens_to_ids(template.added_tokens)
 
 
 def rows_for(template: chat.ChatTemplate | None, split: Dataset) -> Dataset:

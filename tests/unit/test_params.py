@@ -248,6 +248,9 @@ SETS = "tunebook sets this itself"
         ("sft:\n  trainer:\n    assistant_only_loss: false\n",
          f"sft.trainer.assistant_only_loss: {SETS}: the loss follows sft.chat_template (tunebook.chat) and sft.task"),
         ("sft:\n  lora:\n    task_type: SEQ_CLS\n", f"sft.lora.task_type: {SETS}: an SFT adapter is CAUSAL_LM"),
+        ("sft:\n  lora:\n    trainable_token_indices: [1]\n",
+         f"sft.lora.trainable_token_indices: {SETS}: the rows of the tokens sft.chat_template adds are trained "
+         "(tunebook.chat)"),
         ("dpo:\n  trainer:\n    fp16: true\n", f"dpo.trainer.fp16: {SETS}: set dpo.precision instead"),
         ("dpo:\n  reward:\n    lora:\n      modules_to_save: [score]\n",
          f"dpo.reward.lora.modules_to_save: {SETS}: the reward model saves its score head beside the LoRA weights"),

@@ -142,7 +142,8 @@ def test_a_base_model_without_a_template_gets_chatml_and_trains_its_new_tokens(z
     assert entry["chat_template"]["added_tokens"] == ["<|im_end|>", "<|im_start|>"]
     adapter = Path(entry["adapter"])
     config = json.loads((adapter / "adapter_config.json").read_text())
-    assert config["trainable_token_indices"]
+    new_ids = AutoTokenizer.from_pretrained(adapter).convert_tokens_to_ids(["<|im_end|>", "<|im_start|>"])
+    assert config["trainable_token_indices"] == new_ids  # their input-embedding rows, as TRL trains them
     loaded = models.load_model("sft", entry["base_model"], adapter)
     tokenizer = loaded.tokenizer
     assert loaded.model.config.vocab_size == len(tokenizer)  # the base, resized for the new tokens
