@@ -173,8 +173,8 @@ class TokenMask:
 
 def token_mask(tokenizer: PreTrainedTokenizerBase, template: ChatTemplate, messages: list[dict]) -> TokenMask:
     """Which tokens of a training example the loss trains, as TRL computes it for the template, once the
-    tokenizer has it (see apply); TemplateError
-    when that would train nothing, everything, or never the token that ends the assistant's turn."""
+    tokenizer has it (see apply); TemplateError when that would train nothing, everything, or never the token
+    that ends the assistant's turn."""
     if template.loss == "assistant":
         encoded = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True,
                                                 return_assistant_tokens_mask=True)  # fmt: skip
