@@ -69,11 +69,13 @@ $(CHROMIUM):
 # in order, as each reads the artifacts of the one before.
 test: install $(CHROMIUM)
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/pytest tests/unit -n 2 --dist loadfile --durations=15
 	$(BIN)/pytest tests/nbval $(NBVAL)
 
 lint: install
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/ruff format --check .
 
 format: install

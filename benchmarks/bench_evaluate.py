@@ -70,8 +70,10 @@ def main() -> None:
     differing = sum(a != b for a, b in zip(answers[batch_size][0], reference, strict=True))
     best = {size: min(times) for size, times in seconds.items()}
     speedup = best[1] / best[batch_size]
-    print(f"{len(conversations)} prompts: one at a time {best[1]:.1f}s, batch_size {batch_size} "
-          f"{best[batch_size]:.1f}s: {speedup:.2f}x; identical answers: {identical}")  # fmt: skip
+    print(
+        f"{len(conversations)} prompts: one at a time {best[1]:.1f}s, batch_size {batch_size} "
+        f"{best[batch_size]:.1f}s: {speedup:.2f}x; identical answers: {identical}"
+    )
 
     def timing(size: int) -> dict:
         return {

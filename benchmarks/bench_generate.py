@@ -21,8 +21,16 @@ from tunebook import generate, ingest, servers
 from tunebook.params import GenerateParams, TinyParams
 from tunebook.tiny import build_tiny
 
-BENCH_TINY = TinyParams(vocab_size=600, hidden_size=64, num_layers=2, num_heads=2, intermediate_size=128,
-                        context_length=128, steps=60, batch_size=8)  # fmt: skip
+BENCH_TINY = TinyParams(
+    vocab_size=600,
+    hidden_size=64,
+    num_layers=2,
+    num_heads=2,
+    intermediate_size=128,
+    context_length=128,
+    steps=60,
+    batch_size=8,
+)
 
 
 def campaign(jobs, params: GenerateParams, scratch: Path, name: str) -> dict:
@@ -51,8 +59,14 @@ def main() -> None:
     for batching in (True, False):
         mode = "batching server" if batching else "one-request-at-a-time server"
         with servers.openai_server(model_dir, scratch / f"serve-{batching}.log", batching=batching) as base_url:
-            teacher = {"name": "served", "backend": "openai", "model": model_dir, "base_url": base_url,
-                       "questions": "extractive", "max_new_tokens": args.max_new_tokens}  # fmt: skip
+            teacher = {
+                "name": "served",
+                "backend": "openai",
+                "model": model_dir,
+                "base_url": base_url,
+                "questions": "extractive",
+                "max_new_tokens": args.max_new_tokens,
+            }
             runs = {}
             for concurrency in (1, args.concurrency):
                 params = GenerateParams(teachers=[teacher], concurrency=concurrency, context_chunks=0)
@@ -63,14 +77,16 @@ def main() -> None:
         assert sequential["requests"] == parallel["requests"] > 0, runs
         runs["speedup"] = round(sequential["seconds"] / parallel["seconds"], 2)
         results[mode] = runs
-        print(f"{mode}: {sequential['requests']} requests, 1 in flight {sequential['seconds']} s, "
-              f"{args.concurrency} in flight {parallel['seconds']} s: {runs['speedup']}x; "
-              f"cache re-run sent {runs['cache_rerun']['requests']}")  # fmt: skip
+        print(
+            f"{mode}: {sequential['requests']} requests, 1 in flight {sequential['seconds']} s, "
+            f"{args.concurrency} in flight {parallel['seconds']} s: {runs['speedup']}x; "
+            f"cache re-run sent {runs['cache_rerun']['requests']}"
+        )
 
     summary = {
         "benchmark": "generate: campaign concurrency and response cache against transformers serve (tiny model)",
         "command": "python benchmarks/bench_generate.py "
-        + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()),  # fmt: skip
+        + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()),
         "chunks": len(chunks),
         "results": results,
         "goal": "speedup >= 4 with 8 in flight; cache re-run sends 0 requests",

@@ -48,13 +48,23 @@ def build_model(scratch: Path) -> tuple[Path, int]:
 
 def worker(method: str, model_dir: str, out_dir: str) -> None:
     rows = [
-        {"messages": [{"role": "user", "content": f"What is item {i} of the list?"},
-                      {"role": "assistant", "content": f"Item {i} is the {i}th entry of the list."}]}
+        {
+            "messages": [
+                {"role": "user", "content": f"What is item {i} of the list?"},
+                {"role": "assistant", "content": f"Item {i} is the {i}th entry of the list."},
+            ]
+        }
         for i in range(32)
-    ]  # fmt: skip
+    ]
     data = TrainingData(Dataset.from_list(rows), Dataset.from_list([]), "bench", Path(out_dir), [])
-    trainer = {"per_device_train_batch_size": 1, "max_length": 64, "max_steps": 4, "save_steps": 10**6,
-               "eval_steps": 10**6, "logging_steps": 1}  # fmt: skip
+    trainer = {
+        "per_device_train_batch_size": 1,
+        "max_length": 64,
+        "max_steps": 4,
+        "save_steps": 10**6,
+        "eval_steps": 10**6,
+        "logging_steps": 1,
+    }
     params = SftParams(method=method, precision="bf16", trainer=trainer)
     result = train_sft(params, model_dir, data, Path(out_dir), seed=0, progress=False)
     print(json.dumps({"peak_memory_gb": result.metrics["peak_memory_gb"], "trainable": result.trainable_params}))
@@ -77,8 +87,10 @@ def main() -> None:
     model_dir, parameters = build_model(scratch)
     peaks = {method: measure(method, model_dir, scratch) for method in ("lora", "qlora")}
     ratio = peaks["qlora"]["peak_memory_gb"] / peaks["lora"]["peak_memory_gb"]
-    print(f"peak memory: LoRA (bf16 base) {peaks['lora']['peak_memory_gb']:.3f} GB, "
-          f"QLoRA (NF4 base) {peaks['qlora']['peak_memory_gb']:.3f} GB: {ratio:.2f}x")  # fmt: skip
+    print(
+        f"peak memory: LoRA (bf16 base) {peaks['lora']['peak_memory_gb']:.3f} GB, "
+        f"QLoRA (NF4 base) {peaks['qlora']['peak_memory_gb']:.3f} GB: {ratio:.2f}x"
+    )
     write_summary(
         "memory",
         {

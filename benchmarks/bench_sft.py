@@ -42,15 +42,23 @@ def plain_trl(model_dir: str, dataset, sft, steps: int, out_dir: Path) -> float:
     """The recipe from TRL's docs, padding to max_length; returns real tokens/s."""
     set_seed(0)
     args = SFTConfig(
-        output_dir=str(out_dir), max_steps=steps,
+        output_dir=str(out_dir),
+        max_steps=steps,
         per_device_train_batch_size=sft.trainer["per_device_train_batch_size"],
-        learning_rate=sft.trainer["learning_rate"], max_length=sft.trainer["max_length"],
+        learning_rate=sft.trainer["learning_rate"],
+        max_length=sft.trainer["max_length"],
         pad_to_multiple_of=sft.trainer["max_length"],
-        assistant_only_loss=True, include_num_input_tokens_seen="non_padding", logging_steps=steps,
-        save_strategy="no", report_to="none", use_cpu=True, disable_tqdm=True,
+        assistant_only_loss=True,
+        include_num_input_tokens_seen="non_padding",
+        logging_steps=steps,
+        save_strategy="no",
+        report_to="none",
+        use_cpu=True,
+        disable_tqdm=True,
         # TRL defaults these on (bf16 even on a CPU); off, as in tunebook's run, so padding is the only difference.
-        gradient_checkpointing=False, bf16=False,
-    )  # fmt: skip
+        gradient_checkpointing=False,
+        bf16=False,
+    )
     trainer = SFTTrainer(
         model=AutoModelForCausalLM.from_pretrained(model_dir),
         args=args,
@@ -58,7 +66,7 @@ def plain_trl(model_dir: str, dataset, sft, steps: int, out_dir: Path) -> float:
         processing_class=AutoTokenizer.from_pretrained(model_dir),
         peft_config=LoraConfig(
             r=sft.lora["r"], lora_alpha=sft.lora["lora_alpha"], target_modules="all-linear", task_type="CAUSAL_LM"
-        ),  # fmt: skip
+        ),
     )
     trainer.train()
     history = trainer.state.log_history
@@ -94,8 +102,10 @@ def main() -> None:
         for i, (name, variant) in enumerate(ours.items())
     }
     for name, value in tokens_per_s.items():
-        print(f"real tokens/s: plain TRL (padded to max_length) {plain:.0f}; tunebook, {name}: {value:.0f}: "
-              f"{value / plain:.2f}x")  # fmt: skip
+        print(
+            f"real tokens/s: plain TRL (padded to max_length) {plain:.0f}; tunebook, {name}: {value:.0f}: "
+            f"{value / plain:.2f}x"
+        )
 
     summary = {
         "benchmark": "sft: real (non-padding) tokens/s, tunebook vs plain TRL padded to max_length; demo tiny model "

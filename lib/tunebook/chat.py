@@ -119,14 +119,18 @@ def choose(tokenizer: PreTrainedTokenizerBase, setting: str) -> ChatTemplate:
         return _with_tokens(tokenizer, ChatTemplate(CHATML, "tunebook:chatml", "assistant"))
     path = _trl_dir() / f"{setting}_training.jinja"
     if not path.is_file():
-        raise TemplateError(f"sft.chat_template: unknown template {setting!r}: use auto, a .jinja file or one of "
-                            f"{', '.join(names())}")  # fmt: skip
+        raise TemplateError(
+            f"sft.chat_template: unknown template {setting!r}: use auto, a .jinja file or one of {', '.join(names())}"
+        )
     return _with_tokens(tokenizer, ChatTemplate(path.read_text(encoding="utf-8"), f"trl:{setting}", "assistant"))
 
 
 def _trl_name(text: str) -> str:
-    return next(p.name.removesuffix("_training.jinja") for p in _trl_dir().glob("*_training.jinja")
-                if p.read_text(encoding="utf-8") == text)  # fmt: skip
+    return next(
+        p.name.removesuffix("_training.jinja")
+        for p in _trl_dir().glob("*_training.jinja")
+        if p.read_text(encoding="utf-8") == text
+    )
 
 
 def _with_tokens(tokenizer: PreTrainedTokenizerBase, template: ChatTemplate) -> ChatTemplate:
@@ -139,14 +143,16 @@ def _with_tokens(tokenizer: PreTrainedTokenizerBase, template: ChatTemplate) -> 
 def apply(tokenizer: PreTrainedTokenizerBase, template: ChatTemplate) -> PreTrainedTokenizerBase:
     """Give the tokenizer the template, and its new tokens as special tokens (the model must then be resized)."""
     if template.added_tokens:
-        tokenizer.add_tokens([AddedToken(t, special=True, normalized=False) for t in template.added_tokens],
-                             special_tokens=True)  # fmt: skip
+        tokenizer.add_tokens(
+            [AddedToken(t, special=True, normalized=False) for t in template.added_tokens], special_tokens=True
+        )
     tokenizer.chat_template = template.text
     return tokenizer
 
 
-def check_rendering(stock: str, template: ChatTemplate, tokenizer: PreTrainedTokenizerBase,
-                    conversations: list[list[dict]]) -> None:  # fmt: skip
+def check_rendering(
+    stock: str, template: ChatTemplate, tokenizer: PreTrainedTokenizerBase, conversations: list[list[dict]]
+) -> None:
     """A training template that replaces the model's own must render every prompt, and every whole
     conversation, exactly as the model's own does: the model is then prompted at inference as it was trained."""
     if template.text == stock:
@@ -176,12 +182,14 @@ def token_mask(tokenizer: PreTrainedTokenizerBase, template: ChatTemplate, messa
     tokenizer has it (see apply); TemplateError when that would train nothing, everything, or never the token
     that ends the assistant's turn."""
     if template.loss == "assistant":
-        encoded = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True,
-                                                return_assistant_tokens_mask=True)  # fmt: skip
+        encoded = tokenizer.apply_chat_template(
+            messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True
+        )
         ids, mask = encoded["input_ids"], [bool(m) for m in encoded["assistant_masks"]]
     else:
-        prompt = tokenizer.apply_chat_template(messages[:-1], tokenize=True, return_dict=True,
-                                               add_generation_prompt=True)["input_ids"]  # fmt: skip
+        prompt = tokenizer.apply_chat_template(
+            messages[:-1], tokenize=True, return_dict=True, add_generation_prompt=True
+        )["input_ids"]
         ids = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True)["input_ids"]
         if ids[: len(prompt)] != prompt:
             raise TemplateError(

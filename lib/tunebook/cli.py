@@ -79,9 +79,10 @@ def _prepare(args: argparse.Namespace):
     selected = runner.select_stages(args.stages.split(",") if args.stages else None, args.from_stage)
     estimate = plan.estimate(params, args.params)
     stages = runner.plan_stages(params, selected, getattr(args, "force", False))
-    print(f"run {params.run.id} ({args.params}): " + ", ".join(
-        f"{s.stage} [{'cached' if s.cached else 'run'}]" for s in stages
-    ))  # fmt: skip
+    print(
+        f"run {params.run.id} ({args.params}): "
+        + ", ".join(f"{s.stage} [{'cached' if s.cached else 'run'}]" for s in stages)
+    )
     print(plan.format_plan(estimate))
     return params, selected, estimate
 

@@ -91,8 +91,7 @@ def paired_deltas(run_a: str, run_b: str, resamples: int, seed: int) -> pd.DataF
     if not shared:
         return pd.DataFrame()
     both = both[both["id"].isin(shared) & both["system"].isin(set(frames[0]["system"]) & set(frames[1]["system"]))]
-    return stats.compare(both, run_a, list(evaluate.SCORES), by=["system"], resamples=resamples, seed=seed,
-                         scale=100)  # fmt: skip
+    return stats.compare(both, run_a, list(evaluate.SCORES), by=["system"], resamples=resamples, seed=seed, scale=100)
 
 
 def _paired_table(paired: pd.DataFrame, run_a: str, run_b: str) -> pd.DataFrame:

@@ -46,8 +46,9 @@ class Inputs:
 def inputs(run_id: str, params: DpoParams, seed: int) -> Inputs:
     """This run's train prompts (decontaminated against its test split), chunks, and the model to improve."""
     dataset_dir = paths.stage_dir(run_id, "generate")
-    prompts = train_prompts(generate.read_split(dataset_dir, "train"), generate.read_split(dataset_dir, "test"),
-                            params, seed)  # fmt: skip
+    prompts = train_prompts(
+        generate.read_split(dataset_dir, "train"), generate.read_split(dataset_dir, "test"), params, seed
+    )
     chunks = ingest.read_chunks(paths.stage_dir(run_id, "ingest") / "chunks.jsonl")
     spec = registry.resolve(params.model, run_id)
     policy = models.load_model(params.model, spec["base_model"], spec["adapter"])
@@ -82,16 +83,21 @@ def score_answers(answers: pd.DataFrame, params: DpoParams, reward_scorer=None, 
     """A score per answer (higher is better; missing when the scorer could not score it)."""
     if params.scorer == "metric":
         scorer = metrics.rouge_l if params.metric == "rouge_l" else metrics.token_f1
-        return pd.Series([scorer(p, [r]) for p, r in zip(answers["prediction"], answers["reference"], strict=True)],
-                         index=answers.index, dtype=float)  # fmt: skip
+        return pd.Series(
+            [scorer(p, [r]) for p, r in zip(answers["prediction"], answers["reference"], strict=True)],
+            index=answers.index,
+            dtype=float,
+        )
     if params.scorer == "judge":
         table = answers.assign(model="candidate", id=[f"{i}-{n}" for i, n in enumerate(answers["id"])])
         grades = judge.grade(table, params.judge, progress=progress)
         return pd.Series(grades["score"].astype(float).to_numpy(), index=answers.index)
     from tunebook import reward
 
-    conversations = [[{"role": "user", "content": q}, {"role": "assistant", "content": p}]
-                     for q, p in zip(answers["question"], answers["prediction"], strict=True)]  # fmt: skip
+    conversations = [
+        [{"role": "user", "content": q}, {"role": "assistant", "content": p}]
+        for q, p in zip(answers["question"], answers["prediction"], strict=True)
+    ]
     return pd.Series(reward.score(reward_scorer, conversations), index=answers.index, dtype=float)
 
 
@@ -105,8 +111,9 @@ class Pairs:
     candidates: pd.DataFrame | None = None  # every scored candidate (sample_judge) or revision (self_critique)
 
 
-def sample_candidates(loaded: models.LoadedModel, prompts: pd.DataFrame, params: DpoParams, seed: int,
-                      progress: bool = True) -> pd.DataFrame:  # fmt: skip
+def sample_candidates(
+    loaded: models.LoadedModel, prompts: pd.DataFrame, params: DpoParams, seed: int, progress: bool = True
+) -> pd.DataFrame:
     """`candidates` answers a prompt, sampled at `temperature` (seeded)."""
     conversations = [[{"role": "user", "content": q}] for q in prompts["question"] for _ in range(params.candidates)]
     torch.manual_seed(seed)
@@ -131,19 +138,31 @@ def best_vs_worse(candidates: pd.DataFrame, params: DpoParams, seed: int) -> Pai
     dropped["unscored candidates"] += int(unscored.sum())
     for item_id, group in candidates[~unscored].groupby("id", sort=False):
         best = group.loc[group["score"].idxmax()]
-        worse = group[(group["score"] < best["score"] - params.min_gap)
-                      & (group["prediction"].str.strip() != best["prediction"].strip())]  # fmt: skip
+        worse = group[
+            (group["score"] < best["score"] - params.min_gap)
+            & (group["prediction"].str.strip() != best["prediction"].strip())
+        ]
         if worse.empty:
             dropped["prompts with all candidates tied"] += 1
             continue
         rejected = worse.iloc[rng.randrange(len(worse))]
-        pairs.append(_pair(item_id, best["question"], best["prediction"], rejected["prediction"],
-                           best["score"], rejected["score"], "sample_judge"))  # fmt: skip
+        pairs.append(
+            _pair(
+                item_id,
+                best["question"],
+                best["prediction"],
+                rejected["prediction"],
+                best["score"],
+                rejected["score"],
+                "sample_judge",
+            )
+        )
     return Pairs(pairs, dropped, candidates)
 
 
-def _pair(item_id: str, question: str, chosen: str, rejected: str, chosen_score: float, rejected_score: float,
-          strategy: str) -> dict:  # fmt: skip
+def _pair(
+    item_id: str, question: str, chosen: str, rejected: str, chosen_score: float, rejected_score: float, strategy: str
+) -> dict:
     return {
         "id": f"{strategy}-{item_id}",
         "prompt": [{"role": "user", "content": question}],
@@ -167,26 +186,47 @@ def self_critique(inputs: Inputs, params: DpoParams, reward_scorer=None, progres
     return improved_revisions(revised, params, reward_scorer, progress)
 
 
-def mine_failures(loaded: models.LoadedModel, prompts: pd.DataFrame, params: DpoParams,
-                  chunk_texts: dict[str, str], progress: bool = True) -> pd.DataFrame:  # fmt: skip
+def mine_failures(
+    loaded: models.LoadedModel,
+    prompts: pd.DataFrame,
+    params: DpoParams,
+    chunk_texts: dict[str, str],
+    progress: bool = True,
+) -> pd.DataFrame:
     """The model's greedy answers to the train prompts that the judge grades as failures, with labels:
     the evaluate stage's failure analysis, run on train prompts (its own export is of test prompts)."""
-    answers = models.generate(loaded, [[{"role": "user", "content": q}] for q in prompts["question"]],
-                              params.max_new_tokens, 16, progress)  # fmt: skip
-    table = prompts.assign(model=loaded.name, prediction=[a.text for a in answers],
-                           stopped=[a.stopped for a in answers],
-                           source_text=prompts["chunk_id"].map(chunk_texts))  # fmt: skip
+    answers = models.generate(
+        loaded, [[{"role": "user", "content": q}] for q in prompts["question"]], params.max_new_tokens, 16, progress
+    )
+    table = prompts.assign(
+        model=loaded.name,
+        prediction=[a.text for a in answers],
+        stopped=[a.stopped for a in answers],
+        source_text=prompts["chunk_id"].map(chunk_texts),
+    )
     grades = judge.grade(table, params.judge, progress=progress)
     return judge.label_failures(table, grades, params.judge, progress=progress)
 
 
-def critique_and_revise(loaded: models.LoadedModel, failures: pd.DataFrame, params: DpoParams,
-                        progress: bool = True) -> pd.DataFrame:  # fmt: skip
+def critique_and_revise(
+    loaded: models.LoadedModel, failures: pd.DataFrame, params: DpoParams, progress: bool = True
+) -> pd.DataFrame:
     """Each failure with the critic's critique and revision. The critic is asked for a JSON object; a
     reply without one is taken as the revision itself (small models rarely manage the JSON)."""
-    asks = [[{"role": "user", "content": params.critique_prompt.format(
-                label=row.label or "unlabelled", question=row.question, reference=row.reference,
-                answer=row.prediction)}] for row in failures.itertuples()]  # fmt: skip
+    asks = [
+        [
+            {
+                "role": "user",
+                "content": params.critique_prompt.format(
+                    label=row.label or "unlabelled",
+                    question=row.question,
+                    reference=row.reference,
+                    answer=row.prediction,
+                ),
+            }
+        ]
+        for row in failures.itertuples()
+    ]
     if params.critic == "self":
         replies = [g.text for g in models.generate(loaded, asks, params.max_new_tokens * 2, 16, progress)]
     else:
@@ -223,8 +263,17 @@ def improved_revisions(revised: pd.DataFrame, params: DpoParams, reward_scorer=N
         elif row.revision.strip() == row.prediction.strip() or row.revision_score <= row.original_score + gap:
             dropped["revisions not better than the original"] += 1
         else:
-            pairs.append(_pair(row.id, row.question, row.revision, row.prediction, row.revision_score,
-                               row.original_score, "self_critique"))  # fmt: skip
+            pairs.append(
+                _pair(
+                    row.id,
+                    row.question,
+                    row.revision,
+                    row.prediction,
+                    row.revision_score,
+                    row.original_score,
+                    "self_critique",
+                )
+            )
     return Pairs(pairs, dropped, revised)
 
 
@@ -235,8 +284,10 @@ def build_pairs(inputs: Inputs, params: DpoParams, seed: int, progress: bool = T
     """Each strategy's pairs. With `scorer: reward_model` they are first scored by the metric: the reward
     model learns from those pairs, then re-scores the same candidates and revisions (see rescore)."""
     first = params.model_copy(update={"scorer": "metric"}) if params.scorer == "reward_model" else params
-    build = {"sample_judge": lambda: sample_and_judge(inputs, first, seed, progress=progress),
-             "self_critique": lambda: self_critique(inputs, first, progress=progress)}  # fmt: skip
+    build = {
+        "sample_judge": lambda: sample_and_judge(inputs, first, seed, progress=progress),
+        "self_critique": lambda: self_critique(inputs, first, progress=progress),
+    }
     return {strategy: build[strategy]() for strategy in params.strategies}
 
 
@@ -246,14 +297,16 @@ def pair_counts(results: dict[str, Pairs]) -> pd.DataFrame:
     return pd.DataFrame(rows).fillna(0)
 
 
-def train_reward(results: dict[str, Pairs], inputs: Inputs, params: DpoParams, out_dir: Path, seed: int,
-                 progress: bool = True):  # fmt: skip
+def train_reward(
+    results: dict[str, Pairs], inputs: Inputs, params: DpoParams, out_dir: Path, seed: int, progress: bool = True
+):
     """The reward model (LoRA on the base) trained from the pairs; its held-out accuracy is in the result."""
     from tunebook import reward
 
     pairs = [p for result in results.values() for p in result.pairs]
-    return reward.train_reward_model(pairs, inputs.base_model, inputs.adapter, params.reward, out_dir / "reward", seed,
-                                     progress)  # fmt: skip
+    return reward.train_reward_model(
+        pairs, inputs.base_model, inputs.adapter, params.reward, out_dir / "reward", seed, progress
+    )
 
 
 def rescore(
@@ -291,13 +344,21 @@ def pair_statistics(pairs: list[dict]) -> pd.DataFrame:
     )
 
 
-def write_pairs(results: dict[str, Pairs], out_dir: Path, template_hash: str, params: DpoParams, seed: int,
-                reward_accuracy: float | None = None) -> dict:  # fmt: skip
+def write_pairs(
+    results: dict[str, Pairs],
+    out_dir: Path,
+    template_hash: str,
+    params: DpoParams,
+    seed: int,
+    reward_accuracy: float | None = None,
+) -> dict:
     """pairs.jsonl (train and val, split by a hash of the prompt) and card.json with every count."""
     pairs = [p for result in results.values() for p in result.pairs]
     if not pairs:
-        raise DpoError("no preference pairs remain after filtering (see the counts above): sample more "
-                       "candidates, raise the temperature, lower min_gap or use another scorer")  # fmt: skip
+        raise DpoError(
+            "no preference pairs remain after filtering (see the counts above): sample more "
+            "candidates, raise the temperature, lower min_gap or use another scorer"
+        )
     for pair in pairs:
         draw = int(sha256_text(pair["prompt"][0]["content"] + str(seed))[:8], 16) / 16**8
         pair["split"] = "val" if draw < params.val_fraction else "train"
@@ -347,13 +408,16 @@ def check_reference(sft_name: str, run_id: str) -> dict:
         raise DpoError(f"DPO starts from a LoRA adapter in the registry, and {key} is not one")
     found = hash_tree(Path(entry["adapter"]))
     if found != entry.get("output_hash"):
-        raise DpoError(f"the reference model does not match {key}: its adapter's hash is {found[:12]}, the registry "
-                       f"recorded {str(entry.get('output_hash'))[:12]} (retrain it, or re-run sft)")  # fmt: skip
+        raise DpoError(
+            f"the reference model does not match {key}: its adapter's hash is {found[:12]}, the registry "
+            f"recorded {str(entry.get('output_hash'))[:12]} (retrain it, or re-run sft)"
+        )
     return entry
 
 
-def train_dpo(params: DpoParams, run_id: str, pairs_dir: Path, out_dir: Path, seed: int,
-              progress: bool = True) -> DpoResult:  # fmt: skip
+def train_dpo(
+    params: DpoParams, run_id: str, pairs_dir: Path, out_dir: Path, seed: int, progress: bool = True
+) -> DpoResult:
     """TRL's DPOTrainer on the SFT adapter, its frozen copy as the reference."""
     from datasets import Dataset
     from peft import PeftModel
@@ -365,8 +429,10 @@ def train_dpo(params: DpoParams, run_id: str, pairs_dir: Path, out_dir: Path, se
     tokenizer = AutoTokenizer.from_pretrained(entry["adapter"], **models.pretrained_options(weights=False))
     template = evaluate.template_id(tokenizer.chat_template)
     if card["chat_template"] != template:
-        raise DpoError(f"the pairs were made with chat template {card['chat_template']}, the SFT model has "
-                       f"{template}: rebuild the pairs with this model")  # fmt: skip
+        raise DpoError(
+            f"the pairs were made with chat template {card['chat_template']}, the SFT model has "
+            f"{template}: rebuild the pairs with this model"
+        )
     columns = ("prompt", "chosen", "rejected")
     train, val = ([{k: p[k] for k in columns} for p in read_pairs(pairs_dir, split)] for split in ("train", "val"))
     if not train:
@@ -402,9 +468,17 @@ def _dpo_config(params: DpoParams, out_dir: Path, seed: int, has_val: bool, prog
     dtype = precision(params.precision)
     # Evaluation batches as large as the training ones, unless the block sets them.
     trainer = {"per_device_eval_batch_size": params.trainer["per_device_train_batch_size"], **params.trainer}
-    return DPOConfig(**trainer, output_dir=str(out_dir / "checkpoints"), eval_strategy="epoch" if has_val else "no",
-                     report_to="none", seed=seed, disable_tqdm=not progress, bf16=dtype == "bf16",
-                     fp16=dtype == "fp16", use_cpu=not torch.cuda.is_available())  # fmt: skip
+    return DPOConfig(
+        **trainer,
+        output_dir=str(out_dir / "checkpoints"),
+        eval_strategy="epoch" if has_val else "no",
+        report_to="none",
+        seed=seed,
+        disable_tqdm=not progress,
+        bf16=dtype == "bf16",
+        fp16=dtype == "fp16",
+        use_cpu=not torch.cuda.is_available(),
+    )
 
 
 def resolved_configs(params: DpoParams, pairs_dir: Path, out_dir: Path, seed: int) -> pd.DataFrame:
@@ -412,8 +486,9 @@ def resolved_configs(params: DpoParams, pairs_dir: Path, out_dir: Path, seed: in
     each field of the resolved DPOConfig, RewardConfig and LoraConfig that differs from its default."""
     from tunebook import reward
 
-    configs = {"DPOConfig": _dpo_config(params, out_dir, seed, has_val=bool(read_pairs(pairs_dir, "val")),
-                                        progress=True)}  # fmt: skip
+    configs = {
+        "DPOConfig": _dpo_config(params, out_dir, seed, has_val=bool(read_pairs(pairs_dir, "val")), progress=True)
+    }
     if params.reward.enabled:
         configs["RewardConfig (reward model)"] = reward.reward_config(params.reward, out_dir / "reward", seed)
         configs["LoraConfig (reward model)"] = reward.lora_config(params.reward)
@@ -440,9 +515,15 @@ def _history(log_history: list[dict]) -> pd.DataFrame:
     for entry in log_history:
         for split, prefix in (("train", ""), ("val", "eval_")):
             if f"{prefix}rewards/margins" in entry:
-                rows.append({"step": entry["step"], "split": split, "loss": entry.get(f"{prefix}loss"),
-                             "reward margin": entry[f"{prefix}rewards/margins"],
-                             "reward accuracy": entry[f"{prefix}rewards/accuracies"]})  # fmt: skip
+                rows.append(
+                    {
+                        "step": entry["step"],
+                        "split": split,
+                        "loss": entry.get(f"{prefix}loss"),
+                        "reward margin": entry[f"{prefix}rewards/margins"],
+                        "reward accuracy": entry[f"{prefix}rewards/accuracies"],
+                    }
+                )
     return pd.DataFrame(rows, columns=["step", "split", "loss", "reward margin", "reward accuracy"])
 
 
@@ -465,5 +546,10 @@ def register_model(run_id: str, result: DpoResult, params: DpoParams, card: dict
 
 def reevaluation_params(params: DpoParams) -> EvaluateParams:
     """How the report compares DPO with SFT and base: closed-book, greedy, through the evaluate module."""
-    return EvaluateParams(models=["base", params.model, "dpo"], baseline=params.model, conditions=["closed_book"],
-                          max_new_tokens=params.max_new_tokens, judge=params.judge)  # fmt: skip
+    return EvaluateParams(
+        models=["base", params.model, "dpo"],
+        baseline=params.model,
+        conditions=["closed_book"],
+        max_new_tokens=params.max_new_tokens,
+        judge=params.judge,
+    )

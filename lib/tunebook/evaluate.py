@@ -96,8 +96,9 @@ def conversations(items: pd.DataFrame, retrieved: pd.DataFrame | None, params: E
 
 
 def _context(chunks: list[str], share: int) -> str:
-    return "\n\n---\n\n".join(chunk if len(chunk) <= share else chunk[:share].rsplit(" ", 1)[0] + " ..."
-                                for chunk in chunks)  # fmt: skip
+    return "\n\n---\n\n".join(
+        chunk if len(chunk) <= share else chunk[:share].rsplit(" ", 1)[0] + " ..." for chunk in chunks
+    )
 
 
 # --- answering and scoring ------------------------------------------------------------------------------
@@ -126,8 +127,10 @@ def evaluate_models(
     conditions = {c: conversations(items, retrieved if c == "rag" else None, params) for c in params.conditions}
     # Perplexity is measured on the references answering the bare questions, the same for every model.
     questions = conversations(items, None, params)
-    references = [[*turns, {"role": "assistant", "content": reference}]
-                  for turns, reference in zip(questions, items["reference"], strict=True)]  # fmt: skip
+    references = [
+        [*turns, {"role": "assistant", "content": reference}]
+        for turns, reference in zip(questions, items["reference"], strict=True)
+    ]
     for name in params.models:
         spec = registry.resolve(name, run_id)
         loaded = models.load_model(name, spec["base_model"], spec["adapter"], spec["tokenizer"])
@@ -136,9 +139,14 @@ def evaluate_models(
             answers, cached = _greedy_answers(loaded, spec["identity"], asked, params, progress)
             reused += cached
             frames.append(_answers(items, name, condition, [a.text for a in answers], [a.stopped for a in answers]))
-        model_rows.append({"model": name, "source": spec["adapter"] or spec["base_model"],
-                           "chat template": template_id(loaded.tokenizer.chat_template),
-                           "answers": f"{reused} of {len(conditions)} conditions from the cache"})  # fmt: skip
+        model_rows.append(
+            {
+                "model": name,
+                "source": spec["adapter"] or spec["base_model"],
+                "chat template": template_id(loaded.tokenizer.chat_template),
+                "answers": f"{reused} of {len(conditions)} conditions from the cache",
+            }
+        )
         nll, tokens = models.reference_nll(loaded, references, params.batch_size, progress)
         perplexities[name] = models.perplexity(nll, tokens)
         del loaded
@@ -149,8 +157,13 @@ def evaluate_models(
             frames.append(_answers(items, endpoint.name, condition, texts, stopped))
     examples = _score(pd.concat(frames, ignore_index=True), params, retrieved, train_texts or [])
     summary, signature = summarize(examples, perplexities, retrieved)
-    decoding = {"decoding": "greedy", "max_new_tokens": params.max_new_tokens, "batch_size": params.batch_size,
-                "conditions": params.conditions, "rag_k": params.rag_k}  # fmt: skip
+    decoding = {
+        "decoding": "greedy",
+        "max_new_tokens": params.max_new_tokens,
+        "batch_size": params.batch_size,
+        "conditions": params.conditions,
+        "rag_k": params.rag_k,
+    }
     return Evaluation(examples, summary, pd.DataFrame(model_rows), signature, decoding)
 
 
@@ -165,13 +178,22 @@ def _greedy_answers(
     if identity is None:
         return models.generate(loaded, asked, params.max_new_tokens, params.batch_size, progress), False
     weights = next(loaded.model.parameters())
-    key = sha256_text(json.dumps({
-        "model": identity, "template": loaded.tokenizer.chat_template, "conversations": asked,
-        "max_new_tokens": params.max_new_tokens, "batch_size": params.batch_size,
-        "device": str(weights.device), "dtype": str(weights.dtype),
-        "libraries": {name: metadata.version(name) for name in ("torch", "transformers", "peft")},
-        "generation code": sha256_file(Path(models.__file__)),
-    }, sort_keys=True))  # fmt: skip
+    key = sha256_text(
+        json.dumps(
+            {
+                "model": identity,
+                "template": loaded.tokenizer.chat_template,
+                "conversations": asked,
+                "max_new_tokens": params.max_new_tokens,
+                "batch_size": params.batch_size,
+                "device": str(weights.device),
+                "dtype": str(weights.dtype),
+                "libraries": {name: metadata.version(name) for name in ("torch", "transformers", "peft")},
+                "generation code": sha256_file(Path(models.__file__)),
+            },
+            sort_keys=True,
+        )
+    )
     path = paths.data_dir() / "cache" / "generations" / f"{key}.json"
     if path.is_file():
         return [models.Generation(**answer) for answer in json.loads(path.read_text(encoding="utf-8"))], True
@@ -223,9 +245,15 @@ def summarize(
     check_columns = [c for c in examples.columns if c.startswith("check_") and not c.endswith("_reason")]
     for system, group in examples.groupby("system", sort=False):
         bleu, signature = metrics.corpus_bleu(group["prediction"].tolist(), group["reference"].tolist())
-        row = {"system": system, "model": group["model"].iloc[0], "condition": group["condition"].iloc[0],
-               "items": len(group), **(group[list(SCORES)].mean() * 100).round(2).to_dict(), "bleu": round(bleu, 2),
-               "stopped": round(group["stopped"].mean() * 100, 1)}  # fmt: skip
+        row = {
+            "system": system,
+            "model": group["model"].iloc[0],
+            "condition": group["condition"].iloc[0],
+            "items": len(group),
+            **(group[list(SCORES)].mean() * 100).round(2).to_dict(),
+            "bleu": round(bleu, 2),
+            "stopped": round(group["stopped"].mean() * 100, 1),
+        }
         if perplexities is not None:
             closed = row["condition"] == "closed_book"
             row["perplexity"] = round(perplexities.get(row["model"], float("nan")), 3) if closed else float("nan")
@@ -298,14 +326,25 @@ def judge_answers(
             continue
         pair = judge.pairwise(answers[answers["model"] == system], baseline, params.judge, progress=progress)
         counts = judge.outcomes(pair)
-        rows.append({"system": system, "baseline": params.baseline, **counts,
-                     "swap_consistency": round(judge.swap_consistency(pair) * 100, 1),
-                     "sign_test_p": stats.sign_test(counts["wins"], counts["losses"])})  # fmt: skip
+        rows.append(
+            {
+                "system": system,
+                "baseline": params.baseline,
+                **counts,
+                "swap_consistency": round(judge.swap_consistency(pair) * 100, 1),
+                "sign_test_p": stats.sign_test(counts["wins"], counts["losses"]),
+            }
+        )
         pairs.append(pair)
     failures = judge.label_failures(answers, grades, params.judge, progress=progress)
-    return Judgement(grades, pd.concat(pairs, ignore_index=True) if pairs else pd.DataFrame(), failures,
-                     pd.DataFrame(rows), judge.grade_summary(grades, params.judge.fail_below),
-                     judge.failure_summary(failures))  # fmt: skip
+    return Judgement(
+        grades,
+        pd.concat(pairs, ignore_index=True) if pairs else pd.DataFrame(),
+        failures,
+        pd.DataFrame(rows),
+        judge.grade_summary(grades, params.judge.fail_below),
+        judge.failure_summary(failures),
+    )
 
 
 def with_grades(examples: pd.DataFrame, grades: pd.DataFrame) -> pd.DataFrame:

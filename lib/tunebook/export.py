@@ -26,8 +26,16 @@ from tunebook.files import hash_tree, sha256_file, write_atomic
 from tunebook.params import EndpointParams, EvaluateParams, ExportParams
 
 # What a PEFT adapter directory needs to be loaded and served; training_args.bin (a pickle) stays behind.
-ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json", "tokenizer.json", "tokenizer_config.json",
-                 "tokenizer.model", "special_tokens_map.json", "chat_template.jinja", "README.md")  # fmt: skip
+ADAPTER_FILES = (
+    "adapter_model.safetensors",
+    "adapter_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "tokenizer.model",
+    "special_tokens_map.json",
+    "chat_template.jinja",
+    "README.md",
+)
 
 
 class ExportError(ValueError):
@@ -48,8 +56,10 @@ def inputs(run_id: str, params: ExportParams) -> Inputs:
     """The registry model to ship, loaded as it was evaluated, and the test items to check it on."""
     spec = registry.resolve(params.model, run_id)
     if not spec["adapter"]:
-        raise ExportError(f"{params.model} is a fully fine-tuned model, not an adapter: its directory "
-                          f"{spec['base_model']} is already the merged model")  # fmt: skip
+        raise ExportError(
+            f"{params.model} is a fully fine-tuned model, not an adapter: its directory "
+            f"{spec['base_model']} is already the merged model"
+        )
     test = generate.read_split(paths.stage_dir(run_id, "generate"), "test")
     items = evaluate.test_items(test, EvaluateParams(max_examples=params.verify_prompts))
     prompts = evaluate.conversations(items, None, EvaluateParams())
@@ -123,8 +133,11 @@ def verify_merge(
     mine = models.LoadedModel("merged", merged, tokenizer)
     ours = models.generate(mine, conversations, max_new_tokens, batch_size, progress=False)
     theirs = models.generate(reference, conversations, max_new_tokens, batch_size, progress=False)
-    differing = [{"question": c[-1]["content"], "merged": a.text, "base + adapter": b.text}
-                 for c, a, b in zip(conversations, ours, theirs, strict=True) if a.text != b.text]  # fmt: skip
+    differing = [
+        {"question": c[-1]["content"], "merged": a.text, "base + adapter": b.text}
+        for c, a, b in zip(conversations, ours, theirs, strict=True)
+        if a.text != b.text
+    ]
     return MergeCheck(len(conversations), gap, tolerance, len(conversations) - len(differing), differing, theirs)
 
 
@@ -166,10 +179,16 @@ def complete_tokenizer_files(tokenizer: PreTrainedTokenizerBase, out_dir: Path, 
     config = json.loads(config_path.read_text(encoding="utf-8"))
     config["add_bos_token"], config["add_eos_token"] = models.adds_bos_eos(tokenizer)
     config["added_tokens_decoder"] = {
-        str(token_id): {"content": token.content, "lstrip": token.lstrip, "rstrip": token.rstrip,
-                        "normalized": token.normalized, "single_word": token.single_word, "special": token.special}
+        str(token_id): {
+            "content": token.content,
+            "lstrip": token.lstrip,
+            "rstrip": token.rstrip,
+            "normalized": token.normalized,
+            "single_word": token.single_word,
+            "special": token.special,
+        }
         for token_id, token in sorted(tokenizer.added_tokens_decoder.items())
-    }  # fmt: skip
+    }
     config_path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
@@ -233,15 +252,19 @@ def write_gguf(merged_dir: Path, out_dir: Path, inputs: Inputs, params: ExportPa
 
 def gguf_answers(files: dict[str, Path], inputs: Inputs, params: ExportParams, context: int) -> dict[str, list]:
     """Every GGUF's greedy answers to the prompts, from llama-cpp-python in this process."""
-    return {f"{outtype} · llama-cpp-python": gguf.generate(path, inputs.prompts, params.max_new_tokens, context)
-            for outtype, path in files.items()}  # fmt: skip
+    return {
+        f"{outtype} · llama-cpp-python": gguf.generate(path, inputs.prompts, params.max_new_tokens, context)
+        for outtype, path in files.items()
+    }
 
 
 def gguf_logits(files: dict[str, Path], inputs: Inputs, check: MergeCheck, context: int) -> pd.DataFrame:
     """Every GGUF's logits against base + adapter's, teacher-forced on the prompts and its answers."""
     answers = [answer.text for answer in check.answers]
-    rows = [{"gguf": path.name, **gguf.logit_agreement(path, inputs.reference, inputs.prompts, answers, context)}
-            for path in files.values()]  # fmt: skip
+    rows = [
+        {"gguf": path.name, **gguf.logit_agreement(path, inputs.reference, inputs.prompts, answers, context)}
+        for path in files.values()
+    ]
     return pd.DataFrame(rows)
 
 
@@ -267,10 +290,16 @@ def served_evaluation(
     # the same name (another run, another adapter) is asked afresh rather than answered with this one's answers.
     alias = f"{params.name}-{sha256_file(path)[:12]}"
     with servers.llama_server(path, log_path, alias, context) as base_url:
-        served = EndpointParams(name=SERVED, model=alias, base_url=base_url, concurrency=1,
-                                extra_body=servers.LLAMA_GREEDY)  # fmt: skip
-        asked = EvaluateParams(models=[registered], endpoints=[served], baseline=registered,
-                               conditions=["closed_book"], max_new_tokens=params.max_new_tokens)  # fmt: skip
+        served = EndpointParams(
+            name=SERVED, model=alias, base_url=base_url, concurrency=1, extra_body=servers.LLAMA_GREEDY
+        )
+        asked = EvaluateParams(
+            models=[registered],
+            endpoints=[served],
+            baseline=registered,
+            conditions=["closed_book"],
+            max_new_tokens=params.max_new_tokens,
+        )
         return evaluate.evaluate_models(inputs.items, asked, run_id)
 
 
@@ -288,8 +317,11 @@ def parity(
     gated = {name for name in answers if params.gguf and name.startswith(params.gguf[0])}
     if served is not None:
         merged_name, served_name = "merged · transformers", f"{params.gguf[0]} · llama.cpp server"
-        outputs = {merged_name: _answers_of(served, registered, inputs.items), **outputs,
-                   served_name: _answers_of(served, SERVED, inputs.items)}  # fmt: skip
+        outputs = {
+            merged_name: _answers_of(served, registered, inputs.items),
+            **outputs,
+            served_name: _answers_of(served, SERVED, inputs.items),
+        }
         gated |= {merged_name, served_name}
     return gguf.parity(inputs.items, check.answers, outputs, gated, params.min_agreement)
 
@@ -331,6 +363,9 @@ def serving_commands(
 
 def files_table(directory: Path) -> pd.DataFrame:
     """Every exported file with its size and SHA-256, for the report."""
-    rows = [{"file": str(p.relative_to(directory)), "MB": round(p.stat().st_size / 1e6, 3), "sha256": sha256_file(p)}
-            for p in sorted(directory.rglob("*")) if p.is_file()]  # fmt: skip
+    rows = [
+        {"file": str(p.relative_to(directory)), "MB": round(p.stat().st_size / 1e6, 3), "sha256": sha256_file(p)}
+        for p in sorted(directory.rglob("*"))
+        if p.is_file()
+    ]
     return pd.DataFrame(rows, columns=["file", "MB", "sha256"])

@@ -313,8 +313,16 @@ async def _run_job(pool: Pool, job: Job, params: GenerateParams) -> dict:
         except TeacherUnavailable as err:
             errors.append(str(err))
             continue
-        return {"job": job.id, "index": job.index, "chunk_id": job.chunk.id, "assigned": job.teacher,
-                "fallback_errors": errors, "requests": 0, "cache_hits": 0, **record}  # fmt: skip
+        return {
+            "job": job.id,
+            "index": job.index,
+            "chunk_id": job.chunk.id,
+            "assigned": job.teacher,
+            "fallback_errors": errors,
+            "requests": 0,
+            "cache_hits": 0,
+            **record,
+        }
     raise CampaignError(errors[-1])
 
 
@@ -452,7 +460,7 @@ def build_dataset(records: list[dict], chunks: list[Chunk], params: GeneratePara
         ("repetitive", lambda rs: quality.by_repetition(rs, filters.max_repetition)),
         ("ungrounded", lambda rs: quality.by_grounding(rs, sources, filters.grounding_threshold)),
         ("near_duplicates", lambda rs: quality.near_duplicates(rs, filters.near_duplicate_threshold)),
-    ]  # fmt: skip
+    ]
     for name, step in steps:
         rows, removed[name] = step(rows)
         counts[f"{name}_removed"] = len(removed[name])

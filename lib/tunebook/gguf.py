@@ -64,8 +64,16 @@ def convert(model_dir: Path, outtype: str, out_path: Path, model_name: str | Non
     out_path.parent.mkdir(parents=True, exist_ok=True)
     partial = out_path.with_name(out_path.name + ".partial")
     log_path = out_path.with_suffix(".log")
-    command = [sys.executable, str(converter()), str(model_dir), "--outtype", outtype, "--outfile", str(partial),
-               *(["--model-name", model_name] if model_name else [])]  # fmt: skip
+    command = [
+        sys.executable,
+        str(converter()),
+        str(model_dir),
+        "--outtype",
+        outtype,
+        "--outfile",
+        str(partial),
+        *(["--model-name", model_name] if model_name else []),
+    ]
     with log_path.open("w") as log:
         done = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, check=False)
     if done.returncode != 0:
@@ -80,8 +88,15 @@ def load(gguf_path: Path, context_length: int = 0, vocab_only: bool = False, log
     """The GGUF in llama-cpp-python, quiet, seeded, on as many threads as torch uses."""
     from llama_cpp import Llama
 
-    return Llama(model_path=str(gguf_path), n_ctx=context_length, seed=0, n_threads=torch.get_num_threads(),
-                 vocab_only=vocab_only, logits_all=logits_all, verbose=False)  # fmt: skip
+    return Llama(
+        model_path=str(gguf_path),
+        n_ctx=context_length,
+        seed=0,
+        n_threads=torch.get_num_threads(),
+        vocab_only=vocab_only,
+        logits_all=logits_all,
+        verbose=False,
+    )
 
 
 # --- the tokenizer the GGUF carries -----------------------------------------------------------------------
@@ -118,8 +133,10 @@ def check_tokenizer(
     for conversation, prompt in zip(conversations, prompts, strict=True):
         rendered = formatter(messages=conversation).prompt
         if rendered != prompt:
-            raise GGUFError(f"{name}: llama.cpp renders the chat template as {rendered[:80]!r}..., "
-                            f"transformers as {prompt[:80]!r}...")  # fmt: skip
+            raise GGUFError(
+                f"{name}: llama.cpp renders the chat template as {rendered[:80]!r}..., "
+                f"transformers as {prompt[:80]!r}..."
+            )
         expected = tokenizer(prompt, add_special_tokens=False)["input_ids"]
         got = llm.tokenize(prompt.encode("utf-8"), add_bos=False, special=True)
         if got != expected:
@@ -130,8 +147,13 @@ def check_tokenizer(
                 f"token {at} on ({got[at : at + 4]} vs {expected[at : at + 4]}); is tokenizer.model beside the "
                 "model, and are the special tokens marked special in tokenizer_config.json?"
             )
-    return {"gguf": name, "chat template": "identical", "prompts tokenized alike": len(prompts),
-            "adds BOS": adds_bos, "stops at": tokenizer.convert_ids_to_tokens(stop_ids)}  # fmt: skip
+    return {
+        "gguf": name,
+        "chat template": "identical",
+        "prompts tokenized alike": len(prompts),
+        "adds BOS": adds_bos,
+        "stops at": tokenizer.convert_ids_to_tokens(stop_ids),
+    }
 
 
 # --- answers and logits -----------------------------------------------------------------------------------
@@ -222,15 +244,23 @@ def parity(
     for name, generations in outputs.items():
         same = [a.text == b.text for a, b in zip(generations, evaluated, strict=True)]
         agreement = sum(same) / len(same)
-        row = {"output": name, "prompts": len(same), "identical": sum(same), "agreement": round(agreement, 4),
-               "stopped": sum(g.stopped for g in generations)}  # fmt: skip
+        row = {
+            "output": name,
+            "prompts": len(same),
+            "identical": sum(same),
+            "agreement": round(agreement, 4),
+            "stopped": sum(g.stopped for g in generations),
+        }
         row.update({f"{metric} Δ": stats.format_ci(deltas.loc[(name, metric)]) for metric in ("f1", "rouge_l")})
         row["gate"] = f"≥ {min_agreement:.0%}" if name in gated else "reported"
         row["passes"] = agreement >= min_agreement if name in gated else True
         rows.append(row)
         answered = zip(items["question"], generations, evaluated, same, strict=True)
-        differing += [{"output": name, "question": q, "evaluated model": b.text, "output's answer": a.text}
-                      for q, a, b, s in answered if not s]  # fmt: skip
+        differing += [
+            {"output": name, "question": q, "evaluated model": b.text, "output's answer": a.text}
+            for q, a, b, s in answered
+            if not s
+        ]
     columns = ["output", "question", "evaluated model", "output's answer"]
     return Parity(pd.DataFrame(rows), pd.DataFrame(differing, columns=columns))
 
@@ -321,20 +351,24 @@ def _llama3_1(messages: list[dict], eos: str) -> str:
 
 def _gemma(messages: list[dict], eos: str) -> str:
     roles = {"assistant": "model"}
-    turns = "".join(f"<start_of_turn>{roles.get(m['role'], m['role'])}\n{m['content']}<end_of_turn>\n"
-                    for m in _fold_system(messages))  # fmt: skip
+    turns = "".join(
+        f"<start_of_turn>{roles.get(m['role'], m['role'])}\n{m['content']}<end_of_turn>\n"
+        for m in _fold_system(messages)
+    )
     return turns + "<start_of_turn>model\n"
 
 
 def _mistral(messages: list[dict], eos: str) -> str:
     turns = {"user": ("[INST] ", " [/INST]"), "assistant": ("", eos)}  # what goes before and after the content
-    return "".join(turns[m["role"]][0] + m["content"] + turns[m["role"]][1]
-                   for m in _fold_system(messages) if m["role"] in turns)  # fmt: skip
+    return "".join(
+        turns[m["role"]][0] + m["content"] + turns[m["role"]][1] for m in _fold_system(messages) if m["role"] in turns
+    )
 
 
 def _phi3(messages: list[dict], eos: str) -> str:
-    turns = "".join(f"<|{m['role']}|>\n{m['content']}<|end|>\n" for m in messages
-                    if m["role"] in ("system", "user", "assistant"))  # fmt: skip
+    turns = "".join(
+        f"<|{m['role']}|>\n{m['content']}<|end|>\n" for m in messages if m["role"] in ("system", "user", "assistant")
+    )
     return turns + "<|assistant|>\n"
 
 
@@ -402,12 +436,19 @@ CHAT_FORMATS = (
 # (Gemma's and Mistral's raise), and are then left out of the comparison.
 PROBES = (
     [{"role": "user", "content": "Question one?"}],
-    [{"role": "user", "content": "First?"}, {"role": "assistant", "content": "Answer."},
-     {"role": "user", "content": "Second?"}],
+    [
+        {"role": "user", "content": "First?"},
+        {"role": "assistant", "content": "Answer."},
+        {"role": "user", "content": "Second?"},
+    ],
     [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Question two?"}],
-    [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "First?"},
-     {"role": "assistant", "content": "Answer."}, {"role": "user", "content": "Second?"}],
-)  # fmt: skip
+    [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "First?"},
+        {"role": "assistant", "content": "Answer."},
+        {"role": "user", "content": "Second?"},
+    ],
+)
 REQUIRED_PROBES = 2
 
 
@@ -422,15 +463,19 @@ def chat_format(tokenizer: PreTrainedTokenizerBase) -> ChatFormat:
             expected.append(tokenizer.apply_chat_template(list(probe), add_generation_prompt=True, tokenize=False))
         except jinja2.TemplateError as error:
             if i < REQUIRED_PROBES:
-                raise GGUFError(f"the model's chat template refuses the conversation {probe} ({error}): "
-                                "tunebook writes no Ollama TEMPLATE for it") from None  # fmt: skip
+                raise GGUFError(
+                    f"the model's chat template refuses the conversation {probe} ({error}): "
+                    "tunebook writes no Ollama TEMPLATE for it"
+                ) from None
             expected.append(None)  # a system turn the template refuses: nothing to compare
     for fmt in CHAT_FORMATS:
         if all(text is None or text == fmt.prompt(p, bos, eos) for p, text in zip(PROBES, expected, strict=True)):
             return fmt
     known = ", ".join(f.name for f in CHAT_FORMATS)
-    raise GGUFError(f"the model's chat template matches none of the formats tunebook writes an Ollama TEMPLATE for "
-                    f"({known}); add its format to tunebook.gguf.CHAT_FORMATS")  # fmt: skip
+    raise GGUFError(
+        f"the model's chat template matches none of the formats tunebook writes an Ollama TEMPLATE for "
+        f"({known}); add its format to tunebook.gguf.CHAT_FORMATS"
+    )
 
 
 def modelfile(gguf_name: str, tokenizer: PreTrainedTokenizerBase, stop_ids: list[int], context_length: int) -> str:
@@ -441,11 +486,14 @@ def modelfile(gguf_name: str, tokenizer: PreTrainedTokenizerBase, stop_ids: list
     # Ollama tokenizes the rendered TEMPLATE as the GGUF says the model's tokenizer does, which tunebook's own
     # prompts never do: a BOS or EOS the chat template does not write would be added to every prompt.
     if adds_bos and not fmt.starts_with_bos:
-        raise GGUFError(f"the model's tokenizer puts {tokenizer.bos_token} before text, which its chat template "
-                        f"({fmt.name}) never writes: Ollama would add it to every prompt")  # fmt: skip
+        raise GGUFError(
+            f"the model's tokenizer puts {tokenizer.bos_token} before text, which its chat template "
+            f"({fmt.name}) never writes: Ollama would add it to every prompt"
+        )
     if adds_eos:
-        raise GGUFError(f"the model's tokenizer puts {tokenizer.eos_token} after text: Ollama would end every "
-                        "prompt with it")  # fmt: skip
+        raise GGUFError(
+            f"the model's tokenizer puts {tokenizer.eos_token} after text: Ollama would end every prompt with it"
+        )
     template = fmt.ollama_template(tokenizer.bos_token or "", tokenizer.eos_token or "", adds_bos)
     stops = "".join(f'PARAMETER stop "{piece}"\n' for piece in tokenizer.convert_ids_to_tokens(stop_ids))
     return (

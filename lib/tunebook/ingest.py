@@ -205,9 +205,25 @@ def _read_pdf(path: Path) -> tuple[str, str | None]:
 
 
 _HTML_BLOCKS = [
-    "p", "div", "li", "ul", "ol", "dl", "dt", "dd", "tr", "table", "blockquote",
-    "section", "article", "header", "footer", "h4", "h5", "h6",
-]  # fmt: skip
+    "p",
+    "div",
+    "li",
+    "ul",
+    "ol",
+    "dl",
+    "dt",
+    "dd",
+    "tr",
+    "table",
+    "blockquote",
+    "section",
+    "article",
+    "header",
+    "footer",
+    "h4",
+    "h5",
+    "h6",
+]
 
 
 def html_to_markdown(html: str) -> str:

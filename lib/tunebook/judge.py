@@ -408,9 +408,20 @@ def label_failures(
             }
             for r, j in zip(rows, judged, strict=True)
         ],
-        columns=["id", "model", "score", "label", "error", "raw", "question", "reference", "prediction", "chunk_id",
-                 "requests"],
-    )  # fmt: skip
+        columns=[
+            "id",
+            "model",
+            "score",
+            "label",
+            "error",
+            "raw",
+            "question",
+            "reference",
+            "prediction",
+            "chunk_id",
+            "requests",
+        ],
+    )
 
 
 def failure_summary(failures: pd.DataFrame) -> pd.DataFrame:

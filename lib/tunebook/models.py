@@ -95,8 +95,9 @@ def load_model(
     tokenizer_dir (the base evaluated with the template its fine-tune was trained with): the template a
     model was trained with is the one it is evaluated and served with.
     """
-    tokenizer_source = next((d for d in (adapter, tokenizer_dir) if d and (Path(d) / "tokenizer_config.json").exists()),
-                            base)  # fmt: skip
+    tokenizer_source = next(
+        (d for d in (adapter, tokenizer_dir) if d and (Path(d) / "tokenizer_config.json").exists()), base
+    )
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_source, **pretrained_options(weights=False))
     dtype = torch.bfloat16 if device().type == "cuda" else torch.float32
     model = load_base(base, tokenizer, dtype=dtype)

@@ -97,8 +97,9 @@ class NoSecrets(Strict):
         for where, fields in (("", data), ("extra_body.", extra_body)):
             for key in fields:
                 if str(key).lower() in SECRET_FIELDS:
-                    raise ValueError(f"'{where}{key}' must not be in params (reports record them); "
-                                     "set api_key_env instead")  # fmt: skip
+                    raise ValueError(
+                        f"'{where}{key}' must not be in params (reports record them); set api_key_env instead"
+                    )
         url = urlsplit(str(data.get("base_url") or ""))
         query = {name.lower() for name, _ in parse_qsl(url.query)}
         if url.password or query & SECRET_FIELDS:
@@ -278,8 +279,10 @@ SFT_TRAINER_OWNED = {
     "completion_only_loss": "the loss follows sft.chat_template (tunebook.chat) and sft.task",
     "include_num_input_tokens_seen": "it counts the non-padding tokens for its tokens/s",
 }
-DPO_TRAINER_OWNED = {**{key: hint.format(stage="dpo") for key, hint in _TRAINER_OWNED.items()},
-                     "report_to": "DPO reports in its notebook"}  # fmt: skip
+DPO_TRAINER_OWNED = {
+    **{key: hint.format(stage="dpo") for key, hint in _TRAINER_OWNED.items()},
+    "report_to": "DPO reports in its notebook",
+}
 REWARD_TRAINER_OWNED = {
     **DPO_TRAINER_OWNED,
     "report_to": "the reward model reports in the DPO notebook",
@@ -309,24 +312,37 @@ REWARD_BLOCKS = {
 }
 
 
-_RENAMED = {"lora_r": "r", "lr_scheduler": "lr_scheduler_type", "warmup_ratio": "warmup_steps",
-            "epochs": "num_train_epochs", "batch_size": "per_device_train_batch_size",
-            "grad_accum": "gradient_accumulation_steps", "gradient_checkpointing": "activation_checkpointing",
-            "group_by_length": "train_sampling_strategy (group_by_length or random)"}  # fmt: skip
+_RENAMED = {
+    "lora_r": "r",
+    "lr_scheduler": "lr_scheduler_type",
+    "warmup_ratio": "warmup_steps",
+    "epochs": "num_train_epochs",
+    "batch_size": "per_device_train_batch_size",
+    "grad_accum": "gradient_accumulation_steps",
+    "gradient_checkpointing": "activation_checkpointing",
+    "group_by_length": "train_sampling_strategy (group_by_length or random)",
+}
 # Keys of earlier params files that are now the libraries' own fields, in a block: where each one went.
 MOVED = {
     f"{section}.{key}": f"{section}.{block}.{_RENAMED.get(key, key)}"
     for section, block, keys in (
         ("sft", "lora", "lora_r lora_alpha lora_dropout target_modules"),
-        ("sft", "trainer", "learning_rate lr_scheduler warmup_ratio epochs max_steps batch_size grad_accum max_length "
-                           "group_by_length packing gradient_checkpointing logging_steps eval_steps save_steps"),
-        ("dpo", "trainer", "beta learning_rate epochs batch_size grad_accum max_length precompute_ref_log_probs "
-                           "logging_steps"),
+        (
+            "sft",
+            "trainer",
+            "learning_rate lr_scheduler warmup_ratio epochs max_steps batch_size grad_accum max_length "
+            "group_by_length packing gradient_checkpointing logging_steps eval_steps save_steps",
+        ),
+        (
+            "dpo",
+            "trainer",
+            "beta learning_rate epochs batch_size grad_accum max_length precompute_ref_log_probs logging_steps",
+        ),
         ("dpo.reward", "lora", "lora_r lora_alpha"),
         ("dpo.reward", "trainer", "learning_rate epochs batch_size max_length"),
     )
     for key in keys.split()
-}  # fmt: skip
+}
 
 # A learning rate or a length of training that only a tiny model from scratch wants: 10x to 100x a real
 # model's. Such settings are the demo's, and on a real base they would wreck it.
@@ -336,8 +352,11 @@ REAL_MODEL_PARAMETERS = 100e6  # above this, a base is a real model
 
 def demo_scale(trainer: dict[str, Any]) -> list[str]:
     """The settings of an SFT trainer block that are demo-scale, e.g. ['learning_rate 0.003']."""
-    return [f"{key} {trainer[key]:g}" for key, limit in DEMO_SCALE.items()
-            if isinstance(trainer.get(key), int | float) and trainer[key] >= limit]  # fmt: skip
+    return [
+        f"{key} {trainer[key]:g}"
+        for key, limit in DEMO_SCALE.items()
+        if isinstance(trainer.get(key), int | float) and trainer[key] >= limit
+    ]
 
 
 def demo_scale_warning(sft: SftParams, parameters: int) -> str | None:

@@ -90,12 +90,26 @@ def token_mask(tokens: list[str], trained: list[bool], title: str = "Tokens the 
             # Make whitespace and control tokens visible: "▁" is SentencePiece's space.
             label = tokens[index].replace("\n", "\\n").replace("▁", "·")
             ax.text(
-                column + 0.5, row + 0.5, label[:10], ha="center", va="center", fontsize=7, family="monospace",
-                bbox={"boxstyle": "round,pad=0.2", "facecolor": _PALETTE[2] if trained[index] else "#eeeeee",
-                      "edgecolor": "none"},
-            )  # fmt: skip
-    ax.text(0, len(rows) + 0.2, "green: trained (assistant answer and its end of turn); grey: context only",
-            fontsize=8, va="top")  # fmt: skip
+                column + 0.5,
+                row + 0.5,
+                label[:10],
+                ha="center",
+                va="center",
+                fontsize=7,
+                family="monospace",
+                bbox={
+                    "boxstyle": "round,pad=0.2",
+                    "facecolor": _PALETTE[2] if trained[index] else "#eeeeee",
+                    "edgecolor": "none",
+                },
+            )
+    ax.text(
+        0,
+        len(rows) + 0.2,
+        "green: trained (assistant answer and its end of turn); grey: context only",
+        fontsize=8,
+        va="top",
+    )
     return fig
 
 
@@ -131,8 +145,17 @@ def judge_outcomes(summary: pd.DataFrame, title: str = "Pairwise judge: wins, ti
 def score_vs_length(examples: pd.DataFrame, score: str = "f1", title: str = "F1 vs answer length"):
     fig, ax = _figure(title)
     systems = list(examples["system"].unique())
-    sns.scatterplot(data=examples, x="answer_words", y=score, hue="system", alpha=0.6, s=18, ax=ax,
-                    palette={s: color(s) for s in systems}, style="condition")  # fmt: skip
+    sns.scatterplot(
+        data=examples,
+        x="answer_words",
+        y=score,
+        hue="system",
+        alpha=0.6,
+        s=18,
+        ax=ax,
+        palette={s: color(s) for s in systems},
+        style="condition",
+    )
     ax.set_xlabel("answer length (words)")
     ax.set_ylabel(f"{score} (0-1)")
     return fig
@@ -143,8 +166,9 @@ def dpo_curves(history: pd.DataFrame, title: str = "DPO: reward margin and accur
     fig, axes = _panels(title, 2)
     splits = list(history["split"].unique())
     for ax, column, unit in ((axes[0], "reward margin", "nats x beta"), (axes[1], "reward accuracy", "share")):
-        sns.lineplot(data=history, x="step", y=column, hue="split", marker="o", ax=ax,
-                     palette={s: color(s) for s in splits})  # fmt: skip
+        sns.lineplot(
+            data=history, x="step", y=column, hue="split", marker="o", ax=ax, palette={s: color(s) for s in splits}
+        )
         ax.set_xlabel("optimizer step")
         ax.set_ylabel(f"{column} ({unit})")
     fig.tight_layout()
@@ -159,8 +183,9 @@ def pair_statistics(stats: pd.DataFrame, title: str = "Preference pairs"):
     sns.histplot(data=stats, x="gap", hue="strategy", bins=20, ax=axes[0], palette=palette, multiple="stack")
     axes[0].set_xlabel("score gap, chosen minus rejected (the scorer's units)")
     axes[0].set_ylabel("pairs")
-    sns.scatterplot(data=stats, x="rejected_words", y="chosen_words", hue="strategy", ax=axes[1], palette=palette,
-                    alpha=0.7, s=20)  # fmt: skip
+    sns.scatterplot(
+        data=stats, x="rejected_words", y="chosen_words", hue="strategy", ax=axes[1], palette=palette, alpha=0.7, s=20
+    )
     top = max(stats["chosen_words"].max(), stats["rejected_words"].max(), 1)
     axes[1].plot([0, top], [0, top], color="grey", linestyle="--", linewidth=1)
     axes[1].set_xlabel("rejected length (words)")
@@ -194,9 +219,17 @@ def runs_headline(scores: pd.DataFrame, title: str = "Headline metrics across ru
     for ax, metric in zip([axes] if len(metrics) == 1 else axes, metrics, strict=True):
         subset = scores[scores["metric"] == metric]
         models = list(pd.unique(subset["model"]))
-        sns.pointplot(data=subset, x="run", y="score", hue="model", palette={m: color(m) for m in models}, ax=ax,
-                      linestyles="", dodge=0.3 if len(models) > 1 else False,
-                      legend=ax is axes[-1] if len(metrics) > 1 else True)  # fmt: skip
+        sns.pointplot(
+            data=subset,
+            x="run",
+            y="score",
+            hue="model",
+            palette={m: color(m) for m in models},
+            ax=ax,
+            linestyles="",
+            dodge=0.3 if len(models) > 1 else False,
+            legend=ax is axes[-1] if len(metrics) > 1 else True,
+        )
         ax.set_title(metric)
         ax.set_xlabel("run (oldest first)")
         ax.set_ylabel("score (0-100)")

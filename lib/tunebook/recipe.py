@@ -181,8 +181,12 @@ def _defaults(config: Any) -> dict[str, Any]:
         factories = (
             {f.name: f.default_factory for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else {}
         )
-        return {p.name: p.default if factories.get(p.name, dataclasses.MISSING) is dataclasses.MISSING
-                else factories[p.name]() for p in parameters}  # fmt: skip
+        return {
+            p.name: p.default
+            if factories.get(p.name, dataclasses.MISSING) is dataclasses.MISSING
+            else factories[p.name]()
+            for p in parameters
+        }
 
 
 def _same(value: Any, default: Any) -> bool:

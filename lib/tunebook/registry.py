@@ -59,8 +59,13 @@ def resolve(name: str, run_id: str) -> dict:
         if trained is None:
             raise RegistryError(f"'base' is the base of run {run_id}'s SFT model, and run {run_id} has none")
         identity = trained.get("base_hash")
-        return {"name": "base", "base_model": trained["base_model"], "adapter": None,
-                "tokenizer": trained.get("adapter") or trained.get("model_dir"), "identity": identity}  # fmt: skip
+        return {
+            "name": "base",
+            "base_model": trained["base_model"],
+            "adapter": None,
+            "tokenizer": trained.get("adapter") or trained.get("model_dir"),
+            "identity": identity,
+        }
     if key(name, run_id) not in models:
         known = ", ".join(sorted(models)) or "none yet"
         raise RegistryError(f"no model named '{name}' in {registry_path()} (known: {known})")
@@ -71,5 +76,10 @@ def resolve(name: str, run_id: str) -> dict:
     else:
         hashes = (entry.get("base_hash"), entry.get("output_hash"))
         identity = "+".join(hashes) if all(hashes) else None
-    return {"name": name, "base_model": entry.get("model_dir") or entry["base_model"], "adapter": entry["adapter"],
-            "tokenizer": None, "identity": identity}  # fmt: skip
+    return {
+        "name": name,
+        "base_model": entry.get("model_dir") or entry["base_model"],
+        "adapter": entry["adapter"],
+        "tokenizer": None,
+        "identity": identity,
+    }

@@ -33,8 +33,11 @@ def headline_metrics(run_id: str) -> dict:
         path = paths.run_dir(run_id) / stage / "metrics.json"
         if path.exists():
             result = json.loads(path.read_text(encoding="utf-8"))
-            headline |= {system: {k: scores[k] for k in result["headline"]}
-                         for system, scores in result["models"].items() if keep in (None, system)}  # fmt: skip
+            headline |= {
+                system: {k: scores[k] for k in result["headline"]}
+                for system, scores in result["models"].items()
+                if keep in (None, system)
+            }
     return headline
 
 
@@ -90,16 +93,26 @@ BASELINE = "base"  # headline deltas are against the base model of the same run
 def headline_cells(headline: dict) -> list[dict]:
     """Each model's headline scores, and for every model but the base their difference from the base."""
     base = headline.get(BASELINE, {})
-    return [{"model": model, "scores": [(metric, value, None if model == BASELINE or metric not in base
-                                         else value - base[metric]) for metric, value in scores.items()]}
-            for model, scores in headline.items()]  # fmt: skip
+    return [
+        {
+            "model": model,
+            "scores": [
+                (metric, value, None if model == BASELINE or metric not in base else value - base[metric])
+                for metric, value in scores.items()
+            ],
+        }
+        for model, scores in headline.items()
+    ]
 
 
 def headline_plot(runs: list[dict]) -> str | None:
     """Headline metrics across runs (oldest first) as an inline PNG; None before any run has scores."""
-    rows = [{"run": run["run_id"], "model": model, "metric": metric, "score": value}
-            for run in reversed(runs) for model, scores in (run.get("headline") or {}).items()
-            for metric, value in scores.items()]  # fmt: skip
+    rows = [
+        {"run": run["run_id"], "model": model, "metric": metric, "score": value}
+        for run in reversed(runs)
+        for model, scores in (run.get("headline") or {}).items()
+        for metric, value in scores.items()
+    ]
     if not rows:
         return None
     from tunebook import plots  # matplotlib only once there is something to draw
@@ -161,10 +174,18 @@ def summary(
     def links(found: dict[str, Path] | None) -> list[tuple[str, str, str]]:
         return [(name, os.path.relpath(path, here), str(path)) for name, path in (found or {}).items()]
 
-    html = templates().get_template("summary.html.j2").render(
-        stage=stage, run_id=run_id, numbers=numbers, warnings=warnings or [], inputs=links(inputs),
-        outputs=links(outputs),
-    )  # fmt: skip
+    html = (
+        templates()
+        .get_template("summary.html.j2")
+        .render(
+            stage=stage,
+            run_id=run_id,
+            numbers=numbers,
+            warnings=warnings or [],
+            inputs=links(inputs),
+            outputs=links(outputs),
+        )
+    )
     return HTML(html)
 
 

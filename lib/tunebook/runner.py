@@ -225,8 +225,12 @@ def _run_stages(
         try:
             _execute(params, stage, executed, progress)
         except PapermillExecutionError as err:
-            error = {"cell": err.cell_index, "exec_count": err.exec_count, "ename": err.ename,
-                     "evalue": str(err.evalue)[:500]}  # fmt: skip
+            error = {
+                "cell": err.cell_index,
+                "exec_count": err.exec_count,
+                "ename": err.ename,
+                "evalue": str(err.evalue)[:500],
+            }
             what = f"in cell {err.cell_index}: {err.ename}: {str(err.evalue)[:300]}"
             raise _stage_failed(manifest, stage, error, started, executed, show_code, what) from None
         except DeadKernelError as err:

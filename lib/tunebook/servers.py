@@ -92,9 +92,26 @@ def llama_server(
     URL of its API. With api_key, it answers only requests that carry it. It has no health route; it is
     ready once it lists its model."""
     port = free_port()
-    command = [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf_path), "--model_alias", name,
-               "--host", HOST, "--port", str(port), "--n_ctx", str(context_length), "--seed", "0",
-               "--n_threads", str(threads), *(["--api_key", api_key] if api_key else [])]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "llama_cpp.server",
+        "--model",
+        str(gguf_path),
+        "--model_alias",
+        name,
+        "--host",
+        HOST,
+        "--port",
+        str(port),
+        "--n_ctx",
+        str(context_length),
+        "--seed",
+        "0",
+        "--n_threads",
+        str(threads),
+        *(["--api_key", api_key] if api_key else []),
+    ]
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     with running(command, log_path, lambda: answers(f"http://{HOST}:{port}/v1/models", headers)):
         yield f"http://{HOST}:{port}/v1"

@@ -40,8 +40,9 @@ from tunebook.params import SftParams, accelerate_config_path, demo_scale_warnin
 from tunebook.servers import free_port
 
 
-def prepare_template(tokenizer: PreTrainedTokenizerBase, setting: str, conversations: list[list[dict]]
-                     ) -> tuple[chat.ChatTemplate, chat.TokenMask]:  # fmt: skip
+def prepare_template(
+    tokenizer: PreTrainedTokenizerBase, setting: str, conversations: list[list[dict]]
+) -> tuple[chat.ChatTemplate, chat.TokenMask]:
     """The chat template SFT trains with (sft.chat_template), given to the tokenizer, and the loss mask of the
     first training example. Checked before any compute: a template TRL swapped in for the model's own must
     render the training examples exactly as the model's own does (so the model is prompted at inference as it
@@ -230,8 +231,17 @@ def train_sft(
     trainable, total = _count_parameters(trainer.model)
     history = _history(trainer.state.log_history)
     write_atomic(out_dir / "log_history.json", json.dumps(trainer.state.log_history, indent=1) + "\n")
-    return SftResult(output_dir, base_model, base_hash, history, metrics, trainable, total, resumed_from=checkpoint,
-                     chat_template=template.record() if template else None)  # fmt: skip
+    return SftResult(
+        output_dir,
+        base_model,
+        base_hash,
+        history,
+        metrics,
+        trainable,
+        total,
+        resumed_from=checkpoint,
+        chat_template=template.record() if template else None,
+    )
 
 
 def _start_wandb(params: SftParams, out_dir: Path):
@@ -240,20 +250,38 @@ def _start_wandb(params: SftParams, out_dir: Path):
         return None
     import wandb  # only needed when W&B is on
 
-    return wandb.init(project=params.wandb_project, name=out_dir.parent.name, dir=str(out_dir),
-                      config=params.model_dump())  # fmt: skip
+    return wandb.init(
+        project=params.wandb_project, name=out_dir.parent.name, dir=str(out_dir), config=params.model_dump()
+    )
 
 
 def _launch(params: SftParams, base_model: str, data: TrainingData, out_dir: Path, seed: int) -> SftResult:
     """Run train_sft in `params.processes` worker processes and return the main worker's result."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    spec = {"params": params.model_dump(), "base_model": base_model, "dataset_dir": str(data.dataset_dir),
-            "chunks": [asdict(c) for c in data.chunks], "out_dir": str(out_dir), "seed": seed}  # fmt: skip
+    spec = {
+        "params": params.model_dump(),
+        "base_model": base_model,
+        "dataset_dir": str(data.dataset_dir),
+        "chunks": [asdict(c) for c in data.chunks],
+        "out_dir": str(out_dir),
+        "seed": seed,
+    }
     write_atomic(out_dir / "launch.json", json.dumps(spec) + "\n")
     (out_dir / "result.json").unlink(missing_ok=True)
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(accelerate_config_path(params)),
-               "--num_processes", str(params.processes), "--main_process_port", str(free_port()),
-               "-m", "tunebook.sft", str(out_dir / "launch.json")]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(accelerate_config_path(params)),
+        "--num_processes",
+        str(params.processes),
+        "--main_process_port",
+        str(free_port()),
+        "-m",
+        "tunebook.sft",
+        str(out_dir / "launch.json"),
+    ]
     if subprocess.run(command).returncode != 0:
         raise RuntimeError(f"data-parallel training failed in one of its {params.processes} processes (see above)")
     return _read_result(out_dir / "result.json")
@@ -319,8 +347,10 @@ def out_of_memory_advice(params: SftParams) -> str:
     steps, trainer = [], params.trainer
     batch, accumulation = trainer["per_device_train_batch_size"], trainer["gradient_accumulation_steps"]
     if batch > 1:
-        steps.append(f"sft.trainer.per_device_train_batch_size={batch // 2} with sft.trainer."
-                     f"gradient_accumulation_steps={accumulation * 2} (the same effective batch)")  # fmt: skip
+        steps.append(
+            f"sft.trainer.per_device_train_batch_size={batch // 2} with sft.trainer."
+            f"gradient_accumulation_steps={accumulation * 2} (the same effective batch)"
+        )
     if not recipe.activation_checkpointing(trainer):
         steps.append("sft.trainer.activation_checkpointing=true")
     steps.append(f"a shorter sft.trainer.max_length (now {trainer['max_length']})")
@@ -334,13 +364,20 @@ def memory_comparison(params: SftParams, base_model: str, result: SftResult) -> 
     estimate = plan.sft_memory(params, AutoConfig.from_pretrained(base_model, **pretrained_options(weights=False)))
     rows = [{"memory": name, "estimated GB": gb} for name, gb in estimate.items()]
     measured = "peak allocated on the GPU" if torch.cuda.is_available() else "weights + optimizer state (CPU)"
-    rows.append({"memory": "total", "estimated GB": sum(estimate.values()),
-                 "measured peak GB": result.metrics["peak_memory_gb"], "measured as": measured})  # fmt: skip
+    rows.append(
+        {
+            "memory": "total",
+            "estimated GB": sum(estimate.values()),
+            "measured peak GB": result.metrics["peak_memory_gb"],
+            "measured as": measured,
+        }
+    )
     return pd.DataFrame(rows).round(3).fillna("")
 
 
-def template_check(params: SftParams, base_model: str, data: TrainingData
-                   ) -> tuple[chat.ChatTemplate, chat.TokenMask] | None:  # fmt: skip
+def template_check(
+    params: SftParams, base_model: str, data: TrainingData
+) -> tuple[chat.ChatTemplate, chat.TokenMask] | None:
     """The template train_sft chooses and its check on the first training example, for the report (chat only)."""
     if "messages" not in data.train.column_names:
         return None
@@ -371,17 +408,22 @@ def _model_card(run_id: str, entry: dict) -> str:
     params = entry["params"]
     trainer, lora = params["trainer"], params["lora"]
     metrics = "\n".join(f"| {name} | {value:.4f} |" for name, value in entry["metrics"].items())
-    adapter = "" if params["method"] == "full" else (
-        f", r={lora['r']}, alpha={lora['lora_alpha']}, dropout={lora.get('lora_dropout', 0.0)}, "
-        f"target modules {lora['target_modules']}"
-    )  # fmt: skip
+    adapter = (
+        ""
+        if params["method"] == "full"
+        else (
+            f", r={lora['r']}, alpha={lora['lora_alpha']}, dropout={lora.get('lora_dropout', 0.0)}, "
+            f"target modules {lora['target_modules']}"
+        )
+    )
     kind = "Fine-tuned model" if params["method"] == "full" else "LoRA adapter"
     template = entry["chat_template"]
     task = (
         f"on question/answer chats with the chat template saved beside it ({template['source']}, hash "
         f"`{template['hash']}`), the loss on the {template['loss']}'s tokens only"
-        if template else "as continued pre-training on the corpus text"
-    )  # fmt: skip
+        if template
+        else "as continued pre-training on the corpus text"
+    )
     return f"""---
 library_name: {"transformers" if params["method"] == "full" else "peft"}
 tags: [{params["method"]}, sft, trl, tunebook]
@@ -455,8 +497,9 @@ def precision(setting: str) -> str:
     return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
 
 
-def _sft_config(params: SftParams, out_dir: Path, seed: int, has_val: bool, progress: bool,
-                template: chat.ChatTemplate | None) -> SFTConfig:  # fmt: skip
+def _sft_config(
+    params: SftParams, out_dir: Path, seed: int, has_val: bool, progress: bool, template: chat.ChatTemplate | None
+) -> SFTConfig:
     """sft.trainer (tunebook's defaults under the params' own keys), and what tunebook sets itself."""
     dtype = precision(params.precision)
     # Evaluation batches as large as the training ones, unless the block sets them.
@@ -481,15 +524,20 @@ def _sft_config(params: SftParams, out_dir: Path, seed: int, has_val: bool, prog
     )
 
 
-def resolved_configs(params: SftParams, data: TrainingData, out_dir: Path, seed: int,
-                     template: chat.ChatTemplate | None) -> pd.DataFrame:  # fmt: skip
+def resolved_configs(
+    params: SftParams, data: TrainingData, out_dir: Path, seed: int, template: chat.ChatTemplate | None
+) -> pd.DataFrame:
     """What train_sft trains with beyond the libraries' own defaults: each field of the resolved SFTConfig,
     LoraConfig and BitsAndBytesConfig that differs from the library's default, for the report."""
-    return recipe.differences({
-        "SFTConfig": _sft_config(params, out_dir, seed, has_val=len(data.val) > 0, progress=True, template=template),
-        "LoraConfig": lora_config(params),
-        "BitsAndBytesConfig": quantization_config(params),
-    })  # fmt: skip
+    return recipe.differences(
+        {
+            "SFTConfig": _sft_config(
+                params, out_dir, seed, has_val=len(data.val) > 0, progress=True, template=template
+            ),
+            "LoraConfig": lora_config(params),
+            "BitsAndBytesConfig": quantization_config(params),
+        }
+    )
 
 
 def _last(log_history: list[dict], key: str) -> float:

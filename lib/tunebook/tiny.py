@@ -153,9 +153,17 @@ def train_tokenizer(texts: list[str], out_dir: Path, cfg: TinyParams) -> PreTrai
     trained = spm.SentencePieceProcessor(model_proto=model_bytes.getvalue())
     # Marked special here so that every reader types them as control tokens; llama.cpp's GGUF converter takes
     # the types from this map alone, and would otherwise split <|im_start|> into ordinary pieces.
-    added_tokens = {str(trained.PieceToId(piece)): {"content": piece, "lstrip": False, "rstrip": False,
-                                                    "normalized": False, "single_word": False, "special": True}
-                    for piece in (UNK, BOS, PAD, IM_START, IM_END)}  # fmt: skip
+    added_tokens = {
+        str(trained.PieceToId(piece)): {
+            "content": piece,
+            "lstrip": False,
+            "rstrip": False,
+            "normalized": False,
+            "single_word": False,
+            "special": True,
+        }
+        for piece in (UNK, BOS, PAD, IM_START, IM_END)
+    }
     tokenizer_config = {
         "tokenizer_class": "LlamaTokenizer",
         "add_prefix_space": False,

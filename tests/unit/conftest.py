@@ -126,8 +126,15 @@ def lora_adapter(tiny_model: str, tmp_path_factory: pytest.TempPathFactory) -> P
     from tunebook.sft import TrainingData, train_sft
 
     out = tmp_path_factory.mktemp("lora-adapter")
-    rows = [{"messages": [{"role": "user", "content": f"What is item {i}?"},
-                          {"role": "assistant", "content": f"Item {i} is a number."}]} for i in range(8)]  # fmt: skip
+    rows = [
+        {
+            "messages": [
+                {"role": "user", "content": f"What is item {i}?"},
+                {"role": "assistant", "content": f"Item {i} is a number."},
+            ]
+        }
+        for i in range(8)
+    ]
     data = TrainingData(Dataset.from_list(rows), Dataset.from_list([]), "h", out, [])
     trainer = {"max_steps": 3, "learning_rate": 1e-2, "save_steps": 10, "logging_steps": 1, "max_length": 64}
     params = SftParams(trainer=trainer, precision="fp32")
@@ -142,8 +149,14 @@ def pickled_model(tmp_path: Path) -> Path:
     from tokenizers import Tokenizer, models
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-    config = LlamaConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
-                         num_key_value_heads=2, vocab_size=64)  # fmt: skip
+    config = LlamaConfig(
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        vocab_size=64,
+    )
     torch.manual_seed(0)
     model_dir = tmp_path / "pickled-model"
     config.save_pretrained(model_dir)

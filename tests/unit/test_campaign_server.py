@@ -44,17 +44,24 @@ print(json.dumps({"requests": campaign.requests, "cache_hits": campaign.cache_hi
 
 def campaign_params(base_url: str, **overrides) -> GenerateParams:
     teachers = [
-        {"name": "served", "backend": "openai", "model": "tiny", "base_url": base_url, "questions": "extractive",
-         "max_new_tokens": 24},
+        {
+            "name": "served",
+            "backend": "openai",
+            "model": "tiny",
+            "base_url": base_url,
+            "questions": "extractive",
+            "max_new_tokens": 24,
+        },
         {"name": "extractive", "backend": "extractive"},
-    ]  # fmt: skip
+    ]
     return GenerateParams(teachers=teachers, context_chunks=0, concurrency=2, **overrides)
 
 
 def start_campaign(tmp_path: Path, workdir: Path, chunks, params: GenerateParams, out_dir: Path) -> subprocess.Popen:
     spec = tmp_path / f"spec-{out_dir.name}.json"
-    spec.write_text(json.dumps({"chunks": [asdict(c) for c in chunks], "params": params.model_dump(),
-                                "out_dir": str(out_dir)}))  # fmt: skip
+    spec.write_text(
+        json.dumps({"chunks": [asdict(c) for c in chunks], "params": params.model_dump(), "out_dir": str(out_dir)})
+    )
     env = {**os.environ, "TUNEBOOK_WORKDIR": str(workdir)}
     return subprocess.Popen(
         [sys.executable, "-c", CAMPAIGN_SCRIPT, str(spec)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
@@ -156,7 +163,7 @@ def test_a_teacher_that_writes_no_json_gets_parse_failures_with_ids(llama_server
                 "base_url": llama_server.base_url,
                 "max_new_tokens": 24,
             }
-        ],  # fmt: skip
+        ],
         context_chunks=2,
         concurrency=4,
     )
@@ -204,8 +211,9 @@ def test_extra_body_fields_reach_the_server_and_are_part_of_the_cache_key(llama_
     cache = ResponseCache(tmp_path / "cache")
 
     def ask(extra_body: dict) -> list:
-        endpoint = EndpointParams(name="served", model="tiny", base_url=llama_server.base_url, max_retries=0,
-                                  extra_body=extra_body)  # fmt: skip
+        endpoint = EndpointParams(
+            name="served", model="tiny", base_url=llama_server.base_url, max_retries=0, extra_body=extra_body
+        )
         return generate.run_sync(generate.chat_many(endpoint.campaign(8), prompts, "ask", False, cache))
 
     answered_before = llama_server.requests_answered()

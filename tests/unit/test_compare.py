@@ -16,14 +16,19 @@ from tunebook.params import EvaluateParams
 def fake_run(run_id: str, lora_r: int, sft_answers: list[str]) -> None:
     """A run's manifest and evaluation outputs, made by the evaluate stage's own functions."""
     items = evaluate.test_items(rows(), EvaluateParams())
-    frames = [evaluate._answers(items, "base", "closed_book", ["no idea"] * 6, [True] * 6),
-              evaluate._answers(items, "sft", "closed_book", sft_answers, [True] * 6)]  # fmt: skip
+    frames = [
+        evaluate._answers(items, "base", "closed_book", ["no idea"] * 6, [True] * 6),
+        evaluate._answers(items, "sft", "closed_book", sft_answers, [True] * 6),
+    ]
     examples = evaluate._score(pd.concat(frames, ignore_index=True), EvaluateParams(), None, [])
     summary, _ = evaluate.summarize(examples)
     deltas = evaluate.compare(examples, EvaluateParams(), seed=0)
     out = paths.run_dir(run_id) / "evaluate"
-    metrics = {"models": json.loads(summary.set_index("system").to_json(orient="index")),
-               "deltas": json.loads(deltas.to_json(orient="records")), "headline": ["f1", "rouge_l"]}  # fmt: skip
+    metrics = {
+        "models": json.loads(summary.set_index("system").to_json(orient="index")),
+        "deltas": json.loads(deltas.to_json(orient="records")),
+        "headline": ["f1", "rouge_l"],
+    }
     write_atomic(out / "metrics.json", json.dumps(metrics))
     write_atomic(out / "predictions.jsonl", jsonl_text(examples.drop(columns=["check"]).to_dict("records")))
     manifest = {"run_id": run_id, "params": {"sft": {"lora_r": lora_r, "method": "lora"}, "seed": 0}}

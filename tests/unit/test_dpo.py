@@ -12,18 +12,27 @@ REFERENCE = "A str holding the JSON document."
 
 def candidates(rows: list[tuple[str, str, float | None]]) -> pd.DataFrame:
     return pd.DataFrame(
-        [{"id": item, "question": QUESTION, "reference": REFERENCE, "prediction": text, "score": score}
-         for item, text, score in rows]
-    )  # fmt: skip
+        [
+            {"id": item, "question": QUESTION, "reference": REFERENCE, "prediction": text, "score": score}
+            for item, text, score in rows
+        ]
+    )
 
 
 def test_the_best_candidate_is_paired_with_a_worse_one_and_never_with_itself():
-    table = candidates([
-        ("q1", "A str holding the JSON document.", 1.0), ("q1", "a list", 0.2), ("q1", "bytes", 0.1),
-        ("q2", "same", 0.5), ("q2", "same", 0.5),  # all tied
-        ("q3", "twice", 0.9), ("q3", "twice ", 0.1),  # a lower score, but the same text
-        ("q4", "unscored", None), ("q4", "scored", 0.3),
-    ])  # fmt: skip
+    table = candidates(
+        [
+            ("q1", "A str holding the JSON document.", 1.0),
+            ("q1", "a list", 0.2),
+            ("q1", "bytes", 0.1),
+            ("q2", "same", 0.5),
+            ("q2", "same", 0.5),  # all tied
+            ("q3", "twice", 0.9),
+            ("q3", "twice ", 0.1),  # a lower score, but the same text
+            ("q4", "unscored", None),
+            ("q4", "scored", 0.3),
+        ]
+    )
     result = dpo.best_vs_worse(table, DpoParams(), seed=0)
     assert [p["id"] for p in result.pairs] == ["sample_judge-q1"]
     (pair,) = result.pairs
@@ -37,14 +46,25 @@ def test_the_best_candidate_is_paired_with_a_worse_one_and_never_with_itself():
 
 def test_a_revision_is_kept_only_when_it_scores_higher_than_the_original():
     revised = pd.DataFrame(
-        [{"id": f"q{i}", "question": QUESTION, "reference": REFERENCE, "prediction": original, "revision": revision,
-          "label": "wrong"} for i, (original, revision) in enumerate([
-            ("a list", "A str holding the JSON document."),  # better: kept
-            ("A str holding the JSON document.", "a list"),  # worse: dropped
-            ("bytes", "bytes"),  # unchanged: dropped
-            ("bytes", ""),  # empty: dropped
-        ])]
-    )  # fmt: skip
+        [
+            {
+                "id": f"q{i}",
+                "question": QUESTION,
+                "reference": REFERENCE,
+                "prediction": original,
+                "revision": revision,
+                "label": "wrong",
+            }
+            for i, (original, revision) in enumerate(
+                [
+                    ("a list", "A str holding the JSON document."),  # better: kept
+                    ("A str holding the JSON document.", "a list"),  # worse: dropped
+                    ("bytes", "bytes"),  # unchanged: dropped
+                    ("bytes", ""),  # empty: dropped
+                ]
+            )
+        ]
+    )
     result = dpo.improved_revisions(revised, DpoParams(), progress=False)
     assert [(p["chosen"][0]["content"], p["rejected"][0]["content"]) for p in result.pairs] == [(REFERENCE, "a list")]
     assert result.dropped == {"empty revisions": 1, "revisions not better than the original": 2}
@@ -62,9 +82,11 @@ def test_pairs_come_from_train_prompts_never_test_ones():
 
     shared = "serialise obj to a JSON formatted str using this conversion table and the given options"
     test = [row("t1", "What does json.dumps do?", shared), row("t2", "What is heapq?", "A heap queue.")]
-    train = [row("t2", "What is heapq?", "A heap queue."),  # the same item as a test one
-             row("a", "What does json.dump do?", shared + " writing it to fp"),  # shares 13 words with t1
-             row("b", "What does bisect.insort do?", "It inserts x in a, keeping it sorted.")]  # fmt: skip
+    train = [
+        row("t2", "What is heapq?", "A heap queue."),  # the same item as a test one
+        row("a", "What does json.dump do?", shared + " writing it to fp"),  # shares 13 words with t1
+        row("b", "What does bisect.insort do?", "It inserts x in a, keeping it sorted."),
+    ]
     prompts = dpo.train_prompts(train, test, DpoParams(prompts=0), seed=0)
     assert prompts["id"].tolist() == ["b"]
 
@@ -79,8 +101,10 @@ def test_no_pairs_left_is_refused_with_a_clear_message(tmp_path):
 
 
 def test_the_card_counts_pairs_drops_and_length_bias(tmp_path):
-    results = {"sample_judge": dpo.Pairs([pair(i) for i in range(20)], dpo.Counter({"ties": 3})),
-               "self_critique": dpo.Pairs([], dpo.Counter({"revisions not better than the original": 5}))}  # fmt: skip
+    results = {
+        "sample_judge": dpo.Pairs([pair(i) for i in range(20)], dpo.Counter({"ties": 3})),
+        "self_critique": dpo.Pairs([], dpo.Counter({"revisions not better than the original": 5})),
+    }
     card = dpo.write_pairs(results, tmp_path, "abc", DpoParams(val_fraction=0.2), 0, reward_accuracy=0.8)
     assert card["pairs"] == 20 and card["by_strategy"] == {"sample_judge": 20, "self_critique": 0}
     assert card["dropped"]["self_critique"] == {"revisions not better than the original": 5}
@@ -113,8 +137,15 @@ def sft_model(tiny_model, tmp_path, workdir):
     from tunebook.params import SftParams
     from tunebook.sft import TrainingData, register_model, train_sft
 
-    rows = [{"messages": [{"role": "user", "content": f"question {i}?"},
-                          {"role": "assistant", "content": f"good answer {i}"}]} for i in range(8)]  # fmt: skip
+    rows = [
+        {
+            "messages": [
+                {"role": "user", "content": f"question {i}?"},
+                {"role": "assistant", "content": f"good answer {i}"},
+            ]
+        }
+        for i in range(8)
+    ]
     data = TrainingData(Dataset.from_list(rows), Dataset.from_list([]), "h", tmp_path, [])
     trainer = {"max_steps": 2, "save_steps": 10, "logging_steps": 1, "max_length": 64}
     params = SftParams(trainer=trainer, precision="fp32")
@@ -125,8 +156,13 @@ def sft_model(tiny_model, tmp_path, workdir):
 def test_dpo_trains_the_sft_adapter_against_a_verified_copy_of_it(sft_model, tmp_path):
     from tunebook import models
 
-    trainer = {"learning_rate": 5e-3, "num_train_epochs": 2, "per_device_train_batch_size": 4, "max_length": 64,
-               "logging_steps": 1}  # fmt: skip
+    trainer = {
+        "learning_rate": 5e-3,
+        "num_train_epochs": 2,
+        "per_device_train_batch_size": 4,
+        "max_length": 64,
+        "logging_steps": 1,
+    }
     params = DpoParams(trainer=trainer, precision="fp32", val_fraction=0.2)
     spec = registry.resolve("sft", "t")
     template = dpo.template_hash(models.load_model("sft", spec["base_model"], spec["adapter"]))

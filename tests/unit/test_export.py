@@ -70,9 +70,11 @@ def test_the_adapter_export_leaves_pickles_behind(lora_adapter, tmp_path):
 
 
 def test_loading_serving_and_exporting_import_no_trainer():
-    code = ("import sys, tunebook.models, tunebook.export, tunebook.gguf, tunebook.evaluate, tunebook.servers, "
-            "tunebook.reward; "
-            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'trl' or m in ('tunebook.sft', 'tunebook.dpo')"
-            " or m.startswith('peft.tuners') and 'training' in m))")  # fmt: skip
+    code = (
+        "import sys, tunebook.models, tunebook.export, tunebook.gguf, tunebook.evaluate, tunebook.servers, "
+        "tunebook.reward; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'trl' or m in ('tunebook.sft', 'tunebook.dpo')"
+        " or m.startswith('peft.tuners') and 'training' in m))"
+    )
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert loaded.strip() == "[]"

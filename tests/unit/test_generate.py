@@ -60,8 +60,12 @@ def run(jobs, params, out_dir):
 
 
 def test_teachers_are_assigned_by_weight_and_stably():
-    params = GenerateParams(teachers=[{"name": "a", "backend": "extractive", "weight": 3},
-                                      {"name": "b", "backend": "extractive", "weight": 1}])  # fmt: skip
+    params = GenerateParams(
+        teachers=[
+            {"name": "a", "backend": "extractive", "weight": 3},
+            {"name": "b", "backend": "extractive", "weight": 1},
+        ]
+    )
     names = [generate.assign_teacher(f"chunk-{i}", params.teachers) for i in range(4000)]
     assert 0.72 < names.count("a") / len(names) < 0.78
     assert names == [generate.assign_teacher(f"chunk-{i}", params.teachers) for i in range(4000)]
@@ -89,8 +93,9 @@ def test_teacher_params_refuse_secrets_and_unknown_fallbacks(tmp_path):
     path.write_text(f"ingest:\n  stdlib_modules: [json]\ngenerate:\n  teachers:\n    - {teacher}\n")
     with pytest.raises(ParamsError, match=r"generate.teachers.0: 'api_key' must not be in params .*api_key_env"):
         load_params(path)
-    path.write_text("ingest:\n  stdlib_modules: [json]\ngenerate:\n  teachers:\n"
-                    "    - {name: a, backend: extractive, fallback: b}\n")  # fmt: skip
+    path.write_text(
+        "ingest:\n  stdlib_modules: [json]\ngenerate:\n  teachers:\n    - {name: a, backend: extractive, fallback: b}\n"
+    )
     with pytest.raises(ParamsError, match="teacher 'a' falls back to unknown teacher 'b'"):
         load_params(path)
 

@@ -16,9 +16,12 @@ from tunebook.params import ExportParams, Params
 PROMPTS = [
     [{"role": "user", "content": "What does json.dumps return?"}],
     [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": "How do I use bisect.insort?"}],
-    [{"role": "user", "content": "What is item 3?"}, {"role": "assistant", "content": "Item 3 is a number."},
-     {"role": "user", "content": "And  item 4 (with\ttabs, é and <|im_end|> as text)?"}],
-]  # fmt: skip
+    [
+        {"role": "user", "content": "What is item 3?"},
+        {"role": "assistant", "content": "Item 3 is a number."},
+        {"role": "user", "content": "And  item 4 (with\ttabs, é and <|im_end|> as text)?"},
+    ],
+]
 ANSWERS = ["It returns a JSON string.", "Call bisect.insort(a, x).", "Item 4 is a number too."]
 
 LLAMA3_TEMPLATE = (
@@ -156,10 +159,13 @@ def test_export_params_are_checked(override, message):
         ExportParams(**override)
 
 
-def test_the_evaluate_module_runs_against_llama_cpp_serving_the_export(tiny_model, lora_adapter, reference, merged_dir,
-                                                                       tiny_gguf, tmp_path):  # fmt: skip
-    rows = [{"id": f"t{i}", "messages": [*prompt, {"role": "assistant", "content": answer}]}
-            for i, (prompt, answer) in enumerate(zip([p[-1:] for p in PROMPTS], ANSWERS, strict=True))]  # fmt: skip
+def test_the_evaluate_module_runs_against_llama_cpp_serving_the_export(
+    tiny_model, lora_adapter, reference, merged_dir, tiny_gguf, tmp_path
+):
+    rows = [
+        {"id": f"t{i}", "messages": [*prompt, {"role": "assistant", "content": answer}]}
+        for i, (prompt, answer) in enumerate(zip([p[-1:] for p in PROMPTS], ANSWERS, strict=True))
+    ]
     items = evaluate.test_items(rows, evaluate.EvaluateParams())
     prompts = evaluate.conversations(items, None, evaluate.EvaluateParams())
     inputs = export.Inputs("sft", tiny_model, Path(lora_adapter), reference, items, prompts)

@@ -10,25 +10,57 @@ from tunebook import reports
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 # No background traffic: this machine's network is closed, and chromium would retry its hosts at every start.
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync"]  # fmt: skip
+ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 RUNS = [  # run id, started, status, failed, headline
-    ("r8-with-a-rather-long-run-id-that-must-wrap", "2026-01-01", "completed", None,
-     {"base": {"f1": 4.4, "rouge_l": 8.5}, "sft": {"f1": 13.3, "rouge_l": 36.4}, "dpo": {"f1": 12.4, "rouge_l": 34.9}}),
-    ("demo", "2026-01-02", "completed", None,
-     {"base": {"f1": 4.4, "rouge_l": 8.5}, "sft": {"f1": 20.1, "rouge_l": 40.0}}),
+    (
+        "r8-with-a-rather-long-run-id-that-must-wrap",
+        "2026-01-01",
+        "completed",
+        None,
+        {
+            "base": {"f1": 4.4, "rouge_l": 8.5},
+            "sft": {"f1": 13.3, "rouge_l": 36.4},
+            "dpo": {"f1": 12.4, "rouge_l": 34.9},
+        },
+    ),
+    (
+        "demo",
+        "2026-01-02",
+        "completed",
+        None,
+        {"base": {"f1": 4.4, "rouge_l": 8.5}, "sft": {"f1": 20.1, "rouge_l": 40.0}},
+    ),
     ("broken", "2026-01-03", "failed", {"stage": "sft", "cell": 7}, {}),
-]  # fmt: skip
+]
 
 
 @pytest.fixture
 def index(workdir):
     for run_id, day, status, failed, headline in RUNS:
-        stages = {"ingest": {"status": "completed"}, "generate": {"status": "completed"},
-                  "sft": {"status": "failed" if failed else "completed"}}  # fmt: skip
-        manifest = {"run_id": run_id, "name": "demo", "params_file": "params/demo.yaml", "status": status,
-                    "failed": failed, "started": f"{day}T10:00", "stages": stages, "headline": headline}  # fmt: skip
+        stages = {
+            "ingest": {"status": "completed"},
+            "generate": {"status": "completed"},
+            "sft": {"status": "failed" if failed else "completed"},
+        }
+        manifest = {
+            "run_id": run_id,
+            "name": "demo",
+            "params_file": "params/demo.yaml",
+            "status": status,
+            "failed": failed,
+            "started": f"{day}T10:00",
+            "stages": stages,
+            "headline": headline,
+        }
         (workdir / "reports" / run_id).mkdir(parents=True)
         (workdir / "reports" / run_id / "run.json").write_text(json.dumps(manifest))
     return reports.write_index()

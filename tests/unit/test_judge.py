@@ -165,8 +165,9 @@ SCRIPTED = {"backend": "openai", "model": "judge-model", "base_url": "http://127
 
 
 def completion(text: str) -> httpx.Response:
-    return httpx.Response(200, json={"choices": [{"message": {"role": "assistant", "content": text},
-                                                  "finish_reason": "stop"}]})  # fmt: skip
+    return httpx.Response(
+        200, json={"choices": [{"message": {"role": "assistant", "content": text}, "finish_reason": "stop"}]}
+    )
 
 
 def test_a_judge_that_always_prefers_the_first_answer_gives_ties_and_0_consistency():
@@ -218,8 +219,9 @@ def test_a_judge_endpoint_that_stays_down_stops_with_its_error():
 
 
 def test_garbage_from_a_real_server_is_counted_as_unparsable_and_not_scored(openai_server, tiny_model):
-    params = JudgeParams(backend="openai", model=tiny_model, base_url=openai_server.base_url, max_new_tokens=16,
-                         concurrency=2)  # fmt: skip
+    params = JudgeParams(
+        backend="openai", model=tiny_model, base_url=openai_server.base_url, max_new_tokens=16, concurrency=2
+    )
     table = answers("sft", [REFERENCE, "json.dumps serializes", "nothing"])
     answered_before = openai_server.requests_answered()
     grades = judge.grade(table, params, progress=False)

@@ -28,12 +28,20 @@ def lab(tmp_path):
     env = {**os.environ, "TUNEBOOK_WORKDIR": str(tmp_path)}
     log = (tmp_path / "lab.log").open("w")
     # -o install: the venv this test runs in is the installed one (`make test` installed it just before).
-    command = ["make", "--no-print-directory", "-o", "install", "lab", f"VENV={sys.prefix}",
-               f"LAB_ARGS=--no-browser --port={port} --IdentityProvider.token={token} --ServerApp.ip=127.0.0.1 "
-               f"--LabApp.user_settings_dir={tmp_path / 'settings'} "
-               f"--LabApp.workspaces_dir={tmp_path / 'workspaces'}"]  # fmt: skip
-    process = subprocess.Popen(command, cwd=paths.project_root(), env=env, stdout=log, stderr=subprocess.STDOUT,
-                               start_new_session=True)  # fmt: skip
+    command = [
+        "make",
+        "--no-print-directory",
+        "-o",
+        "install",
+        "lab",
+        f"VENV={sys.prefix}",
+        f"LAB_ARGS=--no-browser --port={port} --IdentityProvider.token={token} --ServerApp.ip=127.0.0.1 "
+        f"--LabApp.user_settings_dir={tmp_path / 'settings'} "
+        f"--LabApp.workspaces_dir={tmp_path / 'workspaces'}",
+    ]
+    process = subprocess.Popen(
+        command, cwd=paths.project_root(), env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         for _ in range(240):

@@ -32,20 +32,33 @@ USER_ONLY = {
     "mistral": "<s>[INST] Question one? [/INST]",
     "phi3": "<|user|>\nQuestion one?<|end|>\n<|assistant|>\n",
 }
-STOPS = {"llama3": ["<|eot_id|>", "<|end_of_text|>"], "llama3_1": ["<|eot_id|>", "<|end_of_text|>"],
-         "qwen2_5": ["<|im_end|>"], "gemma": ["<end_of_turn>", "<eos>"], "mistral": ["</s>"],
-         "phi3": ["<|end|>", "<|endoftext|>"]}  # fmt: skip
+STOPS = {
+    "llama3": ["<|eot_id|>", "<|end_of_text|>"],
+    "llama3_1": ["<|eot_id|>", "<|end_of_text|>"],
+    "qwen2_5": ["<|im_end|>"],
+    "gemma": ["<end_of_turn>", "<eos>"],
+    "mistral": ["</s>"],
+    "phi3": ["<|end|>", "<|endoftext|>"],
+}
 
 # Conversations beyond the probes: several turns, a system turn, and content that looks like markup.
 CONVERSATIONS = [
     [{"role": "user", "content": "What does json.dumps return?"}],
     [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": "How do I use bisect.insort?"}],
-    [{"role": "user", "content": "What is item 3?"}, {"role": "assistant", "content": "Item 3 is a number."},
-     {"role": "user", "content": "And  item 4 (with\ttabs, é, {{ .Role }} and <|im_end|> as text)?"}],
-    [{"role": "system", "content": "Be terse."}, {"role": "user", "content": "One?"},
-     {"role": "assistant", "content": "1."}, {"role": "user", "content": "Two?"},
-     {"role": "assistant", "content": "2."}, {"role": "user", "content": "Three?"}],
-]  # fmt: skip
+    [
+        {"role": "user", "content": "What is item 3?"},
+        {"role": "assistant", "content": "Item 3 is a number."},
+        {"role": "user", "content": "And  item 4 (with\ttabs, é, {{ .Role }} and <|im_end|> as text)?"},
+    ],
+    [
+        {"role": "system", "content": "Be terse."},
+        {"role": "user", "content": "One?"},
+        {"role": "assistant", "content": "1."},
+        {"role": "user", "content": "Two?"},
+        {"role": "assistant", "content": "2."},
+        {"role": "user", "content": "Three?"},
+    ],
+]
 
 
 def family_tokenizer(family: str, directory: Path, add_bos_token: bool = False):
@@ -87,8 +100,15 @@ def test_every_familys_modelfile_has_its_template_and_stops_at_its_end_of_turn(f
     # The zoo's tokenizers add no BOS to text, so the TEMPLATE writes the one the chat template writes.
     template = text.split('TEMPLATE """', 1)[1].split('"""\n', 1)[0]
     assert template == fmt.ollama_template(tokenizer.bos_token or "", tokenizer.eos_token or "", adds_bos=False)
-    assert template.startswith("<bos>" if family == "gemma" else "<s>" if family == "mistral" else
-                               "<|begin_of_text|>" if family.startswith("llama3") else "{{")  # fmt: skip
+    assert template.startswith(
+        "<bos>"
+        if family == "gemma"
+        else "<s>"
+        if family == "mistral"
+        else "<|begin_of_text|>"
+        if family.startswith("llama3")
+        else "{{"
+    )
     stops = [line.removeprefix("PARAMETER stop ") for line in text.splitlines() if line.startswith("PARAMETER stop")]
     assert stops == [f'"{piece}"' for piece in STOPS[family]]
     assert f"(chat format: {family})" in text.splitlines()[0] and "FROM ./m-q8_0.gguf" in text.splitlines()
@@ -98,8 +118,11 @@ def test_mistral_ends_each_answer_with_the_tokenizers_own_eos(tokenizers):
     tokenizer = tokenizers["mistral"]
     template = gguf.chat_format(tokenizer).ollama_template("<s>", "</s>", adds_bos=False)
     assert "{{ .Content }}</s>{{ end }}" in template and gguf.EOS not in template
-    answered = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"},
-                {"role": "user", "content": "r"}]  # fmt: skip
+    answered = [
+        {"role": "user", "content": "q"},
+        {"role": "assistant", "content": "a"},
+        {"role": "user", "content": "r"},
+    ]
     assert gguf.chat_format(tokenizer).prompt(answered, "<s>", "</s>") == "<s>[INST] q [/INST]a</s>[INST] r [/INST]"
 
 

@@ -196,17 +196,30 @@ def test_overrides_are_recorded_with_secret_looking_values_masked():
 @pytest.mark.parametrize(
     "text,line,message",
     [
-        ("sft:\n  trainer:\n    num_train_epochs: 1\n    learnig_rate: 0.0001\n", 4,
-         "sft.trainer.learnig_rate: unknown SFTConfig field (did you mean 'learning_rate'?)"),
-        ("sft:\n  lora:\n    lora_alph: 16\n", 3,
-         "sft.lora.lora_alph: unknown LoraConfig field (did you mean 'lora_alpha'?)"),
-        ("sft:\n  quantization:\n    bnb_4bit_quant_typ: fp4\n", 3,
-         "sft.quantization.bnb_4bit_quant_typ: unknown BitsAndBytesConfig field (did you mean 'bnb_4bit_quant_type'?)"),
+        (
+            "sft:\n  trainer:\n    num_train_epochs: 1\n    learnig_rate: 0.0001\n",
+            4,
+            "sft.trainer.learnig_rate: unknown SFTConfig field (did you mean 'learning_rate'?)",
+        ),
+        (
+            "sft:\n  lora:\n    lora_alph: 16\n",
+            3,
+            "sft.lora.lora_alph: unknown LoraConfig field (did you mean 'lora_alpha'?)",
+        ),
+        (
+            "sft:\n  quantization:\n    bnb_4bit_quant_typ: fp4\n",
+            3,
+            "sft.quantization.bnb_4bit_quant_typ: unknown BitsAndBytesConfig field "
+            "(did you mean 'bnb_4bit_quant_type'?)",
+        ),
         ("dpo:\n  trainer:\n    betta: 0.2\n", 3, "dpo.trainer.betta: unknown DPOConfig field (did you mean 'beta'?)"),
-        ("dpo:\n  reward:\n    trainer:\n      max_lenght: 64\n", 4,
-         "dpo.reward.trainer.max_lenght: unknown RewardConfig field (did you mean 'max_length'?)"),
+        (
+            "dpo:\n  reward:\n    trainer:\n      max_lenght: 64\n",
+            4,
+            "dpo.reward.trainer.max_lenght: unknown RewardConfig field (did you mean 'max_length'?)",
+        ),
     ],
-)  # fmt: skip
+)
 def test_an_unknown_block_key_names_file_line_key_and_the_field_it_resembles(tmp_path, text, line, message):
     path = write(tmp_path, text)
     with pytest.raises(ParamsError) as err:
@@ -217,19 +230,27 @@ def test_an_unknown_block_key_names_file_line_key_and_the_field_it_resembles(tmp
 @pytest.mark.parametrize(
     "text,message",
     [
-        ("sft:\n  trainer:\n    per_device_train_batch_size: many\n",
-         "sft.trainer.per_device_train_batch_size: Input should be a valid integer, unable to parse string as an "
-         "integer (got 'many')"),
-        ("sft:\n  lora:\n    r: 0.5\n",
-         "sft.lora.r: Input should be a valid integer, got a number with a fractional part (got 0.5)"),
-        ("sft:\n  quantization:\n    bnb_4bit_use_double_quant: maybe\n",
-         "sft.quantization.bnb_4bit_use_double_quant: BitsAndBytesConfig refuses it: bnb_4bit_use_double_quant must "
-         "be a boolean"),
-        ("dpo:\n  trainer:\n    precompute_ref_log_probs: sometimes\n",
-         "dpo.trainer.precompute_ref_log_probs: Input should be a valid boolean, unable to interpret input "
-         "(got 'sometimes')"),
+        (
+            "sft:\n  trainer:\n    per_device_train_batch_size: many\n",
+            "sft.trainer.per_device_train_batch_size: Input should be a valid integer, unable to parse string as an "
+            "integer (got 'many')",
+        ),
+        (
+            "sft:\n  lora:\n    r: 0.5\n",
+            "sft.lora.r: Input should be a valid integer, got a number with a fractional part (got 0.5)",
+        ),
+        (
+            "sft:\n  quantization:\n    bnb_4bit_use_double_quant: maybe\n",
+            "sft.quantization.bnb_4bit_use_double_quant: BitsAndBytesConfig refuses it: bnb_4bit_use_double_quant must "
+            "be a boolean",
+        ),
+        (
+            "dpo:\n  trainer:\n    precompute_ref_log_probs: sometimes\n",
+            "dpo.trainer.precompute_ref_log_probs: Input should be a valid boolean, unable to interpret input "
+            "(got 'sometimes')",
+        ),
     ],
-)  # fmt: skip
+)
 def test_a_block_value_of_the_wrong_type_names_the_key(tmp_path, text, message):
     path = write(tmp_path, text)
     with pytest.raises(ParamsError) as err:
@@ -245,17 +266,23 @@ SETS = "tunebook sets this itself"
     [
         ("sft:\n  trainer:\n    bf16: true\n", f"sft.trainer.bf16: {SETS}: set sft.precision instead"),
         ("sft:\n  trainer:\n    seed: 1\n", f"sft.trainer.seed: {SETS}: set the top-level seed instead"),
-        ("sft:\n  trainer:\n    assistant_only_loss: false\n",
-         f"sft.trainer.assistant_only_loss: {SETS}: the loss follows sft.chat_template (tunebook.chat) and sft.task"),
+        (
+            "sft:\n  trainer:\n    assistant_only_loss: false\n",
+            f"sft.trainer.assistant_only_loss: {SETS}: the loss follows sft.chat_template (tunebook.chat) and sft.task",
+        ),
         ("sft:\n  lora:\n    task_type: SEQ_CLS\n", f"sft.lora.task_type: {SETS}: an SFT adapter is CAUSAL_LM"),
-        ("sft:\n  lora:\n    trainable_token_indices: [1]\n",
-         f"sft.lora.trainable_token_indices: {SETS}: the rows of the tokens sft.chat_template adds are trained "
-         "(tunebook.chat)"),
+        (
+            "sft:\n  lora:\n    trainable_token_indices: [1]\n",
+            f"sft.lora.trainable_token_indices: {SETS}: the rows of the tokens sft.chat_template adds are trained "
+            "(tunebook.chat)",
+        ),
         ("dpo:\n  trainer:\n    fp16: true\n", f"dpo.trainer.fp16: {SETS}: set dpo.precision instead"),
-        ("dpo:\n  reward:\n    lora:\n      modules_to_save: [score]\n",
-         f"dpo.reward.lora.modules_to_save: {SETS}: the reward model saves its score head beside the LoRA weights"),
+        (
+            "dpo:\n  reward:\n    lora:\n      modules_to_save: [score]\n",
+            f"dpo.reward.lora.modules_to_save: {SETS}: the reward model saves its score head beside the LoRA weights",
+        ),
     ],
-)  # fmt: skip
+)
 def test_a_block_key_tunebook_sets_itself_is_refused_saying_what_to_set(tmp_path, text, message):
     path = write(tmp_path, text)
     with pytest.raises(ParamsError) as err:
@@ -322,8 +349,9 @@ def test_blocks_merge_over_one_set_of_real_model_defaults(tmp_path):
         demo_scale,
     )
 
-    path = write(tmp_path, "ingest:\n  stdlib_modules: [json]\nsft:\n  trainer:\n    learning_rate: 0.0001\n"
-                           "  lora:\n    r: 8\n")  # fmt: skip
+    path = write(
+        tmp_path, "ingest:\n  stdlib_modules: [json]\nsft:\n  trainer:\n    learning_rate: 0.0001\n  lora:\n    r: 8\n"
+    )
     params = load_params(path)
     assert params.sft.trainer == {**SFT_TRAINER_DEFAULTS, "learning_rate": 1e-4}
     assert params.sft.lora == {**SFT_LORA_DEFAULTS, "r": 8} and params.sft.quantization == SFT_QUANTIZATION_DEFAULTS

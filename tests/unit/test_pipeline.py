@@ -139,8 +139,17 @@ def test_plain_papermill_runs_a_stage_notebook(first_run, workdir, tmp_path):
     run (the defaults name run `demo`), whose test split has 10 items. Last in this module: it rewrites the run's
     evaluation."""
     papermill = Path(sys.executable).parent / "papermill"
-    command = [papermill, "notebooks/03_evaluate.ipynb", tmp_path / "eval.ipynb", "-p", "run_id", "ci",
-               "-p", "max_examples", "5"]  # fmt: skip
+    command = [
+        papermill,
+        "notebooks/03_evaluate.ipynb",
+        tmp_path / "eval.ipynb",
+        "-p",
+        "run_id",
+        "ci",
+        "-p",
+        "max_examples",
+        "5",
+    ]
     env = {**os.environ, "TUNEBOOK_WORKDIR": str(workdir)}
     done = subprocess.run(command, cwd=paths.project_root(), env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]

@@ -12,64 +12,94 @@ from tunebook import export, paths
 
 ROOT = paths.project_root()
 README = (ROOT / "README.md").read_text()
-COMMAND_WORDS = ("make ", "tunebook ", "papermill ", "python ", "pip ", "source ", "chroma ", "ollama ", "vllm ",
-                 "accelerate ", "jupyter ", "rm ", "cd ")  # fmt: skip
+COMMAND_WORDS = (
+    "make ",
+    "tunebook ",
+    "papermill ",
+    "python ",
+    "pip ",
+    "source ",
+    "chroma ",
+    "ollama ",
+    "vllm ",
+    "accelerate ",
+    "jupyter ",
+    "rm ",
+    "cd ",
+)
 
 # README command: where it is exercised ("FILE::TEST", a test in tests/unit; "here::TEST", this file).
 EXERCISED = {
-    "make demo":
-        ["test_pipeline.py::test_run_completes_with_reports_and_manifest", "test_plan.py::test_demo_is_within_budget"],
+    "make demo": [
+        "test_pipeline.py::test_run_completes_with_reports_and_manifest",
+        "test_plan.py::test_demo_is_within_budget",
+    ],
     "make test": ["here::test_ci_runs_make_test"],
     "make install": ["here::test_make_install_puts_torch_first_with_the_given_index"],
-    "make install TORCH_SPEC=torch==2.13.0 TORCH_PIP_ARGS=\"--index-url https://download.pytorch.org/whl/cu128\"":
-        ["here::test_make_install_puts_torch_first_with_the_given_index"],
+    'make install TORCH_SPEC=torch==2.13.0 TORCH_PIP_ARGS="--index-url https://download.pytorch.org/whl/cu128"': [
+        "here::test_make_install_puts_torch_first_with_the_given_index"
+    ],
     "rm -r .cache/llama.cpp/wheels": ["here::test_llama_cpp_is_rebuilt_with_the_given_cmake_args"],
     "make lint": ["here::test_make_lint_format_golden_and_bench_run_what_the_readme_says"],
     "make format": ["here::test_make_lint_format_golden_and_bench_run_what_the_readme_says"],
     "make golden": ["here::test_make_lint_format_golden_and_bench_run_what_the_readme_says"],
     "make bench": ["here::test_make_lint_format_golden_and_bench_run_what_the_readme_says"],
     "make lab": ["test_lab.py::test_make_lab_opens_the_notebooks_on_the_project_kernel"],
-    'make lab LAB_ARGS="--no-browser --port 8890"':
-        ["test_lab.py::test_make_lab_opens_the_notebooks_on_the_project_kernel"],
+    'make lab LAB_ARGS="--no-browser --port 8890"': [
+        "test_lab.py::test_make_lab_opens_the_notebooks_on_the_project_kernel"
+    ],
     "source .venv/bin/activate": ["here::test_the_activated_environment_has_the_cli"],
     "tunebook plan": ["test_plan.py::test_run_stops_at_the_budget_gate_without_confirm"],
     "tunebook plan params/demo.yaml": ["test_plan.py::test_demo_is_within_budget"],
     "tunebook plan params/examples/llama3-8b-qlora.yaml": ["test_plan.py::test_gpu_recipe_estimate_is_realistic"],
     "tunebook run": ["test_pipeline.py::test_run_completes_with_reports_and_manifest"],
     "tunebook run PARAMS": ["test_pipeline.py::test_run_completes_with_reports_and_manifest"],
-    "tunebook run params/demo.yaml --set run.id=r8 --set sft.lora.r=8":
-        ["test_secrets.py::test_a_canary_key_used_by_a_campaign_and_an_evaluation_is_written_nowhere",
-         "test_pipeline.py::test_changed_param_reruns_that_stage_and_downstream_only"],
-    "tunebook run params/demo.yaml --from evaluate":
-        ["test_pipeline.py::test_failure_names_stage_and_cell_then_from_resumes"],
-    "tunebook run PARAMS --from sft":
-        ["test_pipeline.py::test_failure_names_stage_and_cell_then_from_resumes",
-         "test_sft.py::test_training_killed_at_5_random_points_resumes_and_ends_where_an_uninterrupted_run_ends"],
-    "tunebook run PARAMS --from generate":
-        ["test_campaign_server.py::test_killed_at_5_random_points_then_resumed_loses_nothing_and_sends_nothing_twice"],
+    "tunebook run params/demo.yaml --set run.id=r8 --set sft.lora.r=8": [
+        "test_secrets.py::test_a_canary_key_used_by_a_campaign_and_an_evaluation_is_written_nowhere",
+        "test_pipeline.py::test_changed_param_reruns_that_stage_and_downstream_only",
+    ],
+    "tunebook run params/demo.yaml --from evaluate": [
+        "test_pipeline.py::test_failure_names_stage_and_cell_then_from_resumes"
+    ],
+    "tunebook run PARAMS --from sft": [
+        "test_pipeline.py::test_failure_names_stage_and_cell_then_from_resumes",
+        "test_sft.py::test_training_killed_at_5_random_points_resumes_and_ends_where_an_uninterrupted_run_ends",
+    ],
+    "tunebook run PARAMS --from generate": [
+        "test_campaign_server.py::test_killed_at_5_random_points_then_resumed_loses_nothing_and_sends_nothing_twice"
+    ],
     "tunebook run params/demo.yaml --show-code": ["test_pipeline.py::test_show_code_keeps_inputs"],
     "tunebook runs": ["test_pipeline.py::test_runs_lists_the_run"],
-    "tunebook compare demo r8":
-        ["test_compare.py::test_compare_diffs_params_and_sets_the_runs_side_by_side_with_paired_cis"],
-    "papermill notebooks/03_evaluate.ipynb /tmp/eval.ipynb -p max_examples 20":
-        ["test_pipeline.py::test_plain_papermill_runs_a_stage_notebook"],
+    "tunebook compare demo r8": [
+        "test_compare.py::test_compare_diffs_params_and_sets_the_runs_side_by_side_with_paired_cis"
+    ],
+    "papermill notebooks/03_evaluate.ipynb /tmp/eval.ipynb -p max_examples 20": [
+        "test_pipeline.py::test_plain_papermill_runs_a_stage_notebook"
+    ],
     "chroma run --path DIR": ["test_chroma_server.py::test_ingest_and_generate_stages_run_on_the_server"],
     "accelerate launch": ["test_sft.py::test_two_process_data_parallel_matches_one_process"],
     # DeepSpeed is installed by GPU users only; the configs it reads are checked by accelerate here.
     "pip install deepspeed": ["test_sft.py::test_the_shipped_accelerate_configs_are_valid"],
     # The serving commands are the ones the export prints; llama.cpp's server runs in tests, while vLLM and Ollama
     # cannot run on this machine (no GPU, no Go): the Modelfile they read is checked by rendering it.
-    "cd data/runs/demo/export/gguf && ollama create tunebook-demo -f Modelfile && ollama run tunebook-demo":
-        ["here::test_the_serving_commands_are_the_ones_the_export_prints",
-         "test_gguf.py::test_the_modelfile_template_renders_the_chat_template_and_stops_at_the_end_of_turn"],
-    "vllm serve data/runs/demo/export/merged --served-model-name tunebook-demo --generation-config auto":
-        ["here::test_the_serving_commands_are_the_ones_the_export_prints"],
-    "vllm serve BASE --enable-lora --lora-modules tunebook-demo=data/runs/demo/dpo/adapter":
-        ["here::test_the_serving_commands_are_the_ones_the_export_prints"],
-    "python -m llama_cpp.server --model data/runs/demo/export/gguf/tunebook-demo-f16.gguf --model_alias tunebook-demo":
-        ["here::test_the_serving_commands_are_the_ones_the_export_prints",
-         "test_gguf.py::test_the_evaluate_module_runs_against_llama_cpp_serving_the_export"],
-}  # fmt: skip
+    "cd data/runs/demo/export/gguf && ollama create tunebook-demo -f Modelfile && ollama run tunebook-demo": [
+        "here::test_the_serving_commands_are_the_ones_the_export_prints",
+        "test_gguf.py::test_the_modelfile_template_renders_the_chat_template_and_stops_at_the_end_of_turn",
+    ],
+    "vllm serve data/runs/demo/export/merged --served-model-name tunebook-demo --generation-config auto": [
+        "here::test_the_serving_commands_are_the_ones_the_export_prints"
+    ],
+    "vllm serve BASE --enable-lora --lora-modules tunebook-demo=data/runs/demo/dpo/adapter": [
+        "here::test_the_serving_commands_are_the_ones_the_export_prints"
+    ],
+    (
+        "python -m llama_cpp.server --model data/runs/demo/export/gguf/tunebook-demo-f16.gguf "
+        "--model_alias tunebook-demo"
+    ): [
+        "here::test_the_serving_commands_are_the_ones_the_export_prints",
+        "test_gguf.py::test_the_evaluate_module_runs_against_llama_cpp_serving_the_export",
+    ],
+}
 
 
 def readme_commands() -> set[str]:

@@ -31,8 +31,15 @@ SIZES = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "n
 HEAD_DIM = SIZES["hidden_size"] // SIZES["num_attention_heads"]
 # What each test changes in a recipe: where the model and the corpus are, and how much it trains. Nothing about
 # method, template, LoRA, quantisation or precision.
-TRAINER_SIZES = {"max_steps": 2, "per_device_train_batch_size": 4, "gradient_accumulation_steps": 1,
-                 "max_length": 256, "logging_steps": 1, "eval_steps": 2, "save_steps": 2}  # fmt: skip
+TRAINER_SIZES = {
+    "max_steps": 2,
+    "per_device_train_batch_size": 4,
+    "gradient_accumulation_steps": 1,
+    "max_length": 256,
+    "logging_steps": 1,
+    "eval_steps": 2,
+    "save_steps": 2,
+}
 
 
 def family_template(config: dict) -> tuple[str, str]:
@@ -78,8 +85,9 @@ def dataset(tmp_path_factory) -> tuple[Path, list]:
     documents, _ = ingest.read_documents(root / "corpus", [".md"])
     chunks = ingest.chunk_documents(documents, 900, 150)
     params = GenerateParams(teachers=[{"name": "extractive", "backend": "extractive"}], val_fraction=0.1)
-    campaign = generate.run_campaign(generate.plan_jobs(chunks, params), params, root / "generate", TinyParams(), [],
-                                     progress=False)  # fmt: skip
+    campaign = generate.run_campaign(
+        generate.plan_jobs(chunks, params), params, root / "generate", TinyParams(), [], progress=False
+    )
     generate.write_dataset(
         generate.build_dataset(campaign.records, chunks, params), root / "generate", params, "recipe"
     )
@@ -87,8 +95,12 @@ def dataset(tmp_path_factory) -> tuple[Path, list]:
 
 
 def test_every_recipe_ships_its_config():
-    assert {path.name for path in RECIPES} >= {"llama3-8b-qlora.yaml", "qwen2.5-0.5b-lora.yaml",
-                                               "qwen2.5-1.5b-lora.yaml", "mistral-7b-qlora.yaml"}  # fmt: skip
+    assert {path.name for path in RECIPES} >= {
+        "llama3-8b-qlora.yaml",
+        "qwen2.5-0.5b-lora.yaml",
+        "qwen2.5-1.5b-lora.yaml",
+        "mistral-7b-qlora.yaml",
+    }
     for recipe in RECIPES:
         params = load_params(recipe, [f"ingest.corpus_dir={EXAMPLES / 'corpus'}"])
         assert params.sft.base_config, f"{recipe.name}: no sft.base_config to plan offline with"
@@ -103,8 +115,11 @@ def test_the_recipe_trains_its_sft_stage_on_a_shrunken_model_of_its_family(recip
     family, template = family_template(config)
     model_dir = shrunken_model(config, zoo(family, chat_template=template), tmp_path / f"{family}-shrunk")
 
-    overrides = [f"ingest.corpus_dir={EXAMPLES / 'corpus'}", f"sft.base_model={model_dir}",
-                 *(f"sft.trainer.{key}={value}" for key, value in TRAINER_SIZES.items())]  # fmt: skip
+    overrides = [
+        f"ingest.corpus_dir={EXAMPLES / 'corpus'}",
+        f"sft.base_model={model_dir}",
+        *(f"sft.trainer.{key}={value}" for key, value in TRAINER_SIZES.items()),
+    ]
     params = load_params(recipe, overrides)
     sft = params.sft
     # Only sizes and paths differ from the recipe as written.

@@ -22,10 +22,13 @@ def test_progress_bars_leave_stderr_and_warnings_stay():
     outputs = [nbformat.v4.new_output("stream", name="stderr", text=bar + "UserWarning: something to read\n")]
     moved = reports.progress_apart(outputs)
     assert [(o["name"], o["text"]) for o in moved] == [
-        ("stdout", "Map: 100%|##########| 2/2 [00:00<00:00, 9.3 examples/s]\n"
-                   "Generating train split: 455 examples [00:00, 3023.49 examples/s]\n"),
+        (
+            "stdout",
+            "Map: 100%|##########| 2/2 [00:00<00:00, 9.3 examples/s]\n"
+            "Generating train split: 455 examples [00:00, 3023.49 examples/s]\n",
+        ),
         ("stderr", "UserWarning: something to read\n"),
-    ]  # fmt: skip
+    ]
     # a bar printed on stdout stays where it is; a stderr with no bar is untouched
     untouched = [nbformat.v4.new_output("stream", name="stdout", text="12it [00:01, 3.2it/s]\n")]
     assert reports.progress_apart(untouched) == untouched
@@ -122,18 +125,24 @@ def test_the_summary_box_opens_the_report_and_links_relative_to_it(workdir, tmp_
     from tunebook import paths
 
     box = reports.summary(
-        "sft", "r1", {"eval loss": "1.234", "registered as": "r1:sft"}, ["resumed from checkpoint-20"],
+        "sft",
+        "r1",
+        {"eval loss": "1.234", "registered as": "r1:sft"},
+        ["resumed from checkpoint-20"],
         inputs={"train split": paths.stage_dir("r1", "generate") / "train.jsonl"},
         outputs={"model": paths.stage_dir("r1", "sft") / "adapter"},
-    )  # fmt: skip
+    )
     assert "eval loss" in box.data and "1.234" in box.data and "resumed from checkpoint-20" in box.data
     assert 'href="../../data/runs/r1/generate/train.jsonl"' in box.data  # from reports/r1/02_sft.html
     cells = [
         nbformat.v4.new_markdown_cell("# Title"),
         nbformat.v4.new_code_cell("1", outputs=[nbformat.v4.new_output("stream", name="stdout", text="BODY-7f3a\n")]),
-        nbformat.v4.new_code_cell("box", metadata={"tags": ["summary"]},
-                                  outputs=[nbformat.v4.new_output("display_data", data={"text/html": box.data})]),
-    ]  # fmt: skip
+        nbformat.v4.new_code_cell(
+            "box",
+            metadata={"tags": ["summary"]},
+            outputs=[nbformat.v4.new_output("display_data", data={"text/html": box.data})],
+        ),
+    ]
     path = tmp_path / "02_sft.ipynb"
     nbformat.write(nbformat.v4.new_notebook(cells=cells), path)
     html = reports.render_html(path).read_text()

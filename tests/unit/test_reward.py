@@ -124,8 +124,12 @@ def test_the_saved_adapter_scores_as_at_train_time_without_importing_trl(trained
     pairs_path = tmp_path / "held_out.json"
     pairs_path.write_text(json.dumps(held_out))
     # In a fresh process: the scoring path alone must not pull in trl's trainers.
-    run = subprocess.run([sys.executable, "-c", SCORE_SCRIPT, tiny_model, str(adapter), str(pairs_path)],
-                         capture_output=True, text=True, check=True)  # fmt: skip
+    run = subprocess.run(
+        [sys.executable, "-c", SCORE_SCRIPT, tiny_model, str(adapter), str(pairs_path)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     scored = json.loads(run.stdout.strip().splitlines()[-1])
     assert not scored["trl_imported"]
     assert scored["accuracy"] == trained.accuracy  # other batch sizes, same answer

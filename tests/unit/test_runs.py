@@ -193,8 +193,12 @@ def test_stages_talk_to_their_kernel_over_private_sockets(workdir, stage_noteboo
 
 def test_the_manifest_and_the_index_record_the_overrides_of_a_run(workdir, stage_notebooks, capsys):
     prompt = "evaluate.rag_prompt=<b>{context}</b> {question}"
-    assert main(["run", CI, "--stages", "ingest", "--set", "run.id=r8", "--set", "ingest.chunk_chars=500",
-                 "--set", prompt]) == 0  # fmt: skip
+    assert (
+        main(
+            ["run", CI, "--stages", "ingest", "--set", "run.id=r8", "--set", "ingest.chunk_chars=500", "--set", prompt]
+        )
+        == 0
+    )
     assert runner.read_manifest("r8")["overrides"] == ["run.id=r8", "ingest.chunk_chars=500", prompt]
     index = (workdir / "reports" / "index.html").read_text()
     assert "--set ingest.chunk_chars=500" in index and "--set run.id" not in index  # the id has its own column

@@ -40,9 +40,11 @@ def test_the_keyed_server_refuses_a_request_without_the_key(keyed_server):
 def test_params_refuse_a_key_wherever_it_is_put(fields):
     for section in (TeacherParams, EndpointParams):
         with pytest.raises(ValidationError, match="must not") as caught:
-            section.model_validate({"name": "t", "backend": "openai", "model": "m", "base_url": "http://h/v1", **fields}
-                                   if section is TeacherParams else {"name": "t", "model": "m", "base_url": "http://h/v1",
-                                                                     **fields})  # fmt: skip
+            section.model_validate(
+                {"name": "t", "backend": "openai", "model": "m", "base_url": "http://h/v1", **fields}
+                if section is TeacherParams
+                else {"name": "t", "model": "m", "base_url": "http://h/v1", **fields}
+            )
         assert CANARY not in str(caught.value).split("input_value")[0]
 
 

@@ -78,9 +78,19 @@ def test_training_killed_at_5_random_points_resumes_and_ends_where_an_uninterrup
     from tunebook.params import SftParams
     from tunebook.sft import train_sft, training_data
 
-    params = SftParams(trainer={"max_steps": 160, "save_steps": 5, "eval_steps": 160, "logging_steps": 10,
-                                "per_device_train_batch_size": 4, "learning_rate": 3e-3, "max_length": 128},
-                       lora={"lora_dropout": 0.0}, precision="fp32")  # fmt: skip
+    params = SftParams(
+        trainer={
+            "max_steps": 160,
+            "save_steps": 5,
+            "eval_steps": 160,
+            "logging_steps": 10,
+            "per_device_train_batch_size": 4,
+            "learning_rate": 3e-3,
+            "max_length": 128,
+        },
+        lora={"lora_dropout": 0.0},
+        precision="fp32",
+    )
     data = training_data(params, dataset_dir, [])
     reference = train_sft(params, tiny_model, data, tmp_path / "reference", seed=0, progress=False)
 
@@ -94,8 +104,11 @@ def test_training_killed_at_5_random_points_resumes_and_ends_where_an_uninterrup
         # A run killed before it wrote its training key leaves a directory the next run removes whole: it may
         # vanish while it is read.
         try:
-            steps = [int(p.name.split("-")[1]) for p in checkpoints.glob("checkpoint-*")
-                     if (p / "trainer_state.json").exists()]  # fmt: skip
+            steps = [
+                int(p.name.split("-")[1])
+                for p in checkpoints.glob("checkpoint-*")
+                if (p / "trainer_state.json").exists()
+            ]
         except FileNotFoundError:
             return 0
         return max(steps, default=0)
@@ -165,8 +178,15 @@ def test_methods_train_save_and_register_a_loadable_model(
 
     packing = method == "packed"
     method = "lora" if packing else method
-    trainer = {"packing": packing, "max_steps": 6, "save_steps": 100, "eval_steps": 6,
-               "per_device_train_batch_size": 4, "max_length": 128, "learning_rate": 1e-3}  # fmt: skip
+    trainer = {
+        "packing": packing,
+        "max_steps": 6,
+        "save_steps": 100,
+        "eval_steps": 6,
+        "per_device_train_batch_size": 4,
+        "max_length": 128,
+        "learning_rate": 1e-3,
+    }
     params = SftParams(method=method, task=task, precision="fp32", trainer=trainer)
     data = training_data(params, dataset_dir, stdlib_chunks(tmp_path, ("json", "bisect")))
     assert data.train.column_names == (["messages"] if task == "chat" else ["text"])
@@ -210,14 +230,28 @@ def test_gradient_accumulation_matches_the_larger_batch(tiny_model, dataset_dir,
     from tunebook.params import SftParams
     from tunebook.sft import train_sft, training_data
 
-    common = {"max_steps": 1, "learning_rate": 1e-2, "train_sampling_strategy": "random", "eval_steps": 9,
-              "save_steps": 9, "max_length": 128, "warmup_steps": 0.0, "lr_scheduler_type": "constant"}  # fmt: skip
+    common = {
+        "max_steps": 1,
+        "learning_rate": 1e-2,
+        "train_sampling_strategy": "random",
+        "eval_steps": 9,
+        "save_steps": 9,
+        "max_length": 128,
+        "warmup_steps": 0.0,
+        "lr_scheduler_type": "constant",
+    }
     weights = {}
     for batch, accum in ((4, 1), (2, 2)):
         trainer = {**common, "per_device_train_batch_size": batch, "gradient_accumulation_steps": accum}
         params = SftParams(trainer=trainer, lora={"lora_dropout": 0.0}, precision="fp32")
-        result = train_sft(params, tiny_model, training_data(params, dataset_dir, []), tmp_path / f"{batch}x{accum}",
-                           seed=0, progress=False)  # fmt: skip
+        result = train_sft(
+            params,
+            tiny_model,
+            training_data(params, dataset_dir, []),
+            tmp_path / f"{batch}x{accum}",
+            seed=0,
+            progress=False,
+        )
         weights[(batch, accum)] = load_file(result.output_dir / "adapter_model.safetensors")
     one, accumulated = weights[(4, 1)], weights[(2, 2)]
     changed = [name for name in one if "lora_B" in name and one[name].abs().max() > 0]
@@ -234,8 +268,16 @@ def test_two_process_data_parallel_matches_one_process(tiny_model, dataset_dir, 
     from tunebook.params import SftParams
     from tunebook.sft import register_model, train_sft, training_data
 
-    common = {"max_steps": 2, "learning_rate": 1e-2, "train_sampling_strategy": "random", "eval_steps": 2,
-              "save_steps": 9, "max_length": 128, "warmup_steps": 0.0, "lr_scheduler_type": "constant"}  # fmt: skip
+    common = {
+        "max_steps": 2,
+        "learning_rate": 1e-2,
+        "train_sampling_strategy": "random",
+        "eval_steps": 2,
+        "save_steps": 9,
+        "max_length": 128,
+        "warmup_steps": 0.0,
+        "lr_scheduler_type": "constant",
+    }
     results, entries = {}, {}
     for processes, batch in ((1, 4), (2, 2)):
         trainer = {**common, "per_device_train_batch_size": batch}

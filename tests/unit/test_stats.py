@@ -116,9 +116,19 @@ def test_compare_gives_a_row_per_model_metric_and_group():
     scores = long_scores(np.random.default_rng(0))
     table = stats.compare(scores, "base", ["f1", "em"], by=["condition"])
     assert list(table.columns) == [
-        "model", "baseline", "metric", "condition", "mean_baseline", "mean_model",
-        "delta", "ci_low", "ci_high", "significant", "p_value", "n",
-    ]  # fmt: skip
+        "model",
+        "baseline",
+        "metric",
+        "condition",
+        "mean_baseline",
+        "mean_model",
+        "delta",
+        "ci_low",
+        "ci_high",
+        "significant",
+        "p_value",
+        "n",
+    ]
     assert len(table) == 2 * 2 * 2 and set(table["model"]) == {"tuned", "noisy"}
     assert (table["baseline"] == "base").all() and (table["n"] == 60).all()
     row = table.query("model == 'noisy' and metric == 'em' and condition == 'rag'").iloc[0]

@@ -19,42 +19,57 @@ HI = [{"role": "user", "content": "Hi"}]
 REAL = {
     "llama3": {
         "architecture": "LlamaForCausalLM",
-        "bos": "<|begin_of_text|>", "eos": "<|end_of_text|>", "pad": "<|finetune_right_pad_id|>",
-        "turn_end": "<|eot_id|>", "stops": ["<|end_of_text|>", "<|eot_id|>"],
+        "bos": "<|begin_of_text|>",
+        "eos": "<|end_of_text|>",
+        "pad": "<|finetune_right_pad_id|>",
+        "turn_end": "<|eot_id|>",
+        "stops": ["<|end_of_text|>", "<|eot_id|>"],
         "specials": ["<|start_header_id|>", "<|end_header_id|>"],
         "prompt": "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|>"
-                  "<|start_header_id|>assistant<|end_header_id|>\n\n",
+        "<|start_header_id|>assistant<|end_header_id|>\n\n",
     },
     "qwen2_5": {
         "architecture": "Qwen2ForCausalLM",
-        "bos": None, "eos": "<|im_end|>", "pad": "<|endoftext|>",
-        "turn_end": "<|im_end|>", "stops": ["<|im_end|>", "<|endoftext|>"],
+        "bos": None,
+        "eos": "<|im_end|>",
+        "pad": "<|endoftext|>",
+        "turn_end": "<|im_end|>",
+        "stops": ["<|im_end|>", "<|endoftext|>"],
         "specials": ["<|im_start|>"],
         "prompt": "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n"
-                  "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n",
+        "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n",
     },
     "gemma": {
         "architecture": "Gemma2ForCausalLM",
-        "bos": "<bos>", "eos": "<eos>", "pad": "<pad>",
-        "turn_end": "<end_of_turn>", "stops": ["<eos>", "<end_of_turn>"],
+        "bos": "<bos>",
+        "eos": "<eos>",
+        "pad": "<pad>",
+        "turn_end": "<end_of_turn>",
+        "stops": ["<eos>", "<end_of_turn>"],
         "specials": ["<unk>", "<start_of_turn>"],
         "prompt": "<bos><start_of_turn>user\nHi<end_of_turn>\n<start_of_turn>model\n",
     },
     "mistral": {
         "architecture": "MistralForCausalLM",
-        "bos": "<s>", "eos": "</s>", "pad": None,
-        "turn_end": "</s>", "stops": ["</s>"],
+        "bos": "<s>",
+        "eos": "</s>",
+        "pad": None,
+        "turn_end": "</s>",
+        "stops": ["</s>"],
         "specials": ["<unk>"],
         "prompt": "<s>[INST] Hi [/INST]",
     },
     "phi3": {
         "architecture": "Phi3ForCausalLM",
-        "bos": "<s>", "eos": "<|endoftext|>", "pad": "<|endoftext|>",
-        "turn_end": "<|end|>", "stops": ["<|endoftext|>", "<|end|>"],
+        "bos": "<s>",
+        "eos": "<|endoftext|>",
+        "pad": "<|endoftext|>",
+        "turn_end": "<|end|>",
+        "stops": ["<|endoftext|>", "<|end|>"],
         "specials": ["<unk>", "<|user|>", "<|assistant|>", "<|system|>"],
         "prompt": "<|user|>\nHi<|end|>\n<|assistant|>\n",
     },
-}  # fmt: skip
+}
 # llama.cpp's converter reads Qwen2 vocabularies only as byte-level BPEs it recognises by a hash of their
 # token ids, and the zoo's own byte-level BPE is not one of them.
 GGUF_FAMILIES = [family for family in FAMILIES if family != "qwen2_5"]

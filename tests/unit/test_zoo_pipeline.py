@@ -26,8 +26,15 @@ CONVERTIBLE = ("llama3", "gemma", "mistral", "phi3")
 REWARD = RewardParams(
     held_out_fraction=0.25, trainer={"max_steps": 2, "max_length": 192, "per_device_train_batch_size": 4}
 )
-FEW_STEPS = {"max_steps": 6, "learning_rate": 5e-3, "per_device_train_batch_size": 8, "max_length": 192,
-             "logging_steps": 1, "save_steps": 100, "eval_steps": 100}  # fmt: skip
+FEW_STEPS = {
+    "max_steps": 6,
+    "learning_rate": 5e-3,
+    "per_device_train_batch_size": 8,
+    "max_length": 192,
+    "logging_steps": 1,
+    "save_steps": 100,
+    "eval_steps": 100,
+}
 
 
 @pytest.fixture(scope="module")
@@ -82,10 +89,22 @@ def test_a_stock_model_goes_through_sft_evaluate_dpo_and_export(family, zoo, run
     assert sorted(evaluation.summary["system"]) == ["base", "sft"]
 
     # DPO: pairs from the SFT model's samples, then TRL's DPO on its adapter
-    dpo_params = DpoParams(strategies=["sample_judge"], prompts=24, candidates=4, max_new_tokens=12,
-                           trainer={"max_steps": 2, "per_device_train_batch_size": 4, "max_length": 192,
-                                    "learning_rate": 1e-3, "logging_steps": 1},
-                           precision="fp32", val_fraction=0.0, reward=REWARD)  # fmt: skip
+    dpo_params = DpoParams(
+        strategies=["sample_judge"],
+        prompts=24,
+        candidates=4,
+        max_new_tokens=12,
+        trainer={
+            "max_steps": 2,
+            "per_device_train_batch_size": 4,
+            "max_length": 192,
+            "learning_rate": 1e-3,
+            "logging_steps": 1,
+        },
+        precision="fp32",
+        val_fraction=0.0,
+        reward=REWARD,
+    )
     inputs = dpo.inputs(RUN, dpo_params, seed=0)
     results = dpo.build_pairs(inputs, dpo_params, seed=0, progress=False)
     # The reward model reads conversations through the same template, and ranks the candidates again.
@@ -99,14 +118,16 @@ def test_a_stock_model_goes_through_sft_evaluate_dpo_and_export(family, zoo, run
     dpo.register_model(RUN, result, dpo_params, card)
 
     # export: merge checked against base + adapter, the generation config stops at every end id
-    export_params = ExportParams(model="dpo", verify_prompts=6, max_new_tokens=8, gguf=["f32"], modelfile="f32",
-                                 min_agreement=0.8)  # fmt: skip
+    export_params = ExportParams(
+        model="dpo", verify_prompts=6, max_new_tokens=8, gguf=["f32"], modelfile="f32", min_agreement=0.8
+    )
     exported = export.inputs(RUN, export_params)
     merged, check = export.merge_and_verify(exported, export_params)
     assert check.ok
     out_dir = paths.stage_dir(RUN, "export")
-    merged_dir = export.save_merged(merged, exported.reference.tokenizer, out_dir / "merged",
-                                    [exported.adapter_dir, exported.base_model])  # fmt: skip
+    merged_dir = export.save_merged(
+        merged, exported.reference.tokenizer, out_dir / "merged", [exported.adapter_dir, exported.base_model]
+    )
     export.register(RUN, exported, merged_dir, check)
     recorded = {stage: registry.entries()[f"{RUN}:{stage}"]["chat_template"] for stage in ("sft", "dpo", "export")}
     assert recorded["sft"] == recorded["dpo"] == recorded["export"]  # the one template, recorded with each model

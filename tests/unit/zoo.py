@@ -56,8 +56,14 @@ SEED = 0
 VOCAB_SIZE = 768
 # Docstrings of a few stdlib modules: real English and code, and no download.
 TEXT_MODULES = ("json", "pathlib", "textwrap", "functools")
-ARCHITECTURE = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
-                "num_key_value_heads": 2, "max_position_embeddings": 512}  # fmt: skip
+ARCHITECTURE = {
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 512,
+}
 
 
 @dataclass(frozen=True)
@@ -165,8 +171,11 @@ def build(family: str, out_dir: Path, *, chat_template: str | None = STOCK) -> P
     template = stock_template(family) if chat_template == STOCK else chat_template
     tokenizer = write_tokenizer(spec, out_dir, template)
     ids = tokenizer.convert_tokens_to_ids
-    special_ids = {"bos_token_id": spec.bos and ids(spec.bos), "eos_token_id": ids(spec.eos),
-                   "pad_token_id": spec.pad and ids(spec.pad)}  # fmt: skip
+    special_ids = {
+        "bos_token_id": spec.bos and ids(spec.bos),
+        "eos_token_id": ids(spec.eos),
+        "pad_token_id": spec.pad and ids(spec.pad),
+    }
     config = spec.config(vocab_size=len(tokenizer), **special_ids, **{**ARCHITECTURE, **spec.config_options})
     with torch.random.fork_rng(devices=[]):  # the weights depend on SEED alone, and the caller's RNG is left alone
         torch.manual_seed(SEED)
@@ -203,8 +212,17 @@ def write_tokenizer(spec: Family, out_dir: Path, chat_template: str | None) -> P
         ids = train_sentencepiece(spec, out_dir)
     # transformers would save a tokenizer_config.json that says neither whether BOS is added nor which tokens
     # are special, and llama.cpp's converter reads both from it; so it is written here, in full.
-    added_tokens = {str(ids[token]): {"content": token, "lstrip": False, "rstrip": token in spec.rstrip,
-                    "normalized": False, "single_word": False, "special": True} for token in spec.specials}  # fmt: skip
+    added_tokens = {
+        str(ids[token]): {
+            "content": token,
+            "lstrip": False,
+            "rstrip": token in spec.rstrip,
+            "normalized": False,
+            "single_word": False,
+            "special": True,
+        }
+        for token in spec.specials
+    }
     tokenizer_config = {
         "tokenizer_class": spec.tokenizer_class,
         "add_prefix_space": spec.prefix_space,
@@ -269,19 +287,27 @@ def train_sentencepiece(spec: Family, out_dir: Path) -> dict[str, int]:
 def byte_level_tokenizer(spec: Family) -> Qwen2Tokenizer:
     """A byte-level BPE with Qwen2's own pre-tokenizer, and the special tokens after its vocabulary as Qwen has them."""
     trainer_tokenizer = tokenizers.Tokenizer(tokenizers.models.BPE())
-    trainer_tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(tokenizers.Regex(PRETOKENIZE_REGEX), behavior="isolated"),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-    ])  # fmt: skip
+    trainer_tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(tokenizers.Regex(PRETOKENIZE_REGEX), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
     trainer = tokenizers.trainers.BpeTrainer(
         vocab_size=VOCAB_SIZE, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
     )
     trainer_tokenizer.train_from_iterator(["\n".join(training_lines())], trainer)
     trained = json.loads(trainer_tokenizer.to_str())["model"]
     vocab = trained["vocab"] | {token: len(trained["vocab"]) + i for i, token in enumerate(spec.specials)}
-    return Qwen2Tokenizer(vocab=vocab, merges=[tuple(merge) for merge in trained["merges"]], bos_token=spec.bos,
-                          eos_token=spec.eos, unk_token=spec.unk, pad_token=spec.pad,
-                          extra_special_tokens=[t for t in spec.specials if t not in (spec.eos, spec.pad)])  # fmt: skip
+    return Qwen2Tokenizer(
+        vocab=vocab,
+        merges=[tuple(merge) for merge in trained["merges"]],
+        bos_token=spec.bos,
+        eos_token=spec.eos,
+        unk_token=spec.unk,
+        pad_token=spec.pad,
+        extra_special_tokens=[t for t in spec.specials if t not in (spec.eos, spec.pad)],
+    )
 
 
 def training_lines() -> list[str]:
