@@ -21,7 +21,7 @@ import torch
 from bench_sft import demo_dataset
 from record import write_summary
 
-from tunebook import generate, ingest, models, paths
+from tunebook import dataset, ingest, models, paths
 from tunebook.params import load_params
 from tunebook.tiny import build_tiny
 
@@ -54,7 +54,7 @@ def main() -> None:
     texts = [d.text for d in ingest.read_documents(scratch / "corpus", [".md"])[0]]
     model_dir = str(build_tiny(texts, scratch / "models", demo.tiny, progress=False))
 
-    rows = generate.read_split(dataset_dir, "test") + generate.read_split(dataset_dir, "val")
+    rows = dataset.read_split(dataset_dir, "test") + dataset.read_split(dataset_dir, "val")
     conversations = [row["messages"][:-1] for row in rows[: args.prompts]]
     loaded = models.load_model("base", model_dir)
     max_new_tokens, batch_size = demo.evaluate.max_new_tokens, demo.evaluate.batch_size

@@ -21,6 +21,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
 from trl import SFTConfig, SFTTrainer
 
 from tunebook import generate, ingest, paths
+from tunebook.dataset import write_dataset
 from tunebook.params import GenerateParams, TinyParams, load_params
 from tunebook.sft import train_sft, training_data
 from tunebook.tiny import build_tiny
@@ -34,7 +35,7 @@ def demo_dataset(scratch: Path, modules: list[str]) -> Path:
     params = GenerateParams(teachers=[{"name": "extractive", "backend": "extractive"}])
     jobs = generate.plan_jobs(chunks, params)
     campaign = generate.run_campaign(jobs, params, scratch / "data", TinyParams(), [], progress=False)
-    generate.write_dataset(generate.build_dataset(campaign.records, chunks, params), scratch / "data", params, "b")
+    write_dataset(generate.build_dataset(campaign.records, chunks, params), scratch / "data", params, "b")
     return scratch / "data"
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from tunebook import evaluate, generate, ingest, judge, metrics, models, paths, quality, recipe, registry
+from tunebook import dataset, evaluate, generate, ingest, judge, metrics, models, paths, quality, recipe, registry
 from tunebook.files import hash_tree, jsonl_text, read_complete_lines, sha256_text, write_atomic
 from tunebook.params import DpoParams, EvaluateParams
 
@@ -47,7 +47,7 @@ def inputs(run_id: str, params: DpoParams, seed: int) -> Inputs:
     """This run's train prompts (decontaminated against its test split), chunks, and the model to improve."""
     dataset_dir = paths.stage_dir(run_id, "generate")
     prompts = train_prompts(
-        generate.read_split(dataset_dir, "train"), generate.read_split(dataset_dir, "test"), params, seed
+        dataset.read_split(dataset_dir, "train"), dataset.read_split(dataset_dir, "test"), params, seed
     )
     chunks = ingest.read_chunks(paths.stage_dir(run_id, "ingest") / "chunks.jsonl")
     spec = registry.resolve(params.model, run_id)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from tunebook import checks, generate, human, ingest, judge, metrics, models, paths, quality, registry, stats
+from tunebook import checks, dataset, generate, human, ingest, judge, metrics, models, paths, quality, registry, stats
 from tunebook.files import jsonl_text, sha256_file, sha256_text, write_atomic
 from tunebook.params import ChromaParams, EndpointParams, EvaluateParams
 
@@ -39,12 +39,12 @@ class Inputs:
 def inputs(run_id: str, params: EvaluateParams, store: ChromaParams) -> Inputs:
     """This run's test split (and benchmark file), retrieval from its collection, and its train split."""
     dataset_dir = paths.stage_dir(run_id, "generate")
-    items = test_items(generate.read_split(dataset_dir, "test"), params)
+    items = test_items(dataset.read_split(dataset_dir, "test"), params)
     ingest_dir = paths.stage_dir(run_id, "ingest")
     retrieved = None
     if "rag" in params.conditions:
         retrieved = retrieve(items, ingest.recorded_collection(ingest_dir, store), params.rag_k)
-    train = generate.read_split(dataset_dir, "train")
+    train = dataset.read_split(dataset_dir, "train")
     train_texts = [quality.conversation_text(row) for row in train]
     chunk_texts = {chunk.id: chunk.text for chunk in ingest.read_chunks(ingest_dir / "chunks.jsonl")}
     return Inputs(items, retrieved, train_texts, chunk_texts)

@@ -21,7 +21,7 @@ import torch
 from tqdm import tqdm
 from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from tunebook import evaluate, generate, gguf, models, paths, registry, servers
+from tunebook import dataset, evaluate, gguf, models, paths, registry, servers
 from tunebook.files import hash_tree, sha256_file, write_atomic
 from tunebook.params import EndpointParams, EvaluateParams, ExportParams
 
@@ -60,7 +60,7 @@ def inputs(run_id: str, params: ExportParams) -> Inputs:
             f"{params.model} is a fully fine-tuned model, not an adapter: its directory "
             f"{spec['base_model']} is already the merged model"
         )
-    test = generate.read_split(paths.stage_dir(run_id, "generate"), "test")
+    test = dataset.read_split(paths.stage_dir(run_id, "generate"), "test")
     items = evaluate.test_items(test, EvaluateParams(max_examples=params.verify_prompts))
     prompts = evaluate.conversations(items, None, EvaluateParams())
     reference = models.load_model(params.model, spec["base_model"], spec["adapter"])

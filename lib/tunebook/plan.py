@@ -15,7 +15,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig
 
 from tunebook import paths, recipe
-from tunebook.generate import read_card
+from tunebook.dataset import read_card
 from tunebook.models import pretrained_options
 from tunebook.params import Params, SftParams, base_config_path, demo_scale_warning
 from tunebook.tiny import tiny_config

@@ -5,6 +5,7 @@ import datasets
 import pytest
 
 from tunebook import generate, ingest
+from tunebook.dataset import SPLITS, read_card, read_split, write_dataset
 from tunebook.files import PROGRESS_FILE, read_complete_lines
 from tunebook.ingest import Chunk
 from tunebook.params import GenerateParams, ParamsError, TinyParams, load_params
@@ -143,47 +144,17 @@ def test_dataset_counts_every_step_and_loads_with_datasets(tmp_path):
     teacher = dataset.teachers.iloc[0]
     assert (teacher["teacher"], teacher["jobs"], teacher["kept"]) == ("extractive", len(chunks), counts["kept"])
 
-    card = generate.write_dataset(dataset, tmp_path / "out", params, "t")
-    assert generate.read_card(tmp_path / "out") == json.loads(json.dumps(card))
+    card = write_dataset(dataset, tmp_path / "out", params, "t")
+    assert read_card(tmp_path / "out") == json.loads(json.dumps(card))
     readme = (tmp_path / "out" / "README.md").read_text()
     assert "## Teachers" in readme and "| extractive |" in readme and "contaminated_removed" in readme
     assert "Reply with a JSON list" in readme  # the prompts are recorded
-    files = {split: str(tmp_path / "out" / f"{split}.jsonl") for split in generate.SPLITS}
+    files = {split: str(tmp_path / "out" / f"{split}.jsonl") for split in SPLITS}
     loaded = datasets.load_dataset("json", data_files=files)
-    assert {split: len(loaded[split]) for split in generate.SPLITS} == card["splits"]
+    assert {split: len(loaded[split]) for split in SPLITS} == card["splits"]
     assert loaded["train"][0]["messages"][1]["role"] == "assistant"
     # The stages read the splits through read_split, which checks every row.
-    assert {split: generate.read_split(tmp_path / "out", split) for split in generate.SPLITS} == dataset.splits
-
-
-USER = {"role": "user", "content": "What does json.dumps return?"}
-ANSWER = {"role": "assistant", "content": "A str."}
-
-
-@pytest.mark.parametrize(
-    "row, problem",
-    [
-        ('{"id": "a", "messages": [', "not a JSON object (Expecting value at column 26)"),
-        ("[1, 2]", "not a JSON object (got a list)"),
-        ({"id": "a"}, "no 'messages' list (expected [{'role': ..., 'content': ...}, ...])"),
-        ({"id": "a", "messages": "What?"}, "no 'messages' list"),
-        ({"id": "a", "messages": [USER, "A str."]}, "messages[1] is not a {'role', 'content'} turn"),
-        ({"id": "a", "messages": [USER, {"role": "bot", "content": "A str."}]}, "messages[1] is not a {'role'"),
-        ({"id": "a", "messages": [{"role": "user", "content": None}, ANSWER]}, "messages[0] is not a {'role'"),
-        ({"id": "a", "messages": [ANSWER]}, "messages must end with a user turn and the assistant's answer to it"),
-        ({"id": "a", "messages": [ANSWER, USER]}, "messages must end with a user turn and the assistant's answer"),
-        ({"id": "a", "messages": [USER, {"role": "assistant", "content": " \n"}]}, "empty assistant turn"),
-        ({"messages": [USER, ANSWER]}, "no 'id' string"),
-    ],
-)
-def test_a_bad_split_row_is_one_line_naming_file_and_line(tmp_path, row, problem):
-    good = {"id": "g", "messages": [{"role": "system", "content": "Be brief."}, USER, ANSWER]}
-    line = row if isinstance(row, str) else json.dumps(row)
-    (tmp_path / "test.jsonl").write_text(f"{json.dumps(good)}\n\n{line}\n")
-    with pytest.raises(ValueError) as err:
-        generate.read_split(tmp_path, "test")
-    message = str(err.value)
-    assert "\n" not in message and message.startswith(f"{tmp_path / 'test.jsonl'}:3: {problem}")
+    assert {split: read_split(tmp_path / "out", split) for split in SPLITS} == dataset.splits
 
 
 def test_split_is_deterministic_and_stable_when_rows_are_added():

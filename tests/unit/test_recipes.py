@@ -19,6 +19,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 from zoo import TRL_TEMPLATES, stock_template
 
 from tunebook import chat, generate, ingest, paths, registry
+from tunebook.dataset import write_dataset
 from tunebook.params import GenerateParams, TinyParams, base_config_path, load_params
 from tunebook.sft import register_model, train_sft, training_data
 
@@ -88,9 +89,7 @@ def dataset(tmp_path_factory) -> tuple[Path, list]:
     campaign = generate.run_campaign(
         generate.plan_jobs(chunks, params), params, root / "generate", TinyParams(), [], progress=False
     )
-    generate.write_dataset(
-        generate.build_dataset(campaign.records, chunks, params), root / "generate", params, "recipe"
-    )
+    write_dataset(generate.build_dataset(campaign.records, chunks, params), root / "generate", params, "recipe")
     return root / "generate", chunks
 
 

@@ -55,12 +55,13 @@ def dataset_dir(tmp_path_factory):
     from test_generate import extractive_only, run, stdlib_chunks
 
     from tunebook import generate
+    from tunebook.dataset import write_dataset
 
     tmp = tmp_path_factory.mktemp("sft-data")
     chunks = stdlib_chunks(tmp, ("json", "bisect", "heapq"))
     params = extractive_only(val_fraction=0.2, test_fraction=0.1)
     campaign = run(generate.plan_jobs(chunks, params), params, tmp / "generate")
-    generate.write_dataset(generate.build_dataset(campaign.records, chunks, params), tmp / "generate", params, "t")
+    write_dataset(generate.build_dataset(campaign.records, chunks, params), tmp / "generate", params, "t")
     return tmp / "generate"
 
 
@@ -375,7 +376,7 @@ def test_train_sft_warns_of_demo_scale_settings_on_a_real_base(tiny_model, tmp_p
     """train_sft checks the model it loaded: here the tiny model, counted as real by lowering the bar."""
     from datasets import Dataset
 
-    from tunebook import params as params_module
+    from tunebook.params import blocks as params_module
     from tunebook.params import SftParams
     from tunebook.sft import TrainingData, train_sft
 

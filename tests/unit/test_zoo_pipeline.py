@@ -41,13 +41,14 @@ FEW_STEPS = {
 def run_data(tmp_path_factory) -> Path:
     """A run's ingest/ and generate/ stages on two stdlib modules, written once and copied into each workdir."""
     from tunebook import generate
+    from tunebook.dataset import write_dataset
 
     root = tmp_path_factory.mktemp("zoo-run")
     chunks = stdlib_chunks(root, ("json", "bisect"))
     ingest.write_chunks(chunks, root / "ingest" / "chunks.jsonl")
     params = extractive_only(val_fraction=0.1, test_fraction=0.2)
     campaign = run(generate.plan_jobs(chunks, params), params, root / "generate")
-    generate.write_dataset(generate.build_dataset(campaign.records, chunks, params), root / "generate", params, RUN)
+    write_dataset(generate.build_dataset(campaign.records, chunks, params), root / "generate", params, RUN)
     return root
 
 
