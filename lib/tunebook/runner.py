@@ -1,12 +1,15 @@
 """Running a params file: papermill per stage, the stage cache, the run manifest and the runs index.
 
 Each stage notebook is executed with its params section injected, saved as reports/<run>/NN_stage.ipynb
-(the record of the run) and rendered to HTML. A stage is reused instead of re-run when its notebook,
-the library, its params section and its inputs are unchanged and its outputs are still on disk.
+(the record of the run) and rendered to HTML. A stage is reused instead of re-run when its notebook, its
+params section, its inputs (upstream outputs, files it reads) and the source of the tunebook modules it runs
+(the import closure of its notebook's imports, less the report-drawing `plots` and `reports`) are unchanged,
+no stage it reads re-ran, and its outputs are still on disk.
 """
 
 from __future__ import annotations
 
+import ast
 import fcntl
 import json
 import os
@@ -19,12 +22,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import cache
 from importlib import metadata
 from pathlib import Path
 from tempfile import TemporaryDirectory
 
 import nbformat
 import papermill
+from IPython.core.inputtransformer2 import TransformerManager
 from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
 from nbclient.exceptions import DeadKernelError
 from papermill.exceptions import PapermillExecutionError
@@ -33,7 +38,7 @@ from traitlets.config import Config
 
 import tunebook
 from tunebook import paths, reports
-from tunebook.files import PROGRESS_FILE, hash_tree, read_progress, sha256_text, write_atomic
+from tunebook.files import PROGRESS_FILE, hash_tree, read_progress, sha256_file, sha256_text, write_atomic
 from tunebook.params import Params, mask_override, mask_secrets
 
 KERNEL = "tunebook"
@@ -48,17 +53,24 @@ PACKAGES = (
     "sentence-transformers",
     "llama-cpp-python",
 )
-# Each stage reads the outputs of these earlier stages; their hashes are part of its cache key.
+# Each stage reads the outputs of these earlier stages; their hashes are part of its cache key. DPO reads
+# nothing of evaluate's: it mines its own failures on train prompts, since test failures must never train.
 UPSTREAM = {
     "ingest": (),
     "generate": ("ingest",),
     "sft": ("ingest", "generate"),
     "evaluate": ("ingest", "generate", "sft"),
-    "dpo": ("ingest", "generate", "sft", "evaluate"),
+    "dpo": ("ingest", "generate", "sft"),
     "export": ("generate", "sft", "dpo"),
 }
 # Bulky or time-stamped by-products that are not part of a stage's output identity.
 NOT_OUTPUTS = ("checkpoints", "tensorboard", "wandb")
+# The installed package, whose modules' source is part of the cache keys of the stages that run them.
+PACKAGE = Path(tunebook.__file__).parent
+# Modules that only draw a stage's report (figures, the summary box). A notebook's own imports of them stay out
+# of its key, so that fixing a plot does not retrain a model; a reused stage keeps the report drawn when it
+# ran, and `tunebook run --force` (or `--from`) redraws it. A stage module that imported one would keep it in.
+PRESENTATION = frozenset({"tunebook.plots", "tunebook.reports"})
 
 
 class RunError(Exception):
@@ -137,11 +149,90 @@ def plan_stages(params: Params, selected: list[str], force: bool = False) -> lis
 def cache_key(params: Params, stage: str, manifest_stages: dict) -> str:
     parts = {
         "notebook": hash_tree(paths.notebook_path(stage)),
-        "library": _library_hash(),
+        "code": code_hash(stage, PACKAGE),
         "params": params.stage_parameters(stage),
         "inputs": input_hashes(params, stage, manifest_stages),
     }
     return sha256_text(json.dumps(parts, sort_keys=True, default=str))
+
+
+def code_hash(stage: str, package: Path) -> str:
+    """Content hash of the source of the tunebook modules the stage runs."""
+    modules = stage_modules(stage, package)
+    return sha256_text("".join(f"{name}:{sha256_file(_module_file(name, package))}\n" for name in modules))
+
+
+def stage_modules(stage: str, package: Path) -> tuple[str, ...]:
+    """The tunebook modules (in `package`) a stage runs: the import closure of its notebook's tunebook imports,
+    less the notebook's own imports of the presentation modules. Found statically, imports inside functions
+    included: a lazy import is code the stage runs."""
+    found: set[str] = set()
+    todo = list(_notebook_imports(paths.notebook_path(stage), package) - PRESENTATION)
+    while todo:
+        name = todo.pop()
+        if name not in found:
+            found.add(name)
+            todo.extend(_modules_among(_source_imports(_module_file(name, package), name), package))
+    return tuple(sorted(found))
+
+
+def _notebook_imports(notebook_path: Path, package: Path) -> set[str]:
+    names: set[str] = set()
+    for cell in nbformat.read(notebook_path, as_version=4).cells:
+        if cell.cell_type != "code":
+            continue
+        try:  # magics become Python first
+            tree = ast.parse(TransformerManager().transform_cell(cell.source))
+        except SyntaxError:  # the cell fails when the stage runs, and the notebook's own hash is in the key
+            continue
+        names |= _imported_names(tree, "", False)
+    return _modules_among(names, package)
+
+
+def _source_imports(path: Path, name: str) -> frozenset[str]:
+    stat = path.stat()
+    return _parsed_imports(path, name, stat.st_mtime_ns, stat.st_size)
+
+
+@cache
+def _parsed_imports(path: Path, name: str, mtime_ns: int, size: int) -> frozenset[str]:
+    """A module's imports, parsed once while the file stays as it is (a plan keys every stage, and a run again)."""
+    return frozenset(_imported_names(ast.parse(path.read_bytes(), str(path)), name, path.name == "__init__.py"))
+
+
+def _imported_names(tree: ast.AST, module: str, is_package: bool) -> set[str]:
+    """Every absolute name an import anywhere in `tree` could load: `from a import b` may load `a.b`."""
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:  # relative to the package `module` is (or is in)
+                parts = module.split(".") if is_package else module.split(".")[:-1]
+                base = ".".join([*parts[: len(parts) - node.level + 1], *([node.module] if node.module else [])])
+            names.add(base)
+            names.update(f"{base}.{alias.name}" for alias in node.names)
+    return names
+
+
+def _modules_among(names: set[str], package: Path) -> set[str]:
+    """The names that are tunebook modules, with the packages above each (importing tunebook.a.b runs
+    tunebook/__init__.py and tunebook/a/__init__.py too)."""
+    found = {name for name in names if _module_file(name, package)}
+    above = {name.rsplit(".", i)[0] for name in found for i in range(1, name.count(".") + 1)}
+    return found | {name for name in above if _module_file(name, package)}
+
+
+def _module_file(name: str, package: Path) -> Path | None:
+    top, *rest = name.split(".")
+    if top != "tunebook" or "" in rest:
+        return None
+    files = [
+        package.joinpath(*rest, "__init__.py"),
+        *([package.joinpath(*rest[:-1], f"{rest[-1]}.py")] if rest else []),
+    ]
+    return next((path for path in files if path.is_file()), None)
 
 
 def input_hashes(params: Params, stage: str, manifest_stages: dict) -> dict[str, str | None]:
@@ -218,6 +309,7 @@ def _run_stages(
             status="running",
             cache_key=cache_key(params, stage, manifest["stages"]),
             inputs=input_hashes(params, stage, manifest["stages"]),
+            modules=list(stage_modules(stage, PACKAGE)),  # the code its key covers, for a reader asking why it ran
             started=_now(),
         )
         _save(manifest)
@@ -400,12 +492,6 @@ def _git_state() -> dict:
 
     sha = git("rev-parse", "HEAD")
     return {"sha": sha or None, "dirty": bool(git("status", "--porcelain")) if sha else None}
-
-
-def _library_hash() -> str:
-    package = Path(tunebook.__file__).parent
-    sources = sorted(package.rglob("*.py")) + sorted((package / "templates").glob("*"))
-    return sha256_text("".join(f"{p.relative_to(package)}:{hash_tree(p)}" for p in sources))
 
 
 def _version(package: str) -> str | None:
