@@ -8,7 +8,7 @@ from pydantic import ValidationError
 
 from tunebook import paths, servers
 from tunebook.cli import main
-from tunebook.params import EndpointParams, TeacherParams
+from tunebook.params import EndpointParams, JudgeParams, TeacherParams, mask_override, mask_secrets
 
 CI = str(paths.project_root() / "params" / "ci.yaml")
 KEY_ENV = "TUNEBOOK_TEST_API_KEY"
@@ -46,6 +46,31 @@ def test_params_refuse_a_key_wherever_it_is_put(fields):
                 else {"name": "t", "model": "m", "base_url": "http://h/v1", **fields}
             )
         assert CANARY not in str(caught.value).split("input_value")[0]
+
+
+# Every word the refused fields and the masked keys were once two lists of, and names that contain one.
+SECRET_KEYS = ["api_key", "apikey", "api-key", "key", "token", "access_token", "password", "authorization", "secret"]
+
+
+@pytest.mark.parametrize("key", [*SECRET_KEYS, "hf_token", "client_secret", "X-Api-Key"])
+def test_params_refuse_and_manifests_mask_the_same_secret_looking_keys(key):
+    teacher = {"name": "t", "backend": "openai", "model": "m", "base_url": "http://h/v1"}
+    with pytest.raises(ValidationError, match="'extra_body.*' must not be in params"):
+        TeacherParams.model_validate({**teacher, "extra_body": {key: CANARY}})
+    with pytest.raises(ValidationError, match="base_url must not carry credentials"):
+        TeacherParams.model_validate({**teacher, "base_url": f"http://h/v1?{key}={CANARY}"})
+    assert mask_secrets({"teacher": {key: CANARY}}) == {"teacher": {key: "***"}}
+    assert mask_override(f"teacher.{key}={CANARY}") == f"teacher.{key}=***"
+
+
+def test_names_of_variables_token_counts_and_token_ids_are_neither_refused_nor_masked():
+    body = {"stop_token_ids": [128009], "max_tokens": 64}
+    teacher = TeacherParams(
+        name="t", backend="openai", model="m", base_url="http://h/v1?max_tokens=5", api_key_env=KEY_ENV, extra_body=body
+    )
+    judge = JudgeParams(backend="openai", model="m", base_url="http://h/v1", api_key_env=KEY_ENV, tokens_per_minute=900)
+    for section in (teacher, judge):
+        assert mask_secrets(section.model_dump()) == section.model_dump()
 
 
 def test_a_canary_key_used_by_a_campaign_and_an_evaluation_is_written_nowhere(keyed_server, workdir, monkeypatch):

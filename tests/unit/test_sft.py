@@ -376,8 +376,8 @@ def test_train_sft_warns_of_demo_scale_settings_on_a_real_base(tiny_model, tmp_p
     """train_sft checks the model it loaded: here the tiny model, counted as real by lowering the bar."""
     from datasets import Dataset
 
-    from tunebook.params import blocks as params_module
     from tunebook.params import SftParams
+    from tunebook.params import blocks as params_module
     from tunebook.sft import TrainingData, train_sft
 
     monkeypatch.setattr(params_module, "REAL_MODEL_PARAMETERS", 0)
