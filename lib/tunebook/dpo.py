@@ -20,7 +20,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from tunebook import dataset, evaluate, generate, ingest, judge, metrics, models, paths, quality, recipe, registry
+from tunebook import dataset, evaluate, ingest, judge, llm, metrics, models, paths, quality, recipe, registry
 from tunebook.files import hash_tree, jsonl_text, read_complete_lines, sha256_text, write_atomic
 from tunebook.params import DpoParams, EvaluateParams
 
@@ -230,9 +230,9 @@ def critique_and_revise(
     if params.critic == "self":
         replies = [g.text for g in models.generate(loaded, asks, params.max_new_tokens * 2, 16, progress)]
     else:
-        campaign = judge.as_campaign(params.judge)
-        chats = generate.run_sync(generate.chat_many(campaign, asks, "critique", progress))
-        replies = [c.reply.text if c.reply else "" for c in chats]
+        critic = params.judge
+        answers = llm.chat_many(critic.teacher(), llm.Limits.of(critic), asks, "critique", progress)
+        replies = [a.reply.text if a.reply else "" for a in answers]
     parsed = [_revision(reply) for reply in replies]
     return failures.assign(critique=[c for c, _ in parsed], revision=[r for _, r in parsed])
 

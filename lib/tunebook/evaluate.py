@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass
-from importlib import metadata
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
-from tunebook import checks, dataset, generate, human, ingest, judge, metrics, models, paths, quality, registry, stats
-from tunebook.files import jsonl_text, sha256_file, sha256_text, write_atomic
+from tunebook import checks, dataset, human, ingest, judge, llm, metrics, models, paths, quality, registry, stats
+from tunebook.files import jsonl_text, write_atomic
+from tunebook.llm import generations
 from tunebook.params import ChromaParams, EndpointParams, EvaluateParams
 
 SCORES = ("exact_match", "f1", "rouge_l")  # per example in [0, 1]; reported in points (x100)
@@ -136,7 +136,9 @@ def evaluate_models(
         loaded = models.load_model(name, spec["base_model"], spec["adapter"], spec["tokenizer"])
         reused = 0
         for condition, asked in conditions.items():
-            answers, cached = _greedy_answers(loaded, spec["identity"], asked, params, progress)
+            answers, cached = generations.greedy(
+                loaded, spec["identity"], asked, params.max_new_tokens, params.batch_size, progress
+            )
             reused += cached
             frames.append(_answers(items, name, condition, [a.text for a in answers], [a.stopped for a in answers]))
         model_rows.append(
@@ -167,41 +169,6 @@ def evaluate_models(
     return Evaluation(examples, summary, pd.DataFrame(model_rows), signature, decoding)
 
 
-def _greedy_answers(
-    loaded: models.LoadedModel, identity: str | None, asked: list[list[dict]], params: EvaluateParams, progress: bool
-) -> tuple[list[models.Generation], bool]:
-    """Greedy answers, and whether they came from data/cache/generations/. They are a function of the weights
-    (the registry's content hashes), the chat template, the prompts, the decoding, the batches they were
-    generated in, the device, the libraries and tunebook's generation code, so the same evaluation (a notebook
-    run again by hand, a changed judge or checks, DPO's re-evaluation run again) reuses them. A model without
-    recorded hashes is never cached."""
-    if identity is None:
-        return models.generate(loaded, asked, params.max_new_tokens, params.batch_size, progress), False
-    weights = next(loaded.model.parameters())
-    key = sha256_text(
-        json.dumps(
-            {
-                "model": identity,
-                "template": loaded.tokenizer.chat_template,
-                "conversations": asked,
-                "max_new_tokens": params.max_new_tokens,
-                "batch_size": params.batch_size,
-                "device": str(weights.device),
-                "dtype": str(weights.dtype),
-                "libraries": {name: metadata.version(name) for name in ("torch", "transformers", "peft")},
-                "generation code": sha256_file(Path(models.__file__)),
-            },
-            sort_keys=True,
-        )
-    )
-    path = paths.data_dir() / "cache" / "generations" / f"{key}.json"
-    if path.is_file():
-        return [models.Generation(**answer) for answer in json.loads(path.read_text(encoding="utf-8"))], True
-    answers = models.generate(loaded, asked, params.max_new_tokens, params.batch_size, progress)
-    write_atomic(path, json.dumps([asdict(answer) for answer in answers]))
-    return answers, False
-
-
 def template_id(template: str | None) -> str:
     return hashlib.sha256((template or "").encode()).hexdigest()[:12] if template else "none"
 
@@ -209,10 +176,12 @@ def template_id(template: str | None) -> str:
 def _ask_endpoint(
     endpoint: EndpointParams, asked: list[list[dict]], max_new_tokens: int, progress: bool
 ) -> tuple[list[str], list[bool]]:
-    campaign = endpoint.campaign(max_new_tokens)
-    chats = generate.run_sync(generate.chat_many(campaign, asked, f"generate {endpoint.name}", progress))
+    spec = endpoint.campaign(max_new_tokens).teachers[0]
+    answers = llm.chat_many(spec, llm.Limits.of(endpoint), asked, f"generate {endpoint.name}", progress)
     # An answer the server garbled scores 0 like any wrong answer, and shows as not stopped.
-    return [c.reply.text.strip() if c.reply else "" for c in chats], [bool(c.reply and c.reply.stopped) for c in chats]
+    return [a.reply.text.strip() if a.reply else "" for a in answers], [
+        bool(a.reply and a.reply.stopped) for a in answers
+    ]
 
 
 def _answers(items: pd.DataFrame, model: str, condition: str, texts: list[str], stopped: list[bool]) -> pd.DataFrame:
@@ -399,7 +368,8 @@ def write_results(
     evaluation: Evaluation, comparison: pd.DataFrame, judgement: Judgement, out_dir: Path, extra: dict
 ) -> None:
     """metrics.json (read by the runs index and `tunebook compare`), predictions.jsonl (every answer)
-    and failures.jsonl (the labelled failures, which the DPO stage's self-critique reads)."""
+    and failures.jsonl (the labelled failures of the test answers, to read; no stage trains on them: DPO's
+    self-critique finds its failures afresh on train prompts, `dpo.mine_failures`)."""
     summary = evaluation.summary.set_index("system")
     result = {
         "models": json.loads(summary.to_json(orient="index")),

@@ -1,7 +1,8 @@
 """Stage 01: teacher campaigns over the chunks -> quality pipeline -> train/val/test splits, which
 `tunebook.dataset` writes (JSONL + dataset card) and every later stage reads.
 
-A campaign is a list of jobs, one per chunk, each given to a teacher of the pool by weight. A job's id is
+A campaign is a list of jobs, one per chunk, each given to a teacher by weight: the extractive one, or a
+chat model asked through `tunebook.llm`'s pool. A job's id is
 a hash of everything that decides its answer, and each finished job is appended to campaign.jsonl as
 one line. A campaign killed at any point resumes with the jobs it has not finished; their requests
 already answered come from the response cache, so nothing is lost and nothing is sent twice.
@@ -13,17 +14,13 @@ import asyncio
 import json
 import time
 from collections import Counter
-from collections.abc import Coroutine
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
 
-import httpx
 import pandas as pd
 from tqdm import tqdm
 
-from tunebook import quality
+from tunebook import llm, quality
 from tunebook.dataset import SPLITS, Dataset
 from tunebook.files import (
     PROGRESS_FILE,
@@ -35,11 +32,9 @@ from tunebook.files import (
 )
 from tunebook.ingest import Chunk
 from tunebook.params import GenerateParams, PromptParams, TeacherParams, TinyParams
-from tunebook.teachers import Reply, TeacherUnavailable, extractive
-from tunebook.teachers.cache import ResponseCache, request_key
+from tunebook.teachers import extractive
 
 CAMPAIGN_LOG = "campaign.jsonl"
-T = TypeVar("T")
 
 
 class CampaignError(RuntimeError):
@@ -117,93 +112,29 @@ def _chain_chats(name: str, specs: dict[str, TeacherParams]) -> bool:
     return any(specs[n].backend != "extractive" for n in fallback_chain(name, specs))
 
 
-# --- the pool of teachers -----------------------------------------------------------------------------
+# --- the chat teachers ----------------------------------------------------------------------------------
 
 
-class Pool:
-    """The campaign's teachers by name, each chat request going through the shared response cache.
+def _chat_teachers(params: GenerateParams, tiny: TinyParams, corpus_texts: list[str]) -> list[TeacherParams]:
+    """The chat teachers as `tunebook.llm` takes them: an hf teacher's model as a loadable path or hub id,
+    `tiny` built (or reused) from the corpus."""
+    chatty = [spec for spec in params.teachers if spec.backend != "extractive"]
+    if all(spec.backend != "hf" for spec in chatty):
+        return chatty
+    from tunebook.tiny import resolve_model  # torch and transformers: only for a campaign with hf teachers
 
-    transport replaces the HTTP transport of the openai teachers: tests script replies with it.
-    """
-
-    def __init__(
-        self,
-        params: GenerateParams,
-        tiny: TinyParams,
-        corpus_texts: list[str],
-        cache: ResponseCache,
-        transport: httpx.AsyncBaseTransport | None = None,
-    ):
-        self.specs = {t.name: t for t in params.teachers}
-        self.cache = cache
-        self.chat_teachers = {}
-        for spec in params.teachers:
-            if spec.backend == "hf":
-                from tunebook.teachers.hf import HFTeacher
-                from tunebook.tiny import resolve_model
-
-                self.chat_teachers[spec.name] = HFTeacher(spec, resolve_model(spec.model, tiny, corpus_texts))
-            elif spec.backend == "openai":
-                from tunebook.teachers.openai import OpenAITeacher
-
-                self.chat_teachers[spec.name] = OpenAITeacher(spec, params, transport)
-
-    async def chat(self, name: str, messages: list[dict], tally: Counter) -> Reply:
-        teacher = self.chat_teachers[name]
-        key = request_key(self.specs[name].backend, teacher.model_id, messages, teacher.sampling)
-        reply, sent = await self.cache.fetch(key, lambda: teacher.chat(messages))
-        tally["requests" if sent else "cache_hits"] += 1
-        return reply
-
-    async def aclose(self) -> None:
-        for teacher in self.chat_teachers.values():
-            await teacher.aclose()
+    return [
+        spec.model_copy(update={"model": resolve_model(spec.model, tiny, corpus_texts)})
+        if spec.backend == "hf"
+        else spec
+        for spec in chatty
+    ]
 
 
-@dataclass(frozen=True)
-class Chat:
-    reply: Reply | None  # None when the server answered outside the protocol
-    error: str | None
-    requests: int  # requests sent for it: 0 when the cache answered
-
-
-async def chat_many(
-    campaign: GenerateParams,
-    conversations: list[list[dict]],
-    desc: str,
-    progress: bool = True,
-    cache: ResponseCache | None = None,
-    transport: httpx.AsyncBaseTransport | None = None,
-) -> list[Chat]:
-    """The campaign's one chat teacher's replies to each conversation, in order: concurrently, through the
-    response cache, rate limits and retries (the judge and evaluated endpoints are asked this way)."""
-    # Never the tiny model (params refuse it for these), so the pool needs no corpus to build one.
-    pool = Pool(campaign, TinyParams(), [], cache or ResponseCache(), transport)
-    name = campaign.teachers[0].name
-    in_flight = asyncio.Semaphore(campaign.concurrency)
-    bar = tqdm(total=len(conversations), desc=desc, unit="call", disable=not progress)
-    chats: list[Chat | None] = [None] * len(conversations)
-
-    async def ask(index: int, messages: list[dict]) -> None:
-        tally: Counter = Counter()
-        async with in_flight:
-            try:
-                chats[index] = Chat(await pool.chat(name, messages, tally), None, tally["requests"])
-            except ValueError as err:  # the server answered, but not in the protocol
-                chats[index] = Chat(None, str(err), tally["requests"])
-        bar.update(1)
-
-    try:
-        async with asyncio.TaskGroup() as group:
-            for index, messages in enumerate(conversations):
-                group.create_task(ask(index, messages))
-    except* TeacherUnavailable as errors:
-        # Every reply that arrived is in the cache: asking again resumes from there.
-        raise errors.exceptions[0] from None
-    finally:
-        bar.close()
-        await pool.aclose()
-    return chats
+async def _chat(pool: llm.Pool, name: str, messages: list[dict], tally: Counter) -> llm.Reply:
+    reply, sent = await pool.chat(name, messages)
+    tally["requests" if sent else "cache_hits"] += 1
+    return reply
 
 
 # --- one job --------------------------------------------------------------------------------------------
@@ -245,10 +176,10 @@ def _row(question: str, answer: str, template: str, teacher: str, job: Job) -> d
     }
 
 
-async def _ask(pool: Pool, name: str, job: Job, params: GenerateParams) -> dict:
+async def _ask(pool: llm.Pool, spec: TeacherParams, job: Job, params: GenerateParams) -> dict:
     """One teacher's samples and parse failures for one chunk."""
-    tally: Counter = Counter()
-    if pool.specs[name].backend == "extractive":
+    name, tally = spec.name, Counter()
+    if spec.backend == "extractive":
         pairs = extractive.ask(job.chunk.text, params.max_answer_chars)
         samples = [_row(qa.question, qa.answer, qa.template, name, job) for qa in pairs]
         return {"teacher": name, "samples": samples, "failures": [], "requests": 0, "cache_hits": 0}
@@ -259,28 +190,28 @@ async def _ask(pool: Pool, name: str, job: Job, params: GenerateParams) -> dict:
         "context": "\n\n---\n\n".join(c.text for c in job.context) or "(none)",
     }
     samples, failures = [], []
-    if pool.specs[name].questions == "extractive":
+    if spec.questions == "extractive":
         questions = [qa.question for qa in extractive.ask(job.chunk.text, params.max_answer_chars)]
     else:
         questions = await _write_questions(pool, name, job, params, fields, tally, failures)
     for question in questions:
         row_id = question_id(question)
         try:
-            reply = await pool.chat(
-                name, _messages(params.prompts, params.prompts.answer.format(**fields, question=question)), tally
+            reply = await _chat(
+                pool, name, _messages(params.prompts, params.prompts.answer.format(**fields, question=question)), tally
             )
         except ValueError as err:
             failures.append({"id": row_id, "step": "answer", "error": str(err), "output": ""})
             continue
-        error = _answer_error(reply, pool.specs[name].max_new_tokens)
+        error = _answer_error(reply, spec.max_new_tokens)
         if error:
             failures.append({"id": row_id, "step": "answer", "error": error, "output": reply.text[:500]})
         else:
-            samples.append(_row(question, reply.text.strip(), f"{pool.specs[name].questions}-question", name, job))
+            samples.append(_row(question, reply.text.strip(), f"{spec.questions}-question", name, job))
     return {"teacher": name, "samples": samples, "failures": failures, **tally}
 
 
-def _answer_error(reply: Reply, max_new_tokens: int) -> str | None:
+def _answer_error(reply: llm.Reply, max_new_tokens: int) -> str | None:
     if not reply.text.strip():
         return "an empty answer"
     if not reply.stopped:
@@ -289,11 +220,11 @@ def _answer_error(reply: Reply, max_new_tokens: int) -> str | None:
 
 
 async def _write_questions(
-    pool: Pool, name: str, job: Job, params: GenerateParams, fields: dict, tally: Counter, failures: list[dict]
+    pool: llm.Pool, name: str, job: Job, params: GenerateParams, fields: dict, tally: Counter, failures: list[dict]
 ) -> list[str]:
     """The teacher's questions about the chunk; a reply that is not a JSON list is a parse failure."""
     try:
-        reply = await pool.chat(name, _messages(params.prompts, params.prompts.question.format(**fields)), tally)
+        reply = await _chat(pool, name, _messages(params.prompts, params.prompts.question.format(**fields)), tally)
         questions, error = parse_questions(reply.text, params.questions_per_chunk)
         output = reply.text
     except ValueError as err:  # the server answered, but not in the protocol
@@ -303,13 +234,13 @@ async def _write_questions(
     return questions
 
 
-async def _run_job(pool: Pool, job: Job, params: GenerateParams) -> dict:
+async def _run_job(pool: llm.Pool, specs: dict[str, TeacherParams], job: Job, params: GenerateParams) -> dict:
     """The job's record from its teacher, or from the fallbacks in turn when a teacher is unavailable."""
     errors = []
-    for name in fallback_chain(job.teacher, pool.specs):
+    for name in fallback_chain(job.teacher, specs):
         try:
-            record = await _ask(pool, name, job, params)
-        except TeacherUnavailable as err:
+            record = await _ask(pool, specs[name], job, params)
+        except llm.Unavailable as err:
             errors.append(str(err))
             continue
         return {
@@ -346,18 +277,7 @@ def run_campaign(
     progress: bool = True,
 ) -> Campaign:
     """Run (or resume) the jobs not yet in out_dir/campaign.jsonl; returns every job's record."""
-    return run_sync(_campaign(jobs, params, out_dir, tiny, corpus_texts, progress))
-
-
-def run_sync(coroutine: Coroutine[Any, Any, T]) -> T:
-    """Run a coroutine to its end from synchronous code, a notebook cell included."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(coroutine)
-    # A notebook kernel already runs an event loop in this thread: give the coroutine a thread of its own.
-    with ThreadPoolExecutor(1) as executor:
-        return executor.submit(asyncio.run, coroutine).result()
+    return llm.run_sync(_campaign(jobs, params, out_dir, tiny, corpus_texts, progress))
 
 
 async def _campaign(
@@ -370,13 +290,16 @@ async def _campaign(
     # Records of another campaign definition (other prompts, teachers...) are dropped, not reused.
     write_atomic(log, jsonl_text(finished.values()))
     todo = [job for job in jobs if job.id not in finished]
-    pool = Pool(params, tiny, corpus_texts, ResponseCache())
+    specs = {t.name: t for t in params.teachers}
+    pool = llm.Pool(_chat_teachers(params, tiny, corpus_texts), llm.Limits.of(params))
     tracker = _Progress(out_dir / PROGRESS_FILE, len(jobs), len(finished), progress)
-    in_flight = asyncio.Semaphore(params.concurrency)
+    # A job asks one request at a time, so the pool's limit on requests in flight is also the one on jobs; the
+    # jobs beyond it wait here, rather than all start at once and none finish until every question is asked.
+    jobs_in_flight = asyncio.Semaphore(params.concurrency)
 
     async def work(job: Job) -> None:
-        async with in_flight:
-            record = await _run_job(pool, job, params)
+        async with jobs_in_flight:
+            record = await _run_job(pool, specs, job, params)
         append_line(log, record)
         finished[job.id] = record
         tracker.advance()

@@ -1,9 +1,9 @@
 """Stage 03's judge: grades (1-10 against a rubric), pairwise verdicts in both orders, failure labels.
 
 Judges:
-- `hf` and `openai`: a chat model, asked for a JSON object. The judge is a one-teacher campaign of the
-  generate stage: its requests go through `generate.Pool`, so they share the response cache (a judging
-  run repeated, or resumed after a crash, sends nothing twice), the rate limits and the retries.
+- `hf` and `openai`: a chat model, asked for a JSON object through `tunebook.llm`: its requests share the
+  response cache (a judging run repeated, or resumed after a crash, sends nothing twice), the rate limits
+  and the retries of every other chat request.
 - `reference`: a deterministic, rule-based stand-in for offline runs and CI. It is NOT an LLM and reads
   no meaning: it compares each answer with the reference answer through `tunebook.metrics` (grade =
   1 + round(9 * token F1); the better answer of a pair has the higher F1, then ROUGE-L) and labels
@@ -29,10 +29,10 @@ from typing import Any
 import httpx
 import pandas as pd
 
-from tunebook import generate, metrics, quality
+from tunebook import llm, metrics, quality
 from tunebook.files import jsonl_text, write_atomic
-from tunebook.params import GenerateParams, JudgeParams
-from tunebook.teachers.cache import ResponseCache
+from tunebook.llm import ResponseCache
+from tunebook.params import JudgeParams
 
 LABELS = ("wrong", "incomplete", "hallucinated", "format")
 RAW_CHARS = 500  # of a judge's reply kept beside its verdict: enough to see why it did not parse
@@ -184,37 +184,14 @@ def _judge(
         template.format(rubric=params.rubric, **{k: "(not given)" if v is None else v for k, v in task.items()})
         for task in tasks
     ]
-    return generate.run_sync(_ask_all(kind, prompts, parse, params, progress, cache, transport))
-
-
-def as_campaign(params: JudgeParams) -> GenerateParams:
-    """The judge as a one-teacher campaign: the pool takes its concurrency, rate limits and retries from it."""
-    return GenerateParams(
-        teachers=[params.teacher()],
-        concurrency=params.concurrency,
-        requests_per_minute=params.requests_per_minute,
-        tokens_per_minute=params.tokens_per_minute,
-        max_retries=params.max_retries,
-        timeout_s=params.timeout_s,
-    )
-
-
-async def _ask_all(
-    kind: str,
-    prompts: list[str],
-    parse: Callable[[str], tuple[Any, str | None]],
-    params: JudgeParams,
-    progress: bool,
-    cache: ResponseCache | None,
-    transport: httpx.AsyncBaseTransport | None,
-) -> list[Judged]:
     conversations = [[{"role": "user", "content": prompt}] for prompt in prompts]
-    campaign = as_campaign(params)
-    answered = await generate.chat_many(campaign, conversations, f"judge {kind}", progress, cache, transport)
+    answers = llm.chat_many(
+        params.teacher(), llm.Limits.of(params), conversations, f"judge {kind}", progress, cache, transport
+    )
     judged = []
-    for chat in answered:
-        value, error = parse(chat.reply.text) if chat.reply else (None, chat.error)
-        judged.append(Judged(value, error, chat.reply.text[:RAW_CHARS] if chat.reply else "", chat.requests))
+    for answer in answers:
+        value, error = parse(answer.reply.text) if answer.reply else (None, answer.error)
+        judged.append(Judged(value, error, answer.reply.text[:RAW_CHARS] if answer.reply else "", answer.requests))
     return judged
 
 
@@ -432,8 +409,9 @@ def failure_summary(failures: pd.DataFrame) -> pd.DataFrame:
 
 
 def write_failures(failures: pd.DataFrame, path: Path) -> None:
-    """failures.jsonl for the DPO stage: per failed answer its prompt (as messages), prediction, reference
-    and label, written atomically."""
+    """failures.jsonl: per failed answer its prompt (as messages), prediction, reference and label, written
+    atomically. The evaluate stage writes its test answers' failures here for people to read; no stage trains
+    on them (DPO's self-critique labels failures of its own on train prompts: test failures must never train)."""
     rows = [
         {
             "id": r["id"],

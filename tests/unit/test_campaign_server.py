@@ -1,10 +1,9 @@
 """Campaigns against a real OpenAI-compatible server (llama-cpp-python's, over the tiny model's GGUF) on
-loopback: the protocol, the response cache, kill -9 and resume, parse failures of a teacher that talks
-nonsense, and the extra request fields a server needs to decode greedily."""
+loopback: the protocol, the response cache, kill -9 and resume, and parse failures of a teacher that talks
+nonsense."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import random
@@ -15,17 +14,12 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-import httpx
-import pytest
 from test_generate import stdlib_chunks
 
-from tunebook import generate, ingest, servers
+from tunebook import generate, ingest
 from tunebook.dataset import write_dataset
 from tunebook.files import read_complete_lines
-from tunebook.params import EndpointParams, GenerateParams, TinyParams
-from tunebook.teachers import TeacherUnavailable
-from tunebook.teachers.cache import ResponseCache
-from tunebook.teachers.openai import OpenAITeacher
+from tunebook.params import GenerateParams, TinyParams
 
 # Run as a separate process, so that it can be killed with -9 like a real campaign.
 CAMPAIGN_SCRIPT = """
@@ -179,48 +173,3 @@ def test_a_teacher_that_writes_no_json_gets_parse_failures_with_ids(llama_server
     assert len((tmp_path / "out" / "failures.jsonl").read_text().splitlines()) == len(jobs)
     assert dataset.counts["parse_failures"] == len(jobs) and dataset.counts["kept"] == 0
     assert dataset.teachers.iloc[0]["failure_rate"] == 1.0
-
-
-@pytest.mark.parametrize("status", [429, 503])
-def test_retryable_statuses_are_retried_with_backoff(status, tmp_path):
-    """The retry policy on the statuses a local server never sends: a scripted transport, not a protocol fake."""
-    calls = []
-
-    def respond(request: httpx.Request) -> httpx.Response:
-        calls.append(request)
-        if len(calls) < 3:
-            return httpx.Response(status, headers={"retry-after": "0"}, text="slow down")
-        return httpx.Response(200, json={"choices": [{"message": {"role": "assistant", "content": "ok"}}]})
-
-    params = GenerateParams(max_retries=3)
-    spec = {"name": "t", "backend": "openai", "model": "m", "base_url": "http://127.0.0.1:1/v1"}
-    teacher = OpenAITeacher(GenerateParams(teachers=[spec]).teachers[0], params, transport=httpx.MockTransport(respond))
-    assert asyncio.run(teacher.chat([{"role": "user", "content": "hi"}])).text == "ok"
-    assert len(calls) == 3
-    calls.clear()
-    stubborn = OpenAITeacher(
-        GenerateParams(teachers=[spec]).teachers[0],
-        GenerateParams(max_retries=1),
-        transport=httpx.MockTransport(lambda r: calls.append(r) or httpx.Response(status, text="no")),
-    )
-    with pytest.raises(TeacherUnavailable, match=f"failed after 2 tries .*HTTP {status}"):
-        asyncio.run(stubborn.chat([{"role": "user", "content": "hi"}]))
-
-
-def test_extra_body_fields_reach_the_server_and_are_part_of_the_cache_key(llama_server, tmp_path):
-    prompts = [[{"role": "user", "content": "What does bisect.insort do?"}]]
-    cache = ResponseCache(tmp_path / "cache")
-
-    def ask(extra_body: dict) -> list:
-        endpoint = EndpointParams(
-            name="served", model="tiny", base_url=llama_server.base_url, max_retries=0, extra_body=extra_body
-        )
-        return generate.run_sync(generate.chat_many(endpoint.campaign(8), prompts, "ask", False, cache))
-
-    answered_before = llama_server.requests_answered()
-    assert ask(servers.LLAMA_GREEDY)[0].reply is not None and ask({})[0].reply is not None
-    assert ask(servers.LLAMA_GREEDY)[0].requests == 0  # the same request again: from the cache
-    assert llama_server.requests_answered() - answered_before == 2  # with and without the field: two requests
-    # The server reads the field: a value it cannot use is refused, not ignored.
-    with pytest.raises(TeacherUnavailable, match="repeat_penalty"):
-        ask({"repeat_penalty": "strong"})

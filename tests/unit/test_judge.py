@@ -11,10 +11,8 @@ import httpx
 import pandas as pd
 import pytest
 
-from tunebook import judge
+from tunebook import judge, llm
 from tunebook.params import JudgeParams, ParamsError, load_params
-from tunebook.teachers import TeacherUnavailable
-from tunebook.teachers.cache import ResponseCache
 
 REFERENCE = "json.dumps serializes obj to a JSON formatted str using the conversion table"
 SOURCE = "json.loads parses a JSON document into a Python object. json.dumps serializes obj to a JSON formatted str."
@@ -188,7 +186,7 @@ def test_a_judge_that_always_prefers_the_first_answer_gives_ties_and_0_consisten
     assert shown == {*pairs_ab, *((second, first) for first, second in pairs_ab)}  # each pair in both orders
 
     # The same judging again is served from the response cache: nothing is sent.
-    cache = ResponseCache()
+    cache = llm.ResponseCache()
     again = judge.pairwise(a, b, params, progress=False, cache=cache, transport=always_a)
     assert len(sent) == 6 and cache.sent == 0 and cache.hits == 6 and again["requests"].sum() == 0
     pd.testing.assert_frame_equal(again.drop(columns="requests"), pairs.drop(columns="requests"))
@@ -211,7 +209,7 @@ def test_a_judge_that_reads_the_answers_keeps_its_verdict_through_the_swap():
 
 def test_a_judge_endpoint_that_stays_down_stops_with_its_error():
     down = httpx.MockTransport(lambda request: httpx.Response(503, text="overloaded"))
-    with pytest.raises(TeacherUnavailable, match=r"teacher 'judge': .* failed after 1 tries .*HTTP 503"):
+    with pytest.raises(llm.Unavailable, match=r"'judge': .* failed after 1 tries .*HTTP 503"):
         judge.grade(answers("m", ["x", "y"]), JudgeParams(**SCRIPTED), progress=False, transport=down)
 
 

@@ -13,8 +13,8 @@ import pytest
 
 from tunebook import paths, registry, runner
 from tunebook.cli import main
+from tunebook.llm import ResponseCache
 from tunebook.params import load_params
-from tunebook.teachers.cache import ResponseCache
 
 CI = str(paths.project_root() / "params" / "ci.yaml")
 
@@ -40,8 +40,8 @@ for i in range(30):
 PUT = """
 import sys, time
 from pathlib import Path
-from tunebook.teachers import Reply
-from tunebook.teachers.cache import ResponseCache, request_key
+from tunebook.llm import Reply, ResponseCache
+from tunebook.llm.cache import request_key
 cache = ResponseCache(Path(sys.argv[3]))
 while not Path(sys.argv[2]).exists():
     time.sleep(0.001)

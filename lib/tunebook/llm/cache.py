@@ -1,8 +1,8 @@
-"""A content-addressed cache of teacher responses, shared by every run on this workdir.
+"""The response cache: every chat reply, content-addressed and shared by every run on this workdir.
 
 Key: (backend, model, messages, sampling params). Every request costs time or money, so a response is
 written to disk the moment it arrives: a campaign killed at any point and started again finds it here
-and sends nothing twice, and a finished campaign re-run sends nothing at all.
+and sends nothing twice, and a finished campaign (or judging) re-run sends nothing at all.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 
 from tunebook import paths
 from tunebook.files import sha256_text, write_atomic
-from tunebook.teachers import Reply
+from tunebook.llm.reply import Reply
 
 
 def cache_dir() -> Path:

@@ -1,7 +1,7 @@
-"""The `openai` teacher: any OpenAI-compatible chat endpoint (vLLM, Ollama, llama.cpp, hosted APIs).
+"""The `openai` backend: any OpenAI-compatible chat endpoint (vLLM, Ollama, llama.cpp's server, hosted APIs).
 
-Requests go out concurrently through one async HTTP client; the campaign bounds how many are in flight,
-and this module spaces them to the params' requests- and tokens-per-minute limits. 429, 5xx, timeouts
+Requests go out concurrently through one async HTTP client; the pool bounds how many are in flight,
+and this module spaces them to the limits' requests- and tokens-per-minute. 429, 5xx, timeouts
 and dropped connections are retried with exponential backoff (tenacity), honouring Retry-After.
 The API key is read from the environment variable that params name, never from params themselves.
 """
@@ -14,8 +14,9 @@ import httpx
 from aiolimiter import AsyncLimiter
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
-from tunebook.params import GenerateParams, TeacherParams
-from tunebook.teachers import Reply, TeacherUnavailable
+from tunebook.llm.limits import Limits
+from tunebook.llm.reply import Reply, Unavailable
+from tunebook.params import TeacherParams
 
 CHARS_PER_TOKEN = 4  # rough, only to budget tokens-per-minute before the server counts them
 
@@ -26,10 +27,8 @@ class RetryableStatus(Exception):
         self.retry_after = _retry_after(response)
 
 
-class OpenAITeacher:
-    def __init__(
-        self, spec: TeacherParams, campaign: GenerateParams, transport: httpx.AsyncBaseTransport | None = None
-    ) -> None:
+class OpenAIEndpoint:
+    def __init__(self, spec: TeacherParams, limits: Limits, transport: httpx.AsyncBaseTransport | None = None) -> None:
         self.name = spec.name
         self.model_id = spec.model
         # Part of the cache key: a request with other extra fields is another request.
@@ -39,21 +38,21 @@ class OpenAITeacher:
         if spec.api_key_env:
             key = os.environ.get(spec.api_key_env)
             if not key:
-                raise TeacherUnavailable(f"teacher '{spec.name}': environment variable {spec.api_key_env} is not set")
+                raise Unavailable(f"'{spec.name}': environment variable {spec.api_key_env} is not set")
             headers["Authorization"] = f"Bearer {key}"
         self._client = httpx.AsyncClient(
             base_url=self.base_url,
             headers=headers,
-            timeout=campaign.timeout_s,
-            limits=httpx.Limits(max_connections=campaign.concurrency),
+            timeout=limits.timeout_s,
+            limits=httpx.Limits(max_connections=limits.concurrency),
             transport=transport,  # tests script the statuses a real local server never sends
         )
-        self._max_attempts = campaign.max_retries + 1
-        self._requests = AsyncLimiter(campaign.requests_per_minute, 60) if campaign.requests_per_minute else None
-        self._tokens = AsyncLimiter(campaign.tokens_per_minute, 60) if campaign.tokens_per_minute else None
+        self._max_attempts = limits.max_retries + 1
+        self._requests = AsyncLimiter(limits.requests_per_minute, 60) if limits.requests_per_minute else None
+        self._tokens = AsyncLimiter(limits.tokens_per_minute, 60) if limits.tokens_per_minute else None
 
     async def chat(self, messages: list[dict]) -> Reply:
-        """The assistant's reply; raises TeacherUnavailable once the retries are spent."""
+        """The assistant's reply; raises Unavailable once the retries are spent."""
         body = {"model": self.model_id, "messages": messages, **self.sampling}
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self._max_attempts),
@@ -67,18 +66,18 @@ class OpenAITeacher:
                     response = await self._post(body, messages)
         except (httpx.HTTPError, RetryableStatus) as err:
             tries = retrying.statistics.get("attempt_number", 1)
-            raise TeacherUnavailable(
-                f"teacher '{self.name}': {self.base_url} failed after {tries} tries ({type(err).__name__}: {err})"
+            raise Unavailable(
+                f"'{self.name}': {self.base_url} failed after {tries} tries ({type(err).__name__}: {err})"
             ) from None
         if response.status_code >= 400:
-            raise TeacherUnavailable(
-                f"teacher '{self.name}': {self.base_url} answered HTTP {response.status_code}: {response.text[:200]}"
+            raise Unavailable(
+                f"'{self.name}': {self.base_url} answered HTTP {response.status_code}: {response.text[:200]}"
             )
         try:
             choice = response.json()["choices"][0]
             return Reply(choice["message"]["content"] or "", choice.get("finish_reason") != "length")
         except (ValueError, KeyError, IndexError, TypeError) as err:
-            # The server spoke, but not the protocol: a parse failure of this request, not a dead teacher.
+            # The server spoke, but not the protocol: a parse failure of this request, not a dead model.
             raise ValueError(f"not an OpenAI chat completion ({type(err).__name__}): {response.text[:200]}") from None
 
     async def _post(self, body: dict, messages: list[dict]) -> httpx.Response:

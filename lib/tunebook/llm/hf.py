@@ -1,6 +1,6 @@
-"""The `hf` teacher: a local transformers model (`tiny`, a model directory or an HF id) on this machine.
+"""The `hf` backend: a local transformers model (a model directory or an HF id) on this machine.
 
-The campaign awaits many `chat()` calls at once; they are gathered into batches of `batch_size` and
+Callers await many `chat()` calls at once; they are gathered into batches of `batch_size` and
 generated together in a worker thread, so a local model runs batched while the event loop stays free.
 """
 
@@ -9,14 +9,14 @@ from __future__ import annotations
 import asyncio
 
 from tunebook import models
+from tunebook.llm.reply import Reply
 from tunebook.params import TeacherParams
-from tunebook.teachers import Reply
 
 
-class HFTeacher:
-    def __init__(self, spec: TeacherParams, model_path: str) -> None:
+class HFModel:
+    def __init__(self, spec: TeacherParams) -> None:
         self.name = spec.name
-        self.model_id = model_path
+        self.model_id = spec.model
         self.sampling = {"max_tokens": spec.max_new_tokens, "temperature": spec.temperature}
         self._batch_size = spec.batch_size
         self._loaded: models.LoadedModel | None = None
