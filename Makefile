@@ -29,14 +29,15 @@ $(BIN)/python:
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
 # A cold install is two long waits, the Python stack's downloads (about 3 minutes) and llama.cpp's compile (3 to 6):
-# the compile runs in the background (a make of its own, logged to $(LLAMA_CACHE)/build.log) while pip installs the
-# stack, and llama-cpp-python joins the venv from the wheel cache once both are done.
-$(BIN)/.installed: pyproject.toml constraints.txt $(LLAMA_CONVERTER) | $(BIN)/python
-	@echo "Installing the Python stack; llama-cpp-python $(LLAMA_CPP_VERSION) builds beside it unless cached (log: $(LLAMA_CACHE)/build.log)"
-	$(MAKE) --no-print-directory $(LLAMA_WHEEL) >$(LLAMA_CACHE)/build.log 2>&1 & compile=$$!; \
-	$(BIN)/pip install --quiet $(TORCH_SPEC) $(TORCH_PIP_ARGS) \
-		&& $(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'; stack=$$?; \
-	wait $$compile || { cat $(LLAMA_CACHE)/build.log; exit 1; }; exit $$stack
+# they are independent targets, and make runs two targets at a time, so the compile runs while pip installs the stack.
+MAKEFLAGS += --jobs=2
+
+$(BIN)/.stack: pyproject.toml constraints.txt | $(BIN)/python
+	$(BIN)/pip install --quiet $(TORCH_SPEC) $(TORCH_PIP_ARGS)
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
+	touch $@
+
+$(BIN)/.installed: $(BIN)/.stack $(LLAMA_CONVERTER) $(LLAMA_WHEEL)
 	$(BIN)/pip install --quiet -c constraints.txt --find-links $(LLAMA_CACHE)/wheels -e '.[dev,gguf]'
 	$(BIN)/python -m ipykernel install --sys-prefix --name tunebook --display-name "Python (tunebook)" >/dev/null
 	touch $@
