@@ -35,7 +35,7 @@ def demo_dataset(scratch: Path, modules: list[str]) -> Path:
     params = GenerateParams(teachers=[{"name": "extractive", "backend": "extractive"}])
     jobs = generate.plan_jobs(chunks, params)
     campaign = generate.run_campaign(jobs, params, scratch / "data", TinyParams(), [], progress=False)
-    write_dataset(generate.build_dataset(campaign.records, chunks, params), scratch / "data", params, "b")
+    write_dataset(generate.build_dataset(campaign.records, chunks, params), scratch / "data", "b")
     return scratch / "data"
 
 

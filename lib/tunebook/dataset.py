@@ -15,8 +15,6 @@ from pathlib import Path
 import pandas as pd
 
 from tunebook.files import jsonl_text, numbered_jsonl, sha256_text, write_atomic
-from tunebook.params import GenerateParams
-from tunebook.teachers import extractive
 
 SPLITS = ("train", "val", "test")
 ROLES = ("system", "user", "assistant")  # the turns a split row's messages may hold
@@ -29,10 +27,11 @@ class Dataset:
     removed: dict[str, list[dict]]  # the rows each filter removed, for the report
     teachers: pd.DataFrame  # one row per teacher: jobs, requests, failures, yield, quality
     failures: pd.DataFrame  # every parse failure, with the id of its job or sample
+    recipe: dict  # what made it, recorded in the card: filters, the chat teachers' prompts, extractive templates
     decontamination: dict = field(default_factory=dict)
 
 
-def write_dataset(dataset: Dataset, out_dir: Path, params: GenerateParams, name: str) -> dict:
+def write_dataset(dataset: Dataset, out_dir: Path, name: str) -> dict:
     """Each split as JSONL, failures.jsonl, and a card (card.json + README.md); returns the card."""
     out_dir.mkdir(parents=True, exist_ok=True)
     write_atomic(out_dir / "failures.jsonl", jsonl_text(dataset.failures.to_dict("records")))
@@ -45,11 +44,9 @@ def write_dataset(dataset: Dataset, out_dir: Path, params: GenerateParams, name:
         "name": name,
         "splits": {split: len(rows) for split, rows in dataset.splits.items()},
         "counts": dataset.counts,
-        "filters": params.filters.model_dump(),
+        **dataset.recipe,
         "decontamination": dataset.decontamination,
         "teachers": dataset.teachers.to_dict("records"),
-        "prompts": params.prompts.model_dump(),
-        "extractive_templates": extractive.TEMPLATES,
         "templates": dict(sorted(Counter(r["template"] for rs in dataset.splits.values() for r in rs).items())),
         "split_hashes": hashes,
         "dataset_hash": sha256_text("".join(hashes[split] for split in SPLITS)),

@@ -231,7 +231,7 @@ def critique_and_revise(
         replies = [g.text for g in models.generate(loaded, asks, params.max_new_tokens * 2, 16, progress)]
     else:
         critic = params.judge
-        answers = llm.chat_many(critic.teacher(), llm.Limits.of(critic), asks, "critique", progress)
+        answers = llm.chat_many(critic.chat_model(), llm.Limits.of(critic), asks, "critique", progress)
         replies = [a.reply.text if a.reply else "" for a in answers]
     parsed = [_revision(reply) for reply in replies]
     return failures.assign(critique=[c for c, _ in parsed], revision=[r for _, r in parsed])

@@ -176,12 +176,12 @@ def template_id(template: str | None) -> str:
 def _ask_endpoint(
     endpoint: EndpointParams, asked: list[list[dict]], max_new_tokens: int, progress: bool
 ) -> tuple[list[str], list[bool]]:
-    spec = endpoint.campaign(max_new_tokens).teachers[0]
-    answers = llm.chat_many(spec, llm.Limits.of(endpoint), asked, f"generate {endpoint.name}", progress)
+    answers = llm.chat_many(
+        endpoint.chat_model(max_new_tokens), llm.Limits.of(endpoint), asked, f"generate {endpoint.name}", progress
+    )
+    texts = [a.reply.text.strip() if a.reply else "" for a in answers]
     # An answer the server garbled scores 0 like any wrong answer, and shows as not stopped.
-    return [a.reply.text.strip() if a.reply else "" for a in answers], [
-        bool(a.reply and a.reply.stopped) for a in answers
-    ]
+    return texts, [bool(a.reply and a.reply.stopped) for a in answers]
 
 
 def _answers(items: pd.DataFrame, model: str, condition: str, texts: list[str], stopped: list[bool]) -> pd.DataFrame:

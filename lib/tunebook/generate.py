@@ -383,7 +383,12 @@ def build_dataset(records: list[dict], chunks: list[Chunk], params: GeneratePara
     splits, removed["contaminated"], report = quality.decontaminate(splits, filters.decontamination_ngram)
     counts["contaminated_removed"] = len(removed["contaminated"])
     counts["kept"] = sum(len(rs) for rs in splits.values())
-    return Dataset(splits, counts, removed, teacher_table(records, splits, params), failures(records), report)
+    recipe = {
+        "filters": filters.model_dump(),
+        "prompts": params.prompts.model_dump(),
+        "extractive_templates": extractive.TEMPLATES,
+    }
+    return Dataset(splits, counts, removed, teacher_table(records, splits, params), failures(records), recipe, report)
 
 
 def teacher_table(records: list[dict], splits: dict[str, list[dict]], params: GenerateParams) -> pd.DataFrame:

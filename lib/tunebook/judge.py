@@ -186,7 +186,7 @@ def _judge(
     ]
     conversations = [[{"role": "user", "content": prompt}] for prompt in prompts]
     answers = llm.chat_many(
-        params.teacher(), llm.Limits.of(params), conversations, f"judge {kind}", progress, cache, transport
+        params.chat_model(), llm.Limits.of(params), conversations, f"judge {kind}", progress, cache, transport
     )
     judged = []
     for answer in answers:

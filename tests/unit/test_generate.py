@@ -144,7 +144,7 @@ def test_dataset_counts_every_step_and_loads_with_datasets(tmp_path):
     teacher = dataset.teachers.iloc[0]
     assert (teacher["teacher"], teacher["jobs"], teacher["kept"]) == ("extractive", len(chunks), counts["kept"])
 
-    card = write_dataset(dataset, tmp_path / "out", params, "t")
+    card = write_dataset(dataset, tmp_path / "out", "t")
     assert read_card(tmp_path / "out") == json.loads(json.dumps(card))
     readme = (tmp_path / "out" / "README.md").read_text()
     assert "## Teachers" in readme and "| extractive |" in readme and "contaminated_removed" in readme

@@ -277,5 +277,5 @@ def test_judge_params_are_checked_up_front(tmp_path):
         with pytest.raises(ParamsError, match=message) as err:
             load(section)
         assert "\n" not in str(err.value) and "p.yaml:" in str(err.value)
-    teacher = JudgeParams(**SCRIPTED, api_key_env="JUDGE_KEY").teacher()
-    assert (teacher.backend, teacher.temperature, teacher.api_key_env) == ("openai", 0.0, "JUDGE_KEY")
+    model = JudgeParams(**SCRIPTED, api_key_env="JUDGE_KEY").chat_model()
+    assert (model.backend, model.temperature, model.api_key_env) == ("openai", 0.0, "JUDGE_KEY")

@@ -102,8 +102,7 @@ def test_extra_body_fields_reach_the_server_and_are_part_of_the_cache_key(llama_
         endpoint = EndpointParams(
             name="served", model="tiny", base_url=llama_server.base_url, max_retries=0, extra_body=extra_body
         )
-        spec = endpoint.campaign(8).teachers[0]
-        return llm.chat_many(spec, llm.Limits.of(endpoint), prompts, "ask", False, cache)
+        return llm.chat_many(endpoint.chat_model(8), llm.Limits.of(endpoint), prompts, "ask", False, cache)
 
     answered_before = llama_server.requests_answered()
     assert ask(servers.LLAMA_GREEDY)[0].reply is not None and ask({})[0].reply is not None

@@ -89,7 +89,7 @@ def dataset(tmp_path_factory) -> tuple[Path, list]:
     campaign = generate.run_campaign(
         generate.plan_jobs(chunks, params), params, root / "generate", TinyParams(), [], progress=False
     )
-    write_dataset(generate.build_dataset(campaign.records, chunks, params), root / "generate", params, "recipe")
+    write_dataset(generate.build_dataset(campaign.records, chunks, params), root / "generate", "recipe")
     return root / "generate", chunks
 
 

@@ -61,7 +61,7 @@ def dataset_dir(tmp_path_factory):
     chunks = stdlib_chunks(tmp, ("json", "bisect", "heapq"))
     params = extractive_only(val_fraction=0.2, test_fraction=0.1)
     campaign = run(generate.plan_jobs(chunks, params), params, tmp / "generate")
-    write_dataset(generate.build_dataset(campaign.records, chunks, params), tmp / "generate", params, "t")
+    write_dataset(generate.build_dataset(campaign.records, chunks, params), tmp / "generate", "t")
     return tmp / "generate"
 
 

@@ -48,7 +48,7 @@ def run_data(tmp_path_factory) -> Path:
     ingest.write_chunks(chunks, root / "ingest" / "chunks.jsonl")
     params = extractive_only(val_fraction=0.1, test_fraction=0.2)
     campaign = run(generate.plan_jobs(chunks, params), params, root / "generate")
-    write_dataset(generate.build_dataset(campaign.records, chunks, params), root / "generate", params, RUN)
+    write_dataset(generate.build_dataset(campaign.records, chunks, params), root / "generate", RUN)
     return root
 
 

@@ -278,7 +278,7 @@ class CheckParams(Strict):
 
 class JudgeParams(NoSecrets):
     """The evaluate stage's judge. `reference` is a rule-based stand-in for offline runs (not an LLM);
-    `hf` and `openai` judges are asked like the generate stage's teachers, through its pool and cache."""
+    `hf` and `openai` judges are asked through `tunebook.llm`, with its response cache, limits and retries."""
 
     backend: Literal["reference", "hf", "openai"] = "reference"
     model: str | None = None  # hf: a model directory or an HF id; openai: the served model name
@@ -313,13 +313,13 @@ class JudgeParams(NoSecrets):
             raise ValueError("the hf judge needs a model directory or an HF id: `tiny` cannot follow a rubric")
         if self.backend != "reference":
             try:
-                self.teacher()
+                self.chat_model()
             except ValidationError as err:
                 raise ValueError(error_message(err.errors()[0])) from None
         return self
 
-    def teacher(self) -> TeacherParams:
-        """The judge as a teacher of the generate stage's pool, greedy so that its verdicts are repeatable."""
+    def chat_model(self) -> TeacherParams:
+        """The judge's model as `tunebook.llm` asks it, greedy so that its verdicts are repeatable."""
         return TeacherParams(
             name="judge",
             backend=self.backend,
@@ -335,7 +335,7 @@ class JudgeParams(NoSecrets):
 
 class EndpointParams(NoSecrets):
     """A model behind an OpenAI-compatible endpoint (vLLM, Ollama, llama.cpp...), evaluated beside the
-    registry's models: asked through the generate stage's pool (cache, concurrency, retries)."""
+    registry's models: asked through `tunebook.llm` (response cache, concurrency, retries)."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # its label in the report
     model: str  # the served model name
@@ -347,9 +347,9 @@ class EndpointParams(NoSecrets):
     max_retries: int = Field(5, ge=0)
     timeout_s: float = Field(120.0, gt=0)
 
-    def campaign(self, max_new_tokens: int) -> GenerateParams:
-        """The endpoint as a one-teacher campaign, greedy like every evaluated model."""
-        teacher = TeacherParams(
+    def chat_model(self, max_new_tokens: int) -> TeacherParams:
+        """The endpoint's model as `tunebook.llm` asks it, greedy like every evaluated model."""
+        return TeacherParams(
             name=self.name,
             backend="openai",
             model=self.model,
@@ -358,9 +358,6 @@ class EndpointParams(NoSecrets):
             extra_body=self.extra_body,
             max_new_tokens=max_new_tokens,
             temperature=0.0,
-        )
-        return GenerateParams(
-            teachers=[teacher], concurrency=self.concurrency, max_retries=self.max_retries, timeout_s=self.timeout_s
         )
 
 
@@ -417,8 +414,8 @@ class RewardParams(Strict):
 
 class DpoParams(Strict):
     model: str = "sft"  # the registry model DPO starts from; it is also the reference model
-    # sample_judge: sample candidates, score them, best vs a worse one; self_critique: evaluate's failures,
-    # critiqued and revised, revision over original
+    # sample_judge: sample candidates, score them, best vs a worse one; self_critique: the model's failures on
+    # train prompts (found afresh, never evaluate's test failures), critiqued and revised, revision over original
     strategies: list[Literal["sample_judge", "self_critique"]] = ["sample_judge", "self_critique"]
     prompts: int = Field(64, ge=0)  # train prompts to sample candidates for; 0 = the whole train split
     candidates: int = Field(4, ge=2)  # samples a prompt
