@@ -2,10 +2,10 @@
 `tunebook.dataset` writes (JSONL + dataset card) and every later stage reads.
 
 A campaign is a list of jobs, one per chunk, each given to a teacher by weight: the extractive one, or a
-chat model asked through `tunebook.llm`'s pool. A job's id is
-a hash of everything that decides its answer, and each finished job is appended to campaign.jsonl as
-one line. A campaign killed at any point resumes with the jobs it has not finished; their requests
-already answered come from the response cache, so nothing is lost and nothing is sent twice.
+chat model asked through `tunebook.llm`'s pool. A job's id is a hash of everything that decides its answer,
+and each finished job is appended to campaign.jsonl as one line. A campaign killed at any point resumes
+with the jobs it has not finished; their requests already answered come from the response cache, so
+nothing is lost and nothing is sent twice.
 """
 
 from __future__ import annotations

@@ -118,7 +118,8 @@ class NoSecrets(Strict):
 
 
 class TeacherParams(NoSecrets):
-    """One teacher of a campaign's pool."""
+    """One teacher of a campaign's pool, and the model spec `tunebook.llm` asks (see the judge's and an
+    endpoint's `chat_model()`)."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # label in reports and in each row
     backend: Literal["extractive", "hf", "openai"]
