@@ -94,7 +94,7 @@ def plan_jobs(chunks: list[Chunk], params: GenerateParams, collection=None) -> l
             "teachers": [specs[n].model_dump() for n in fallback_chain(name, specs)],
             "prompts": params.prompts.model_dump(),
             "questions_per_chunk": params.questions_per_chunk,
-            "max_answer_chars": params.max_answer_chars,
+            "extractive_answer_chars": params.extractive_answer_chars,
         }
         job_id = sha256_text(json.dumps(decided_by, sort_keys=True))[:16]
         jobs.append(Job(job_id, index, chunk, name, context))
@@ -180,7 +180,7 @@ async def _ask(pool: llm.Pool, spec: TeacherParams, job: Job, params: GeneratePa
     """One teacher's samples and parse failures for one chunk."""
     name, tally = spec.name, Counter()
     if spec.backend == "extractive":
-        pairs = extractive.ask(job.chunk.text, params.max_answer_chars)
+        pairs = extractive.ask(job.chunk.text, params.extractive_answer_chars)
         samples = [_row(qa.question, qa.answer, qa.template, name, job) for qa in pairs]
         return {"teacher": name, "samples": samples, "failures": [], "requests": 0, "cache_hits": 0}
     fields = {
@@ -191,7 +191,7 @@ async def _ask(pool: llm.Pool, spec: TeacherParams, job: Job, params: GeneratePa
     }
     samples, failures = [], []
     if spec.questions == "extractive":
-        questions = [qa.question for qa in extractive.ask(job.chunk.text, params.max_answer_chars)]
+        questions = [qa.question for qa in extractive.ask(job.chunk.text, params.extractive_answer_chars)]
     else:
         questions = await _write_questions(pool, name, job, params, fields, tally, failures)
     for question in questions:

@@ -125,7 +125,7 @@ def test_changed_campaign_definition_starts_afresh(tmp_path):
     chunks = stdlib_chunks(tmp_path, ("bisect",))
     out_dir = tmp_path / "out"
     run(generate.plan_jobs(chunks, extractive_only()), extractive_only(), out_dir)
-    other = extractive_only(max_answer_chars=100)
+    other = extractive_only(extractive_answer_chars=100)
     campaign = run(generate.plan_jobs(chunks, other), other, out_dir)
     assert campaign.resumed == 0
     assert len((out_dir / generate.CAMPAIGN_LOG).read_text().splitlines()) == len(chunks)

@@ -300,6 +300,18 @@ def test_a_key_that_moved_into_a_block_says_where_it_went(tmp_path):
         load_params(PARAMS / "ci.yaml", ["dpo.reward.lora_r=4"])
 
 
+def test_a_renamed_key_says_its_new_name(tmp_path):
+    path = write(tmp_path, "generate:\n  max_answer_chars: 250\n")
+    with pytest.raises(
+        ParamsError, match=rf"^{path}:2: generate.max_answer_chars: renamed generate.extractive_answer_"
+    ):
+        load_params(path)
+    assert (
+        load_params(PARAMS / "ci.yaml", ["generate.extractive_answer_chars=250"]).generate.extractive_answer_chars
+        == 250
+    )
+
+
 def test_set_reaches_into_a_block_and_its_errors_name_the_set_key():
     params = load_params(PARAMS / "ci.yaml", ["sft.trainer.learning_rate=1e-4", "sft.lora.target_modules=[q_proj]"])
     assert params.sft.trainer["learning_rate"] == 1e-4  # YAML reads 1e-4 as a string: stored as SFTConfig's float

@@ -20,6 +20,14 @@ from tunebook.params.blocks import MOVED
 from tunebook.params.safety import holds_secret, model_dir_problem
 from tunebook.params.schema import SHARED_SECTIONS, Params, error_message
 
+# Keys of earlier params files that tunebook itself renamed, with what they are called now and why.
+RENAMED = {
+    "generate.max_answer_chars": (
+        "generate.extractive_answer_chars (the extractive teacher's longest answer; "
+        "generate.filters.max_answer_chars caps every teacher's)"
+    ),
+}
+
 
 class ParamsError(Exception):
     """A params problem, already phrased as the one line the user sees."""
@@ -127,9 +135,11 @@ def _describe(err: ValidationError, path: Path, text: str, written: dict[str, st
     given = _written_key(key, written)
     where = f"--set {given}" if given else f"{path}:{_line_of(text, loc)}: {key}"
     if first["type"] == "extra_forbidden":
-        moved = MOVED.get(".".join(part for part in loc if not part.isdigit()))
-        if moved:
+        dotted = ".".join(part for part in loc if not part.isdigit())
+        if moved := MOVED.get(dotted):
             return f"{where}: moved to {moved}, under the library's own name"
+        if renamed := RENAMED.get(dotted):
+            return f"{where}: renamed {renamed}"
         hint = _did_you_mean(loc)
         return f"{where}: unknown key{hint}"
     got = first.get("input")

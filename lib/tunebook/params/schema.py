@@ -177,7 +177,7 @@ class GenerateParams(Strict):
     prompts: PromptParams = PromptParams()
     filters: FilterParams = FilterParams()
     max_samples: int = Field(2000, ge=1)
-    max_answer_chars: int = Field(300, ge=20)  # longest answer the extractive teacher lifts from a chunk
+    extractive_answer_chars: int = Field(300, ge=20)  # longest answer the extractive teacher lifts from a chunk
     val_fraction: float = Field(0.1, ge=0, lt=0.5)
     test_fraction: float = Field(0.1, gt=0, lt=0.5)
 
