@@ -402,14 +402,13 @@ class DpoResult:
 
 def check_reference(sft_name: str, run_id: str) -> dict:
     """The SFT model's registry entry, refused when its adapter is not the one that was registered."""
-    key = registry.key(sft_name, run_id)
-    entry = registry.entries().get(key)
-    if entry is None or not entry.get("adapter"):
-        raise DpoError(f"DPO starts from a LoRA adapter in the registry, and {key} is not one")
+    entry = registry.entry(sft_name, run_id)
+    if not entry.get("adapter"):
+        raise DpoError(f"DPO starts from a LoRA adapter in the registry, and {entry['name']} is not one")
     found = hash_tree(Path(entry["adapter"]))
     if found != entry.get("output_hash"):
         raise DpoError(
-            f"the reference model does not match {key}: its adapter's hash is {found[:12]}, the registry "
+            f"the reference model does not match {entry['name']}: its adapter's hash is {found[:12]}, the registry "
             f"recorded {str(entry.get('output_hash'))[:12]} (retrain it, or re-run sft)"
         )
     return entry
@@ -528,7 +527,7 @@ def _history(log_history: list[dict]) -> pd.DataFrame:
 
 
 def register_model(run_id: str, result: DpoResult, params: DpoParams, card: dict) -> str:
-    entry = registry.entries()[registry.key(params.model, run_id)]
+    entry = registry.entry(params.model, run_id)
     record = {
         "base_model": entry["base_model"],
         "base_hash": entry.get("base_hash"),

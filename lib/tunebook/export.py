@@ -206,12 +206,11 @@ def _tokenizer_model(source: str | Path) -> Path | None:
 
 def register(run_id: str, inputs: Inputs, merged_dir: Path, check: MergeCheck) -> str:
     """The merged model as RUN_ID:export, a model directory of its own that any stage can load by name."""
-    merged_from = registry.entries().get(registry.key(inputs.model, run_id), {})
     record = {
         "base_model": inputs.base_model,
         "adapter": None,
         "model_dir": str(merged_dir),
-        "chat_template": merged_from.get("chat_template"),
+        "chat_template": registry.entry(inputs.model, run_id).get("chat_template"),
         "merged_from": inputs.model,
         "metrics": {"max_logit_diff": check.max_logit_diff, "greedy_identical": check.greedy_identical},
         "output_hash": hash_tree(merged_dir),

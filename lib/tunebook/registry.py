@@ -43,9 +43,14 @@ def register(run_id: str, stage: str, entry: dict) -> str:
     return name
 
 
-def key(name: str, run_id: str) -> str:
-    """The registry key of a model name: `RUN_ID:stage` as given, or a stage of this run."""
-    return name if ":" in name else f"{run_id}:{name}"
+def entry(name: str, run_id: str) -> dict:
+    """The registry entry of a model name: `RUN_ID:stage` as given, or a stage of this run."""
+    models = entries()
+    found = models.get(name if ":" in name else f"{run_id}:{name}")
+    if found is None:
+        known = ", ".join(sorted(models)) or "none yet"
+        raise RegistryError(f"no model named '{name}' in {registry_path()} (known: {known})")
+    return found
 
 
 def resolve(name: str, run_id: str) -> dict:
@@ -53,9 +58,8 @@ def resolve(name: str, run_id: str) -> dict:
     it. The identity is the content hash of the weights it names (None for an entry recorded without hashes).
     `base` is prompted with the chat template its fine-tune was trained with (`tokenizer`: where that is), so
     base and fine-tune answer the same prompts, even for a base model that had no template of its own."""
-    models = entries()
     if name == "base":
-        trained = models.get(f"{run_id}:sft")
+        trained = entries().get(f"{run_id}:sft")
         if trained is None:
             raise RegistryError(f"'base' is the base of run {run_id}'s SFT model, and run {run_id} has none")
         identity = trained.get("base_hash")
@@ -66,20 +70,17 @@ def resolve(name: str, run_id: str) -> dict:
             "tokenizer": trained.get("adapter") or trained.get("model_dir"),
             "identity": identity,
         }
-    if key(name, run_id) not in models:
-        known = ", ".join(sorted(models)) or "none yet"
-        raise RegistryError(f"no model named '{name}' in {registry_path()} (known: {known})")
-    entry = models[key(name, run_id)]
+    found = entry(name, run_id)
     # A fully fine-tuned model is a model directory of its own; an adapter goes on top of its base.
-    if entry.get("model_dir"):
-        identity = entry.get("output_hash")
+    if found.get("model_dir"):
+        identity = found.get("output_hash")
     else:
-        hashes = (entry.get("base_hash"), entry.get("output_hash"))
+        hashes = (found.get("base_hash"), found.get("output_hash"))
         identity = "+".join(hashes) if all(hashes) else None
     return {
         "name": name,
-        "base_model": entry.get("model_dir") or entry["base_model"],
-        "adapter": entry["adapter"],
+        "base_model": found.get("model_dir") or found["base_model"],
+        "adapter": found["adapter"],
         "tokenizer": None,
         "identity": identity,
     }
