@@ -21,7 +21,7 @@ import pandas as pd
 import torch
 
 from tunebook import dataset, evaluate, ingest, judge, llm, metrics, models, paths, quality, recipe, registry
-from tunebook.files import hash_tree, jsonl_text, read_complete_lines, sha256_text, write_atomic
+from tunebook.files import hash_fraction, hash_tree, jsonl_text, read_complete_lines, sha256_text, write_atomic
 from tunebook.params import DpoParams, EvaluateParams
 
 PAIRS_FILE = "pairs.jsonl"
@@ -360,7 +360,7 @@ def write_pairs(
             "candidates, raise the temperature, lower min_gap or use another scorer"
         )
     for pair in pairs:
-        draw = int(sha256_text(pair["prompt"][0]["content"] + str(seed))[:8], 16) / 16**8
+        draw = hash_fraction(sha256_text(pair["prompt"][0]["content"] + str(seed)))
         pair["split"] = "val" if draw < params.val_fraction else "train"
     stats = pair_statistics(pairs)
     card = {

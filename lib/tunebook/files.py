@@ -110,6 +110,12 @@ def sha256_text(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
+def hash_fraction(digest: str, digits: int = 8) -> float:
+    """A hex digest's first `digits` digits as a number in [0, 1): a hash split's draw, uniform and the same on
+    every run, so an item keeps its side whatever else is added."""
+    return int(digest[:digits], 16) / 16**digits
+
+
 def hash_tree(path: Path) -> str:
     """Content hash of a file or a directory (relative names and bytes, hidden files skipped)."""
     digest = hashlib.sha256()

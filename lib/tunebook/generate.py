@@ -25,6 +25,7 @@ from tunebook.dataset import SPLITS, Dataset
 from tunebook.files import (
     PROGRESS_FILE,
     append_line,
+    hash_fraction,
     jsonl_text,
     read_complete_lines,
     sha256_text,
@@ -55,7 +56,7 @@ class Job:
 
 def assign_teacher(chunk_id: str, teachers: list[TeacherParams]) -> str:
     """A chunk's teacher, drawn by weight from a hash of its id: stable across runs and resumes."""
-    position = int(sha256_text(chunk_id)[:8], 16) / 16**8 * sum(t.weight for t in teachers)
+    position = hash_fraction(sha256_text(chunk_id)) * sum(t.weight for t in teachers)
     for teacher in teachers:
         position -= teacher.weight
         if position < 0:
@@ -434,7 +435,7 @@ def split_rows(rows: list[dict], val_fraction: float, test_fraction: float) -> d
     """Split by a hash of the question, so a row's split never changes when the corpus grows."""
     splits: dict[str, list[dict]] = {name: [] for name in SPLITS}
     for row in rows:
-        position = int(row["id"][:8], 16) / 16**8
+        position = hash_fraction(row["id"])
         name = "test" if position < test_fraction else "val" if position < test_fraction + val_fraction else "train"
         splits[name].append(row)
     return splits

@@ -18,7 +18,7 @@ from datasets import Dataset
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 from transformers import logging as transformers_logging
 
-from tunebook.files import sha256_text
+from tunebook.files import hash_fraction, sha256_text
 from tunebook.models import device, load_base, pretrained_options
 from tunebook.params import RewardParams
 
@@ -48,7 +48,7 @@ def split_pairs(pairs: list[dict], held_out_fraction: float, seed: int) -> tuple
     train, held_out = [], []
     for pair in pairs:
         key = sha256_text(f"{seed}:{json.dumps(pair['prompt'], sort_keys=True)}")
-        (held_out if int(key[:12], 16) / 16**12 < held_out_fraction else train).append(pair)
+        (held_out if hash_fraction(key, digits=12) < held_out_fraction else train).append(pair)
     return train, held_out
 
 

@@ -68,3 +68,12 @@ def test_a_file_is_hashed_once_while_it_stays_as_it_is(tmp_path, monkeypatch):
     assert files.sha256_file(path) == first == hashlib.sha256(b"weights").hexdigest() and len(reads) == 1
     files.write_atomic(path, "other weights")  # a new file in its place
     assert files.sha256_file(path) == hashlib.sha256(b"other weights").hexdigest() and len(reads) == 2
+
+
+def test_a_hash_fraction_is_the_digests_leading_digits_in_the_unit_interval():
+    assert files.hash_fraction("00000000ffff") == 0.0
+    assert files.hash_fraction("80000000") == 0.5
+    assert files.hash_fraction("ffffffff" * 8) == 1 - 16**-8
+    assert files.hash_fraction("000000000001", digits=12) == 16**-12
+    # The draws that place every split and teacher so far: pinned, so a dataset keeps its splits.
+    assert files.hash_fraction(files.sha256_text("chunk-1")) == 0.1529187341220677  # 0x2725aea2 / 16**8
