@@ -423,6 +423,8 @@ def train_dpo(
     from transformers import AutoTokenizer, set_seed
     from trl import DPOTrainer
 
+    from tunebook import sft
+
     entry = check_reference(params.model, run_id)
     card = json.loads((pairs_dir / "card.json").read_text(encoding="utf-8"))
     tokenizer = AutoTokenizer.from_pretrained(entry["adapter"], **models.pretrained_options(weights=False))
@@ -450,7 +452,8 @@ def train_dpo(
     trainer.train()
     adapter_dir = out_dir / "adapter"
     trainer.save_model(str(adapter_dir))
-    history = _history(trainer.state.log_history)
+    logged = {"loss": "loss", "reward margin": "rewards/margins", "reward accuracy": "rewards/accuracies"}
+    history = sft.history(trainer.state.log_history, logged, {"train": "", "val": "eval_"})
     final = {k: v for k, v in trainer.state.log_history[-1].items() if isinstance(v, float)}
     if val:
         final.update({k: v for k, v in trainer.evaluate().items() if isinstance(v, float)})
@@ -507,23 +510,6 @@ def _verify_reference_adapter(model, adapter_dir: Path) -> None:
             raise DpoError(f"TRL's reference holds no frozen copy of the SFT adapter's {name} (peft >= 0.20 needed)")
         if not torch.equal(copy.detach().cpu().to(value.dtype), value):
             raise DpoError(f"the reference model does not match the SFT adapter at {name}")
-
-
-def _history(log_history: list[dict]) -> pd.DataFrame:
-    rows = []
-    for entry in log_history:
-        for split, prefix in (("train", ""), ("val", "eval_")):
-            if f"{prefix}rewards/margins" in entry:
-                rows.append(
-                    {
-                        "step": entry["step"],
-                        "split": split,
-                        "loss": entry.get(f"{prefix}loss"),
-                        "reward margin": entry[f"{prefix}rewards/margins"],
-                        "reward accuracy": entry[f"{prefix}rewards/accuracies"],
-                    }
-                )
-    return pd.DataFrame(rows, columns=["step", "split", "loss", "reward margin", "reward accuracy"])
 
 
 def register_model(run_id: str, result: DpoResult, params: DpoParams, card: dict) -> str:

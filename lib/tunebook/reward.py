@@ -32,7 +32,7 @@ class RewardResult:
     held_out_pairs: int
     accuracy: float  # held-out pairs whose chosen answer scores above the rejected one; NaN when none are held out
     accuracy_train: float
-    history: pd.DataFrame  # one row per logged step: step, loss
+    history: pd.DataFrame  # one row per logged step: step, split (train), loss
 
 
 @dataclass
@@ -67,7 +67,7 @@ def train_reward_model(
     from transformers import set_seed
     from trl import RewardTrainer
 
-    from tunebook.sft import StopOnNonFinite
+    from tunebook.sft import StopOnNonFinite, history
 
     train, held_out = split_pairs(
         [_preference(pair, i) for i, pair in enumerate(pairs)], params.held_out_fraction, seed
@@ -115,7 +115,7 @@ def train_reward_model(
         held_out_pairs=len(held_out),
         accuracy=pairwise_accuracy(scorer, held_out, config.per_device_eval_batch_size),
         accuracy_train=pairwise_accuracy(scorer, train, config.per_device_eval_batch_size),
-        history=_history(trainer.state.log_history),
+        history=history(trainer.state.log_history, {"loss": "loss"}, {"train": ""}),
     )
 
 
@@ -203,8 +203,3 @@ def _preference(pair: dict, index: int) -> dict:
     if missing:
         raise ValueError(f"preference pair {index} (id {pair.get('id')!r}) has no {', '.join(missing)}")
     return {key: pair[key] for key in PAIR_KEYS}
-
-
-def _history(log_history: list[dict]) -> pd.DataFrame:
-    rows = [{"step": entry["step"], "loss": entry["loss"]} for entry in log_history if "loss" in entry]
-    return pd.DataFrame(rows, columns=["step", "loss"])

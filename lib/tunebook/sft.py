@@ -229,13 +229,12 @@ def train_sft(
     output_dir = out_dir / ("model" if params.method == "full" else "adapter")
     trainer.save_model(str(output_dir))  # the weights (or adapter) + the tokenizer with its chat template
     trainable, total = _count_parameters(trainer.model)
-    history = _history(trainer.state.log_history)
     write_atomic(out_dir / "log_history.json", json.dumps(trainer.state.log_history, indent=1) + "\n")
     return SftResult(
         output_dir,
         base_model,
         base_hash,
-        history,
+        history(trainer.state.log_history, {"loss": "loss"}, {"train": "", "eval": "eval_"}),
         metrics,
         trainable,
         total,
@@ -544,14 +543,17 @@ def _last(log_history: list[dict], key: str) -> float:
     return next(entry[key] for entry in reversed(log_history) if key in entry)
 
 
-def _history(log_history: list[dict]) -> pd.DataFrame:
+def history(log_history: list[dict], columns: dict[str, str], splits: dict[str, str]) -> pd.DataFrame:
+    """A trainer's log history as a table (the SFT, DPO and reward trainers share it): a row per logged step
+    and split (split name -> the prefix of its keys, `eval_` for evaluation) that logged any of `columns`
+    (column name -> logged key); a key the step did not log is left empty."""
     rows = []
     for entry in log_history:
-        if "loss" in entry:
-            rows.append({"step": entry["step"], "split": "train", "loss": entry["loss"]})
-        if "eval_loss" in entry:
-            rows.append({"step": entry["step"], "split": "eval", "loss": entry["eval_loss"]})
-    return pd.DataFrame(rows, columns=["step", "split", "loss"])
+        for split, prefix in splits.items():
+            logged = {name: entry.get(prefix + key) for name, key in columns.items()}
+            if any(value is not None for value in logged.values()):
+                rows.append({"step": entry["step"], "split": split, **logged})
+    return pd.DataFrame(rows, columns=["step", "split", *columns])
 
 
 def _count_parameters(model: torch.nn.Module) -> tuple[int, int]:

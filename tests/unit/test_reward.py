@@ -97,7 +97,7 @@ def test_a_reward_model_learns_the_preference_and_generalises_to_held_out_prompt
     assert (trained.train_pairs, trained.held_out_pairs) == (len(train), len(held_out))
     assert trained.held_out_pairs >= 16
     assert trained.accuracy >= 0.75 and trained.accuracy_train >= 0.75
-    assert list(trained.history.columns) == ["step", "loss"]
+    assert list(trained.history.columns) == ["step", "split", "loss"] and set(trained.history["split"]) == {"train"}
     assert trained.history["loss"].iloc[-1] < trained.history["loss"].iloc[0]
 
 

@@ -3,9 +3,10 @@
 import warnings
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
-from tunebook.sft import PackingError
+from tunebook.sft import PackingError, history
 
 MESSAGES = [
     {"role": "user", "content": "What does `json.dumps` do?"},
@@ -410,3 +411,19 @@ def test_the_report_shows_each_resolved_config_field_that_differs_from_the_libra
     assert ("SFTConfig", "eval_strategy") not in shown  # no validation split
     full = resolved_configs(SftParams(method="full"), data, tmp_path / "run" / "sft", seed=7, template=template)
     assert set(full["config"]) == {"SFTConfig"}  # no adapter, no quantisation
+
+
+def test_a_log_history_becomes_a_row_per_step_and_split_that_logged_the_columns():
+    log_history = [
+        {"step": 1, "loss": 0.9, "rewards/margins": 0.1, "rewards/accuracies": 0.5, "learning_rate": 1e-5},
+        {"step": 2, "eval_loss": 0.8, "eval_rewards/margins": 0.2, "eval_rewards/accuracies": 0.75},
+        # TRL's last entry: the run's summary, with what was logged after the last logging step
+        {"step": 3, "train_loss": 0.85, "rewards/margins": 0.3, "rewards/accuracies": 1.0},
+    ]
+    logged = {"loss": "loss", "reward margin": "rewards/margins", "reward accuracy": "rewards/accuracies"}
+    table = history(log_history, logged, {"train": "", "val": "eval_"})
+    assert list(table.columns) == ["step", "split", "loss", "reward margin", "reward accuracy"]
+    assert table[["step", "split"]].values.tolist() == [[1, "train"], [2, "val"], [3, "train"]]
+    assert table["reward margin"].tolist() == [0.1, 0.2, 0.3] and pd.isna(table["loss"].iloc[2])
+    losses = history(log_history, {"loss": "loss"}, {"train": ""})
+    assert losses.values.tolist() == [[1, "train", 0.9]]
