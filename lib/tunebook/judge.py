@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -152,9 +151,7 @@ def _reference_label(task: dict) -> Judged:
     grounding = quality.grounding_score(answer, [task["reference"], task["source"] or ""])
     if grounding < 0.5:
         return Judged("hallucinated", None, f"{grounding:.0%} of its content words are in the reference or source", 0)
-    predicted, expected = metrics.normalize_answer(answer).split(), metrics.normalize_answer(task["reference"]).split()
-    common = sum((Counter(predicted) & Counter(expected)).values())
-    precision, recall = common / max(1, len(predicted)), common / max(1, len(expected))
+    precision, recall = metrics.token_precision_recall(answer, task["reference"])
     label = "incomplete" if precision >= 0.5 and recall < 0.5 else "wrong"
     return Judged(label, None, f"token precision {precision:.3f}, recall {recall:.3f}", 0)
 

@@ -12,6 +12,8 @@ from rouge_score import rouge_scorer
 from rouge_score.tokenizers import Tokenizer
 from sacrebleu.metrics import BLEU
 
+from tunebook import quality
+
 
 def normalize_answer(text: str) -> str:
     """SQuAD's normalisation: lower case, no punctuation, no articles, single spaces."""
@@ -24,18 +26,31 @@ def exact_match(prediction: str, references: list[str]) -> float:
     return max(float(normalize_answer(prediction) == normalize_answer(ref)) for ref in references)
 
 
+def answer_words(text: str) -> list[str]:
+    """SQuAD's tokens: the words of the normalised answer."""
+    return normalize_answer(text).split()
+
+
 def token_f1(prediction: str, references: list[str]) -> float:
-    return max(_f1(normalize_answer(prediction).split(), normalize_answer(ref).split()) for ref in references)
+    return max(_f1(answer_words(prediction), answer_words(ref)) for ref in references)
+
+
+def token_precision_recall(prediction: str, reference: str) -> tuple[float, float]:
+    """SQuAD's token overlap: the share of the prediction's words that are in the reference, and of the
+    reference's words that are in the prediction (0 where there are no words)."""
+    return _precision_recall(answer_words(prediction), answer_words(reference))
 
 
 def _f1(predicted: list[str], reference: list[str]) -> float:
     if not predicted or not reference:
         return float(predicted == reference)
+    precision, recall = _precision_recall(predicted, reference)
+    return 2 * precision * recall / (precision + recall) if precision else 0.0
+
+
+def _precision_recall(predicted: list[str], reference: list[str]) -> tuple[float, float]:
     common = sum((Counter(predicted) & Counter(reference)).values())
-    if common == 0:
-        return 0.0
-    precision, recall = common / len(predicted), common / len(reference)
-    return 2 * precision * recall / (precision + recall)
+    return common / max(1, len(predicted)), common / max(1, len(reference))
 
 
 class UnicodeTokenizer(Tokenizer):
@@ -46,8 +61,7 @@ class UnicodeTokenizer(Tokenizer):
         self._stemmer = porter.PorterStemmer()
 
     def tokenize(self, text: str) -> list[str]:
-        words = re.findall(r"\w+", text.lower())
-        return [self._stemmer.stem(w) if w.isascii() and len(w) > 3 else w for w in words]
+        return [self._stemmer.stem(w) if w.isascii() and len(w) > 3 else w for w in quality.words(text)]
 
 
 _ROUGE = rouge_scorer.RougeScorer(["rougeL"], tokenizer=UnicodeTokenizer())

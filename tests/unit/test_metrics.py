@@ -1,6 +1,6 @@
 import pytest
 
-from tunebook import metrics
+from tunebook import metrics, quality
 
 
 def test_squad_normalisation_and_exact_match():
@@ -16,6 +16,19 @@ def test_token_f1_takes_the_best_reference():
     )
     assert metrics.token_f1("", [""]) == 1.0
     assert metrics.token_f1("x", ["y", "x"]) == 1.0
+
+
+def test_token_precision_and_recall_are_squads_overlap_and_make_its_f1():
+    precision, recall = metrics.token_precision_recall("serialize obj to json", "Serialize obj to a JSON string")
+    assert (precision, recall) == (1.0, 0.8)
+    assert metrics.token_f1("serialize obj to json", ["Serialize obj to a JSON string"]) == 2 * 1.0 * 0.8 / 1.8
+    assert metrics.token_precision_recall("", "the") == (0.0, 0.0)  # no words on either side
+    assert metrics.token_precision_recall("dogs", "cats") == (0.0, 0.0) and metrics.token_f1("dogs", ["cats"]) == 0.0
+
+
+def test_rouge_l_reads_the_words_the_quality_filters_read_stemmed():
+    assert metrics.UnicodeTokenizer().tokenize("Parsing, files: café") == ["pars", "file", "café"]
+    assert quality.words("Parsing, files: café") == ["parsing", "files", "café"]
 
 
 def test_rouge_l_is_stemmed_and_keeps_non_ascii():
