@@ -57,12 +57,13 @@ def inputs(run_id: str, params: DpoParams, seed: int) -> Inputs:
 
 def train_prompts(train_rows: list[dict], test_rows: list[dict], params: DpoParams, seed: int) -> pd.DataFrame:
     """Train rows to build pairs from (a seeded sample of `prompts` of them), never one sharing a question
-    or an n-gram of 13 words with a test item: pairs are decontaminated against the test split."""
+    or an n-gram of `decontamination_ngram` words with a test item: pairs are decontaminated against the test
+    split."""
     test_ids = {row["id"] for row in test_rows}
     test_texts = [quality.conversation_text(row) for row in test_rows]
     rows = [row for row in train_rows if row["id"] not in test_ids]
     texts = [quality.conversation_text(row) for row in rows]
-    overlap = quality.ngram_overlap(texts, test_texts, 13)
+    overlap = quality.ngram_overlap(texts, test_texts, params.decontamination_ngram)
     rows = [row for row, shared in zip(rows, overlap, strict=True) if shared == 0]
     if params.prompts and len(rows) > params.prompts:
         rows = random.Random(seed).sample(rows, params.prompts)
@@ -117,7 +118,9 @@ def sample_candidates(
     """`candidates` answers a prompt, sampled at `temperature` (seeded)."""
     conversations = [[{"role": "user", "content": q}] for q in prompts["question"] for _ in range(params.candidates)]
     torch.manual_seed(seed)
-    answers = models.generate(loaded, conversations, params.max_new_tokens, 16, progress, params.temperature)
+    answers = models.generate(
+        loaded, conversations, params.max_new_tokens, params.batch_size, progress, params.temperature
+    )
     repeated = prompts.loc[prompts.index.repeat(params.candidates)].reset_index(drop=True)
     return repeated.assign(prediction=[a.text for a in answers], stopped=[a.stopped for a in answers])
 
@@ -195,9 +198,8 @@ def mine_failures(
 ) -> pd.DataFrame:
     """The model's greedy answers to the train prompts that the judge grades as failures, with labels:
     the evaluate stage's failure analysis, run on train prompts (its own export is of test prompts)."""
-    answers = models.generate(
-        loaded, [[{"role": "user", "content": q}] for q in prompts["question"]], params.max_new_tokens, 16, progress
-    )
+    questions = [[{"role": "user", "content": q}] for q in prompts["question"]]
+    answers = models.generate(loaded, questions, params.max_new_tokens, params.batch_size, progress)
     table = prompts.assign(
         model=loaded.name,
         prediction=[a.text for a in answers],
@@ -228,7 +230,8 @@ def critique_and_revise(
         for row in failures.itertuples()
     ]
     if params.critic == "self":
-        replies = [g.text for g in models.generate(loaded, asks, params.max_new_tokens * 2, 16, progress)]
+        revisions = models.generate(loaded, asks, params.max_new_tokens * 2, params.batch_size, progress)
+        replies = [g.text for g in revisions]
     else:
         critic = params.judge
         answers = llm.chat_many(critic.chat_model(), llm.Limits.of(critic), asks, "critique", progress)
@@ -372,7 +375,7 @@ def write_pairs(
         "mean_gap": round(float(stats["gap"].mean()), 4),
         "chosen_longer": round(float((stats["chosen_words"] > stats["rejected_words"]).mean()), 4),
         "chat_template": template_hash,
-        "decontaminated_against": "test split (ids and 13-gram overlap)",
+        "decontaminated_against": f"test split (ids and {params.decontamination_ngram}-gram overlap)",
         "reward_model_held_out_accuracy": reward_accuracy,
         "pairs_hash": sha256_text(jsonl_text(pairs)),
     }
@@ -536,5 +539,6 @@ def reevaluation_params(params: DpoParams) -> EvaluateParams:
         baseline=params.model,
         conditions=["closed_book"],
         max_new_tokens=params.max_new_tokens,
+        batch_size=params.batch_size,
         judge=params.judge,
     )

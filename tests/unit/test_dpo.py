@@ -75,11 +75,12 @@ def test_a_critic_reply_without_json_is_the_revision_itself():
     assert dpo._revision("A str holding JSON.") == ("", "A str holding JSON.")
 
 
-def test_pairs_come_from_train_prompts_never_test_ones():
-    def row(item: str, question: str, answer: str) -> dict:
-        turns = [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
-        return {"id": item, "messages": turns}
+def row(item: str, question: str, answer: str) -> dict:
+    turns = [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+    return {"id": item, "messages": turns}
 
+
+def test_pairs_come_from_train_prompts_never_test_ones():
     shared = "serialise obj to a JSON formatted str using this conversion table and the given options"
     test = [row("t1", "What does json.dumps do?", shared), row("t2", "What is heapq?", "A heap queue.")]
     train = [
@@ -89,6 +90,38 @@ def test_pairs_come_from_train_prompts_never_test_ones():
     ]
     prompts = dpo.train_prompts(train, test, DpoParams(prompts=0), seed=0)
     assert prompts["id"].tolist() == ["b"]
+
+
+def test_pairs_are_decontaminated_with_the_configured_ngram_size(tmp_path):
+    test = [row("t1", "What does heapq.heappush do?", "It pushes an item onto the heap, keeping the invariant.")]
+    train = [
+        row("a", "How is a heap kept?", "heappush keeps the invariant of the heap."),  # 2 words in a row at most
+        row("b", "What keeps a heap valid?", "Pushing an item onto the heap keeps it valid."),  # 5 shared words
+    ]
+    assert dpo.train_prompts(train, test, DpoParams(prompts=0), seed=0)["id"].tolist() == ["a", "b"]
+    params = DpoParams(prompts=0, decontamination_ngram=5)
+    assert dpo.train_prompts(train, test, params, seed=0)["id"].tolist() == ["a"]
+    card = dpo.write_pairs({"sample_judge": dpo.Pairs([pair(0)])}, tmp_path, "t", params, 0)
+    assert card["decontaminated_against"] == "test split (ids and 5-gram overlap)"
+
+
+def test_the_policy_answers_samples_and_revises_in_batches_of_batch_size(monkeypatch):
+    from tunebook import models
+
+    sizes = []
+
+    def generate(loaded, conversations, max_new_tokens, batch_size, progress=True, temperature=0.0):
+        sizes.append(batch_size)
+        return [models.Generation("a list", True) for _ in conversations]
+
+    monkeypatch.setattr(models, "generate", generate)
+    policy = models.LoadedModel("sft", None, None)
+    prompts = pd.DataFrame({"id": ["q1"], "question": [QUESTION], "reference": [REFERENCE], "chunk_id": ["c1"]})
+    params = DpoParams(batch_size=3, candidates=2)
+    dpo.sample_candidates(policy, prompts, params, seed=0, progress=False)
+    failures = dpo.mine_failures(policy, prompts, params, {"c1": REFERENCE}, progress=False)
+    dpo.critique_and_revise(policy, failures, params, progress=False)
+    assert len(failures) == 1 and sizes == [3, 3, 3] and dpo.reevaluation_params(params).batch_size == 3
 
 
 def pair(i: int) -> dict:

@@ -419,9 +419,12 @@ class DpoParams(Strict):
     # train prompts (found afresh, never evaluate's test failures), critiqued and revised, revision over original
     strategies: list[Literal["sample_judge", "self_critique"]] = ["sample_judge", "self_critique"]
     prompts: int = Field(64, ge=0)  # train prompts to sample candidates for; 0 = the whole train split
+    # train prompts sharing an n-gram of this many words with a test item are left out, as generate's filter does
+    decontamination_ngram: int = Field(13, ge=1)
     candidates: int = Field(4, ge=2)  # samples a prompt
     temperature: float = Field(1.0, gt=0)  # sampling temperature of the candidates
     max_new_tokens: int = Field(64, ge=1)
+    batch_size: int = Field(16, ge=1)  # prompts a forward pass: answers, samples, revisions and the re-evaluation
     # what ranks candidates and revisions: the judge's grade, a metric against the reference, or the reward model
     scorer: Literal["judge", "metric", "reward_model"] = "metric"
     metric: Literal["f1", "rouge_l"] = "rouge_l"
