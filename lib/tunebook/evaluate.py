@@ -353,11 +353,6 @@ def changed_most(examples: pd.DataFrame, systems: list[str], n: int) -> pd.DataF
     return top.reset_index(level="id", drop=True).reset_index()
 
 
-def worst_examples(examples: pd.DataFrame, system: str, n: int) -> pd.DataFrame:
-    columns = ["question", "reference", "prediction", "f1", "rouge_l"]
-    return examples[examples["system"] == system].nsmallest(n, ["f1", "rouge_l"])[columns]
-
-
 def beats(comparison: pd.DataFrame, system: str) -> dict[str, bool]:
     """Whether system's headline scores are significantly above the baseline's (CI above 0)."""
     rows = comparison[(comparison["system"] == system) & comparison["metric"].isin(HEADLINE)]
