@@ -35,7 +35,9 @@ class DpoError(ValueError):
 
 
 @dataclass
-class Inputs:
+class PairSources:
+    """What preference pairs are made from: train prompts, their passages, and the policy that answers them."""
+
     prompts: pd.DataFrame  # the train prompts pairs are built from: id, question, reference, chunk_id
     chunk_texts: dict[str, str]  # chunk id -> text: the source passage the judge is shown
     policy: models.LoadedModel  # the model DPO starts from, which answers, samples and critiques
@@ -43,7 +45,7 @@ class Inputs:
     adapter: str  # the policy's adapter, with the tokenizer and chat template it was trained with
 
 
-def inputs(run_id: str, params: DpoParams, seed: int) -> Inputs:
+def inputs(run_id: str, params: DpoParams, seed: int) -> PairSources:
     """This run's train prompts (decontaminated against its test split), chunks, and the model to improve."""
     dataset_dir = paths.stage_dir(run_id, "generate")
     prompts = train_prompts(
@@ -52,7 +54,7 @@ def inputs(run_id: str, params: DpoParams, seed: int) -> Inputs:
     chunks = ingest.read_chunks(paths.stage_dir(run_id, "ingest") / "chunks.jsonl")
     spec = registry.resolve(params.model, run_id)
     policy = models.load_model(params.model, spec["base_model"], spec["adapter"])
-    return Inputs(prompts, {c.id: c.text for c in chunks}, policy, spec["base_model"], spec["adapter"])
+    return PairSources(prompts, {c.id: c.text for c in chunks}, policy, spec["base_model"], spec["adapter"])
 
 
 def train_prompts(train_rows: list[dict], test_rows: list[dict], params: DpoParams, seed: int) -> pd.DataFrame:
@@ -125,7 +127,9 @@ def sample_candidates(
     return repeated.assign(prediction=[a.text for a in answers], stopped=[a.stopped for a in answers])
 
 
-def sample_and_judge(inputs: Inputs, params: DpoParams, seed: int, reward_scorer=None, progress: bool = True) -> Pairs:
+def sample_and_judge(
+    inputs: PairSources, params: DpoParams, seed: int, reward_scorer=None, progress: bool = True
+) -> Pairs:
     """Strategy (a), whole: sample candidates, score them, pair the best with a worse one."""
     candidates = sample_candidates(inputs.policy, inputs.prompts, params, seed, progress)
     candidates["score"] = score_answers(candidates, params, reward_scorer, progress)
@@ -180,7 +184,7 @@ def _pair(
 # --- strategy (b): self-critique ------------------------------------------------------------------------------
 
 
-def self_critique(inputs: Inputs, params: DpoParams, reward_scorer=None, progress: bool = True) -> Pairs:
+def self_critique(inputs: PairSources, params: DpoParams, reward_scorer=None, progress: bool = True) -> Pairs:
     """Strategy (b), whole: failures on train prompts, critiqued and revised, kept where the revision wins."""
     failures = mine_failures(inputs.policy, inputs.prompts, params, inputs.chunk_texts, progress)
     if failures.empty:
@@ -283,7 +287,7 @@ def improved_revisions(revised: pd.DataFrame, params: DpoParams, reward_scorer=N
 # --- both strategies, and the reward model -----------------------------------------------------------------
 
 
-def build_pairs(inputs: Inputs, params: DpoParams, seed: int, progress: bool = True) -> dict[str, Pairs]:
+def build_pairs(inputs: PairSources, params: DpoParams, seed: int, progress: bool = True) -> dict[str, Pairs]:
     """Each strategy's pairs. With `scorer: reward_model` they are first scored by the metric: the reward
     model learns from those pairs, then re-scores the same candidates and revisions (see rescore)."""
     first = params.model_copy(update={"scorer": "metric"}) if params.scorer == "reward_model" else params
@@ -301,7 +305,7 @@ def pair_counts(results: dict[str, Pairs]) -> pd.DataFrame:
 
 
 def train_reward(
-    results: dict[str, Pairs], inputs: Inputs, params: DpoParams, out_dir: Path, seed: int, progress: bool = True
+    results: dict[str, Pairs], inputs: PairSources, params: DpoParams, out_dir: Path, seed: int, progress: bool = True
 ):
     """The reward model (LoRA on the base) trained from the pairs; its held-out accuracy is in the result."""
     from tunebook import reward

@@ -29,14 +29,16 @@ RAG = "+rag"
 
 
 @dataclass
-class Inputs:
+class EvaluationSet:
+    """The items every model answers, and what grading them needs beside the answers."""
+
     items: pd.DataFrame  # what every model answers: id, split, question, reference, chunk_id, check
     retrieved: pd.DataFrame | None  # the top-k chunks of each item, when a condition is rag
     train_texts: list[str]  # the train split, to flag test items that overlap it
     chunk_texts: dict[str, str]  # chunk id -> text: the source passage a judge is shown
 
 
-def inputs(run_id: str, params: EvaluateParams, store: ChromaParams) -> Inputs:
+def inputs(run_id: str, params: EvaluateParams, store: ChromaParams) -> EvaluationSet:
     """This run's test split (and benchmark file), retrieval from its collection, and its train split."""
     dataset_dir = paths.stage_dir(run_id, "generate")
     items = test_items(dataset.read_split(dataset_dir, "test"), params)
@@ -47,7 +49,7 @@ def inputs(run_id: str, params: EvaluateParams, store: ChromaParams) -> Inputs:
     train = dataset.read_split(dataset_dir, "train")
     train_texts = [quality.conversation_text(row) for row in train]
     chunk_texts = {chunk.id: chunk.text for chunk in ingest.read_chunks(ingest_dir / "chunks.jsonl")}
-    return Inputs(items, retrieved, train_texts, chunk_texts)
+    return EvaluationSet(items, retrieved, train_texts, chunk_texts)
 
 
 def test_items(test_rows: list[dict], params: EvaluateParams) -> pd.DataFrame:

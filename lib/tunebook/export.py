@@ -43,7 +43,9 @@ class ExportError(ValueError):
 
 
 @dataclass
-class Inputs:
+class Shipment:
+    """The model to ship, loaded as the evaluate stage ran it, and the test prompts it is checked on."""
+
     model: str  # the registry name of what is shipped
     base_model: str
     adapter_dir: Path
@@ -52,7 +54,7 @@ class Inputs:
     prompts: list[list[dict]]  # their questions, asked as the evaluate stage asks them
 
 
-def inputs(run_id: str, params: ExportParams) -> Inputs:
+def inputs(run_id: str, params: ExportParams) -> Shipment:
     """The registry model to ship, loaded as it was evaluated, and the test items to check it on."""
     spec = registry.resolve(params.model, run_id)
     if not spec["adapter"]:
@@ -64,10 +66,10 @@ def inputs(run_id: str, params: ExportParams) -> Inputs:
     items = evaluate.test_items(test, EvaluateParams(max_examples=params.verify_prompts))
     prompts = evaluate.conversations(items, None, EvaluateParams())
     reference = models.load_model(params.model, spec["base_model"], spec["adapter"])
-    return Inputs(params.model, spec["base_model"], Path(spec["adapter"]), reference, items, prompts)
+    return Shipment(params.model, spec["base_model"], Path(spec["adapter"]), reference, items, prompts)
 
 
-def merge_and_verify(inputs: Inputs, params: ExportParams) -> tuple[PreTrainedModel, MergeCheck]:
+def merge_and_verify(inputs: Shipment, params: ExportParams) -> tuple[PreTrainedModel, MergeCheck]:
     """The merged model, once it is shown to behave as base + adapter; otherwise ExportError."""
     dtype = torch.bfloat16 if params.dtype == "bf16" else torch.float32
     merged = merge(inputs.base_model, inputs.adapter_dir, dtype).to(models.device())
@@ -204,7 +206,7 @@ def _tokenizer_model(source: str | Path) -> Path | None:
     return Path(cached) if isinstance(cached, str) else None
 
 
-def register(run_id: str, inputs: Inputs, merged_dir: Path, check: MergeCheck) -> str:
+def register(run_id: str, inputs: Shipment, merged_dir: Path, check: MergeCheck) -> str:
     """The merged model as RUN_ID:export, a model directory of its own that any stage can load by name."""
     record = {
         "base_model": inputs.base_model,
@@ -236,7 +238,7 @@ def context_length(model_dir: Path, cap: int = 4096) -> int:
 # --- GGUF, and proof that every output answers like the evaluated model --------------------------------
 
 
-def write_gguf(merged_dir: Path, out_dir: Path, inputs: Inputs, params: ExportParams) -> tuple[dict, pd.DataFrame]:
+def write_gguf(merged_dir: Path, out_dir: Path, inputs: Shipment, params: ExportParams) -> tuple[dict, pd.DataFrame]:
     """Each GGUF type of params as out_dir/NAME-TYPE.gguf, made by llama.cpp's converter from the merged
     directory, and checked against the HF tokenizer before anything else reads it (GGUFError otherwise)."""
     stops = models.end_ids(inputs.reference.tokenizer)
@@ -249,7 +251,7 @@ def write_gguf(merged_dir: Path, out_dir: Path, inputs: Inputs, params: ExportPa
     return files, pd.DataFrame(checked)
 
 
-def gguf_answers(files: dict[str, Path], inputs: Inputs, params: ExportParams, context: int) -> dict[str, list]:
+def gguf_answers(files: dict[str, Path], inputs: Shipment, params: ExportParams, context: int) -> dict[str, list]:
     """Every GGUF's greedy answers to the prompts, from llama-cpp-python in this process."""
     return {
         f"{outtype} · llama-cpp-python": gguf.generate(path, inputs.prompts, params.max_new_tokens, context)
@@ -257,7 +259,7 @@ def gguf_answers(files: dict[str, Path], inputs: Inputs, params: ExportParams, c
     }
 
 
-def gguf_logits(files: dict[str, Path], inputs: Inputs, check: MergeCheck, context: int) -> pd.DataFrame:
+def gguf_logits(files: dict[str, Path], inputs: Shipment, check: MergeCheck, context: int) -> pd.DataFrame:
     """Every GGUF's logits against base + adapter's, teacher-forced on the prompts and its answers."""
     answers = [answer.text for answer in check.answers]
     rows = [
@@ -274,7 +276,7 @@ def served_evaluation(
     run_id: str,
     registered: str,
     files: dict[str, Path],
-    inputs: Inputs,
+    inputs: Shipment,
     params: ExportParams,
     context: int,
     log_path: Path,
@@ -303,7 +305,7 @@ def served_evaluation(
 
 
 def parity(
-    inputs: Inputs,
+    inputs: Shipment,
     check: MergeCheck,
     answers: dict[str, list[models.Generation]],
     served: evaluate.Evaluation | None,
@@ -331,7 +333,7 @@ def _answers_of(evaluation: evaluate.Evaluation, model: str, items: pd.DataFrame
     return [models.Generation(text, bool(stopped)) for text, stopped in pairs]
 
 
-def write_modelfile(files: dict[str, Path], inputs: Inputs, params: ExportParams, context: int) -> Path | None:
+def write_modelfile(files: dict[str, Path], inputs: Shipment, params: ExportParams, context: int) -> Path | None:
     """An Ollama Modelfile beside the GGUF it names; None when params ask for none."""
     if params.modelfile is None:
         return None
@@ -343,7 +345,7 @@ def write_modelfile(files: dict[str, Path], inputs: Inputs, params: ExportParams
 
 
 def serving_commands(
-    merged_dir: Path, inputs: Inputs, name: str, files: dict[str, Path], modelfile: Path | None
+    merged_dir: Path, inputs: Shipment, name: str, files: dict[str, Path], modelfile: Path | None
 ) -> dict[str, str]:
     """How to run each output: transformers, vLLM (merged, or base + the adapter as a LoRA module),
     llama.cpp's server and Ollama."""

@@ -168,7 +168,7 @@ def test_the_evaluate_module_runs_against_llama_cpp_serving_the_export(
     ]
     items = evaluate.test_items(rows, evaluate.EvaluateParams())
     prompts = evaluate.conversations(items, None, evaluate.EvaluateParams())
-    inputs = export.Inputs("sft", tiny_model, Path(lora_adapter), reference, items, prompts)
+    inputs = export.Shipment("sft", tiny_model, Path(lora_adapter), reference, items, prompts)
     registry.register("t", "sft", {"base_model": str(tiny_model), "adapter": str(lora_adapter)})
     params = ExportParams(max_new_tokens=16, gguf=["f16"], modelfile=None)
     check = export.verify_merge(export.merge(tiny_model, lora_adapter), reference, prompts, 16)
