@@ -1,6 +1,7 @@
 """Stage 03: every model answers every test item, closed-book and with retrieved chunks (RAG); scores,
-paired-bootstrap confidence intervals for every difference, judge verdicts with their bias controls,
-failure labels, domain checks and contamination, in one report.
+paired-bootstrap confidence intervals for every difference, domain checks and contamination. The stage's
+notebook adds the judge's verdicts and failure labels (`tunebook.judge`) and the blind sheet for people
+(`tunebook.human`); DPO's re-evaluation and the export's checks use this module without them.
 
 A "system" is a model under a condition: `sft` answers closed-book, `sft+rag` with the top-k chunks of the
 run's Chroma collection in its prompt. Every system is compared with the baseline system (closed-book).
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from tunebook import checks, dataset, human, ingest, judge, llm, metrics, models, paths, quality, registry, stats
+from tunebook import checks, dataset, ingest, llm, metrics, models, paths, quality, registry, stats
 from tunebook.files import jsonl_text, write_atomic
 from tunebook.llm import generations
 from tunebook.params import ChromaParams, EndpointParams, EvaluateParams
@@ -272,75 +273,6 @@ def clean_subset(examples: pd.DataFrame) -> pd.DataFrame:
     return examples[examples["train_overlap"] == 0]
 
 
-# --- the judge --------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Judgement:
-    grades: pd.DataFrame  # one per answer
-    pairs: pd.DataFrame  # each system vs the baseline, every item judged in both orders
-    failures: pd.DataFrame  # answers graded below judge.fail_below, labelled
-    summary: pd.DataFrame  # per system vs the baseline: wins, ties, losses, swap consistency, sign test
-    grade_summary: pd.DataFrame  # per system: answers scored, unparsable, mean grade, failures
-    failure_summary: pd.DataFrame  # per system: failures by label
-
-
-def judge_answers(
-    examples: pd.DataFrame, params: EvaluateParams, chunk_texts: dict[str, str], progress: bool = True
-) -> Judgement:
-    answers = examples.assign(model=examples["system"], source_text=examples["chunk_id"].map(chunk_texts))
-    grades = judge.grade(answers, params.judge, progress=progress)
-    baseline = answers[answers["model"] == params.baseline]
-    pairs, rows = [], []
-    for system in answers["model"].unique():
-        if system == params.baseline:
-            continue
-        pair = judge.pairwise(answers[answers["model"] == system], baseline, params.judge, progress=progress)
-        counts = judge.outcomes(pair)
-        rows.append(
-            {
-                "system": system,
-                "baseline": params.baseline,
-                **counts,
-                "swap_consistency": round(judge.swap_consistency(pair) * 100, 1),
-                "sign_test_p": stats.sign_test(counts["wins"], counts["losses"]),
-            }
-        )
-        pairs.append(pair)
-    failures = judge.label_failures(answers, grades, params.judge, progress=progress)
-    return Judgement(
-        grades,
-        pd.concat(pairs, ignore_index=True) if pairs else pd.DataFrame(),
-        failures,
-        pd.DataFrame(rows),
-        judge.grade_summary(grades, params.judge.fail_below),
-        judge.failure_summary(failures),
-    )
-
-
-def with_grades(examples: pd.DataFrame, grades: pd.DataFrame) -> pd.DataFrame:
-    scored = grades.rename(columns={"model": "system", "score": "judge_score"})[["system", "id", "judge_score"]]
-    return examples.merge(scored, on=["system", "id"], how="left", validate="one_to_one")
-
-
-def failure_examples(failures: pd.DataFrame, per_label: int = 2) -> pd.DataFrame:
-    """A few failures of each label, the place to start reading."""
-    columns = ["model", "label", "question", "reference", "prediction"]
-    labelled = failures.dropna(subset=["label"])
-    return labelled.groupby("label", group_keys=False).head(per_label)[columns].sort_values(["label", "model"])
-
-
-# --- human evaluation ---------------------------------------------------------------------------------------
-
-
-def human_agreement(ratings_csv: str, sheet_dir: Path, pairs: pd.DataFrame) -> dict[str, float]:
-    """How often the judge's pairwise verdicts agree with filled human ratings of the blind sheet."""
-    ratings = human.import_ratings(ratings_csv, sheet_dir / "sheet_key.json").dropna(subset=["winner"])
-    verdicts = pairs.dropna(subset=["final"])
-    winners = verdicts.apply(lambda p: p["model_" + p["final"]] if p["final"] != "tie" else "tie", axis=1)
-    return human.agreement(ratings[["id", "winner"]], pd.DataFrame({"id": verdicts["id"], "winner": winners}))
-
-
 # --- reading the results --------------------------------------------------------------------------------
 
 
@@ -362,16 +294,15 @@ def beats(comparison: pd.DataFrame, system: str) -> dict[str, bool]:
 
 
 def write_results(
-    evaluation: Evaluation, comparison: pd.DataFrame, judgement: Judgement, out_dir: Path, extra: dict
+    evaluation: Evaluation, comparison: pd.DataFrame, judged: pd.DataFrame, out_dir: Path, extra: dict
 ) -> None:
-    """metrics.json (read by the runs index and `tunebook compare`), predictions.jsonl (every answer)
-    and failures.jsonl (the labelled failures of the test answers, to read; no stage trains on them: DPO's
-    self-critique finds its failures afresh on train prompts, `dpo.mine_failures`)."""
+    """metrics.json (read by the runs index and `tunebook compare`; judged is the judge's summary per system,
+    `judge.Judgement.summary`) and predictions.jsonl (every answer)."""
     summary = evaluation.summary.set_index("system")
     result = {
         "models": json.loads(summary.to_json(orient="index")),
         "deltas": json.loads(comparison.to_json(orient="records")),
-        "judge": json.loads(judgement.summary.to_json(orient="records")),
+        "judge": json.loads(judged.to_json(orient="records")),
         "bleu_signature": evaluation.bleu_signature,
         "decoding": evaluation.decoding,
         "headline": list(HEADLINE),
@@ -380,4 +311,3 @@ def write_results(
     write_atomic(out_dir / "metrics.json", json.dumps(result, indent=2, sort_keys=True) + "\n")
     predictions = evaluation.examples.drop(columns=["check"]).to_dict("records")
     write_atomic(out_dir / "predictions.jsonl", jsonl_text(predictions))
-    judge.write_failures(judgement.failures, out_dir / "failures.jsonl")

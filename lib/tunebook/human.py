@@ -186,3 +186,12 @@ def agreement(human: pd.DataFrame, judge: pd.DataFrame) -> dict[str, float]:
         "agreement": float((both["winner_h"] == both["winner_j"]).mean()),
         "kappa": float(kappa),
     }
+
+
+def judge_agreement(ratings_csv: str, sheet_dir: Path, pairs: pd.DataFrame) -> dict[str, float]:
+    """How often the judge's pairwise verdicts (`judge.Judgement.pairs`) agree with filled human ratings of
+    the blind sheet."""
+    ratings = import_ratings(ratings_csv, sheet_dir / "sheet_key.json").dropna(subset=["winner"])
+    verdicts = pairs.dropna(subset=["final"])
+    winners = verdicts.apply(lambda p: p["model_" + p["final"]] if p["final"] != "tie" else "tie", axis=1)
+    return agreement(ratings[["id", "winner"]], pd.DataFrame({"id": verdicts["id"], "winner": winners}))

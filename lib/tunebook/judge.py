@@ -28,10 +28,10 @@ from typing import Any
 import httpx
 import pandas as pd
 
-from tunebook import llm, metrics, quality
+from tunebook import llm, metrics, quality, stats
 from tunebook.files import jsonl_text, write_atomic
 from tunebook.llm import ResponseCache
-from tunebook.params import JudgeParams
+from tunebook.params import EvaluateParams, JudgeParams
 
 LABELS = ("wrong", "incomplete", "hallucinated", "format")
 RAW_CHARS = 500  # of a judge's reply kept beside its verdict: enough to see why it did not parse
@@ -424,3 +424,63 @@ def write_failures(failures: pd.DataFrame, path: Path) -> None:
         for r in failures.to_dict("records")
     ]
     write_atomic(path, jsonl_text(rows))
+
+
+# --- judging an evaluation's systems ------------------------------------------------------------------------
+
+
+@dataclass
+class Judgement:
+    grades: pd.DataFrame  # one per answer
+    pairs: pd.DataFrame  # each system vs the baseline, every item judged in both orders
+    failures: pd.DataFrame  # answers graded below judge.fail_below, labelled
+    summary: pd.DataFrame  # per system vs the baseline: wins, ties, losses, swap consistency, sign test
+    grade_summary: pd.DataFrame  # per system: answers scored, unparsable, mean grade, failures
+    failure_summary: pd.DataFrame  # per system: failures by label
+
+
+def judge_answers(
+    examples: pd.DataFrame, params: EvaluateParams, chunk_texts: dict[str, str], progress: bool = True
+) -> Judgement:
+    """Every answer of an evaluation (`evaluate.Evaluation.examples`) graded, each system judged against the
+    baseline in both orders, and the failures labelled."""
+    answers = examples.assign(model=examples["system"], source_text=examples["chunk_id"].map(chunk_texts))
+    grades = grade(answers, params.judge, progress=progress)
+    baseline = answers[answers["model"] == params.baseline]
+    pairs, rows = [], []
+    for system in answers["model"].unique():
+        if system == params.baseline:
+            continue
+        pair = pairwise(answers[answers["model"] == system], baseline, params.judge, progress=progress)
+        counts = outcomes(pair)
+        rows.append(
+            {
+                "system": system,
+                "baseline": params.baseline,
+                **counts,
+                "swap_consistency": round(swap_consistency(pair) * 100, 1),
+                "sign_test_p": stats.sign_test(counts["wins"], counts["losses"]),
+            }
+        )
+        pairs.append(pair)
+    failures = label_failures(answers, grades, params.judge, progress=progress)
+    return Judgement(
+        grades,
+        pd.concat(pairs, ignore_index=True) if pairs else pd.DataFrame(),
+        failures,
+        pd.DataFrame(rows),
+        grade_summary(grades, params.judge.fail_below),
+        failure_summary(failures),
+    )
+
+
+def with_grades(examples: pd.DataFrame, grades: pd.DataFrame) -> pd.DataFrame:
+    scored = grades.rename(columns={"model": "system", "score": "judge_score"})[["system", "id", "judge_score"]]
+    return examples.merge(scored, on=["system", "id"], how="left", validate="one_to_one")
+
+
+def failure_examples(failures: pd.DataFrame, per_label: int = 2) -> pd.DataFrame:
+    """A few failures of each label, the place to start reading."""
+    columns = ["model", "label", "question", "reference", "prediction"]
+    labelled = failures.dropna(subset=["label"])
+    return labelled.groupby("label", group_keys=False).head(per_label)[columns].sort_values(["label", "model"])

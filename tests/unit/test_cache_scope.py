@@ -9,8 +9,10 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from test_tiny import CFG, stdlib_docs
+from test_tiny_resolution import NO_TINY, write_chunks
 
-from tunebook import paths, runner
+from tunebook import paths, runner, tiny
 from tunebook.params import load_params
 
 CI = str(paths.project_root() / "params" / "ci.yaml")
@@ -51,9 +53,15 @@ def test_each_stage_runs_its_own_module_and_no_report_drawing():
         modules = runner.stage_modules(stage, runner.PACKAGE)
         assert {"tunebook", f"tunebook.{stage}", "tunebook.params"} <= set(modules), stage
         assert not runner.PRESENTATION & set(modules), f"{stage} runs {runner.PRESENTATION & set(modules)}"
-    assert {"tunebook.sft", "tunebook.models", "tunebook.tiny"} <= set(runner.stage_modules("sft", runner.PACKAGE))
+    assert {"tunebook.sft", "tunebook.models"} <= set(runner.stage_modules("sft", runner.PACKAGE))
+    # the run builds tiny before the stages, which are given its directory: none runs the builder
+    assert not any("tunebook.tiny" in runner.stage_modules(stage, runner.PACKAGE) for stage in paths.STAGES)
     # inference never reaches the trainers, so retraining code does not re-export
     assert not {"tunebook.sft", "tunebook.dpo", "tunebook.reward"} & set(runner.stage_modules("export", runner.PACKAGE))
+    # nor the judge, the human sheet or the campaign, which export never runs: a judge edit re-exports nothing
+    assert not {"tunebook.judge", "tunebook.human", "tunebook.generate"} & set(
+        runner.stage_modules("export", runner.PACKAGE)
+    )
 
 
 def test_the_closure_holds_every_tunebook_module_the_notebooks_imports_load():
@@ -108,6 +116,34 @@ def test_an_evaluate_param_reruns_evaluate_only():
         "dpo": True,
         "export": True,
     }
+
+
+def test_a_tiny_param_reruns_the_stages_that_name_tiny_and_what_follows():
+    """They are given one directory whichever build it links, so the build's key is among their inputs."""
+    write_chunks("ci", stdlib_docs())
+    params = load_params(CI)
+    completed_run(params)
+    assert runner.input_hashes(params, "sft", {})["tiny"] == tiny.build_key(stdlib_docs(), params.tiny)
+    assert all(reused(params).values())
+    rebuilt = reused(load_params(CI, ["tiny.steps=151"]))
+    assert rebuilt == {
+        "ingest": True,
+        "generate": False,
+        "sft": False,
+        "evaluate": False,
+        "dpo": False,
+        "export": False,
+    }
+    extractive = ["generate.teachers=[{name: extractive, backend: extractive}]"]
+    completed_run(load_params(CI, extractive))
+    assert reused(load_params(CI, [*extractive, "tiny.steps=151"]))["generate"]  # its teachers do not name tiny
+
+
+def test_without_tiny_the_tiny_params_rerun_nothing():
+    write_chunks("ci", stdlib_docs())
+    completed_run(load_params(CI, NO_TINY))
+    overrides = [f"tiny.{key}={value}" for key, value in CFG.model_dump().items()]
+    assert all(reused(load_params(CI, [*NO_TINY, *overrides])).values())
 
 
 def test_dpo_starts_without_an_evaluation_but_not_without_sft():

@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tunebook import evaluate, human, ingest, models, registry
+from tunebook import evaluate, human, ingest, judge, models, registry
 from tunebook.ingest import Chunk
 from tunebook.params import EvaluateParams
 
@@ -60,16 +60,17 @@ def test_a_served_model_and_the_same_model_loaded_locally_answer_alike(openai_se
     assert overlap["q0"] > 0.5 and (overlap.drop("q0") == 0).all()
     assert "q0" not in set(evaluate.clean_subset(evaluation.examples)["id"])
 
-    judgement = evaluate.judge_answers(evaluation.examples, params, {}, progress=False)
+    judgement = judge.judge_answers(evaluation.examples, params, {}, progress=False)
     assert judgement.summary.iloc[0]["system"] == "sft" and judgement.summary.iloc[0]["swap_consistency"] == 100
-    examples = evaluate.with_grades(evaluation.examples, judgement.grades)
+    examples = judge.with_grades(evaluation.examples, judgement.grades)
     comparison = evaluate.compare(examples, params, seed=0)
     assert set(comparison["metric"]) == {"exact_match", "f1", "rouge_l", "judge_score"}
     if (answers["sft"] == answers["served"]).all():
         assert (comparison["delta"] == 0).all() and not comparison["significant"].any()
 
     out_dir = workdir / "out"
-    evaluate.write_results(evaluation, comparison, judgement, out_dir, {"human_agreement": {}})
+    evaluate.write_results(evaluation, comparison, judgement.summary, out_dir, {"human_agreement": {}})
+    judge.write_failures(judgement.failures, out_dir / "failures.jsonl")
     result = json.loads((out_dir / "metrics.json").read_text())
     assert set(result["models"]) == {"sft", "served"} and result["headline"] == ["f1", "rouge_l"]
     assert {d["metric"] for d in result["deltas"]} == set(comparison["metric"])
@@ -132,7 +133,7 @@ def test_a_judge_that_only_wrote_garbage_for_a_system_leaves_it_out_of_the_judge
 def test_judge_human_agreement_from_a_filled_blind_sheet(workdir):
     examples = scored_examples()
     params = EvaluateParams()
-    judgement = evaluate.judge_answers(examples, params, {}, progress=False)
+    judgement = judge.judge_answers(examples, params, {}, progress=False)
     sheet = human.export_sheet(examples.assign(model=examples["system"]), ("base", "sft"), workdir / "human", 0)
     key = json.loads(sheet.key.read_text())
     # A rater who agrees with the judge everywhere: the answer of the pair's winner, or a tie.
@@ -147,7 +148,7 @@ def test_judge_human_agreement_from_a_filled_blind_sheet(workdir):
         writer = csv.DictWriter(f, fieldnames=list(table[0]))
         writer.writeheader()
         writer.writerows(table)
-    agreement = evaluate.human_agreement(str(sheet.csv), sheet.key.parent, judgement.pairs)
+    agreement = human.judge_agreement(str(sheet.csv), sheet.key.parent, judgement.pairs)
     assert agreement["n"] == 6 and agreement["agreement"] == 1.0
 
 
