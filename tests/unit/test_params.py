@@ -310,6 +310,8 @@ def test_a_renamed_key_says_its_new_name(tmp_path):
         load_params(PARAMS / "ci.yaml", ["generate.extractive_answer_chars=250"]).generate.extractive_answer_chars
         == 250
     )
+    with pytest.raises(ParamsError, match=r"^--set evaluate.n_worst: renamed evaluate.changed_most"):
+        load_params(PARAMS / "ci.yaml", ["evaluate.n_worst=3"])
 
 
 def test_set_reaches_into_a_block_and_its_errors_name_the_set_key():

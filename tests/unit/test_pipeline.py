@@ -82,7 +82,7 @@ def test_second_run_reuses_every_stage(first_run, workdir, capsys):
 
 
 def test_changed_param_reruns_that_stage_and_downstream_only(first_run, capsys):
-    assert main(["plan", CI, "--set", "evaluate.n_worst=3"]) == 0  # DPO reads nothing of evaluate's
+    assert main(["plan", CI, "--set", "evaluate.changed_most=3"]) == 0  # DPO reads nothing of evaluate's
     assert "sft [cached], evaluate [run], dpo [cached], export [cached]" in capsys.readouterr().out
     assert main(["plan", CI, "--set", "generate.extractive_answer_chars=250"]) == 0
     assert (

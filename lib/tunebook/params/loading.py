@@ -26,6 +26,7 @@ RENAMED = {
         "generate.extractive_answer_chars (the extractive teacher's longest answer; "
         "generate.filters.max_answer_chars caps every teacher's)"
     ),
+    "evaluate.n_worst": "evaluate.changed_most (the items whose answers changed most, not the worst ones)",
 }
 
 

@@ -376,7 +376,7 @@ class EvaluateParams(Strict):
     max_examples: int = Field(0, ge=0)  # 0 = the whole test split
     max_new_tokens: int = Field(64, ge=1)
     batch_size: int = Field(16, ge=1)
-    n_worst: int = Field(8, ge=0)
+    changed_most: int = Field(8, ge=0)  # items whose answers changed most, shown side by side
     resamples: int = Field(1000, ge=1000)  # paired bootstrap resamples for every confidence interval
     contamination_ngram: int = Field(13, ge=1)  # test items sharing an n-gram with the train split are flagged
     checks: list[CheckParams] = []  # domain checks run on every answer (see tunebook.checks)
