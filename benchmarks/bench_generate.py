@@ -37,7 +37,7 @@ def campaign(jobs, params: GenerateParams, scratch: Path, name: str) -> dict:
     """Run the jobs in a workdir of their own (so with an empty cache, unless reused) and time it."""
     os.environ["TUNEBOOK_WORKDIR"] = str(scratch / name.split(":")[0])
     started = time.perf_counter()
-    result = generate.run_campaign(jobs, params, scratch / name.replace(":", "-"), BENCH_TINY, [], progress=False)
+    result = generate.run_campaign(jobs, params, scratch / name.replace(":", "-"), progress=False)
     seconds = time.perf_counter() - started
     return {"seconds": round(seconds, 2), "requests": result.requests, "cache_hits": result.cache_hits}
 

@@ -22,7 +22,7 @@ from trl import SFTConfig, SFTTrainer
 
 from tunebook import generate, ingest, paths
 from tunebook.dataset import write_dataset
-from tunebook.params import GenerateParams, TinyParams, load_params
+from tunebook.params import GenerateParams, load_params
 from tunebook.sft import train_sft, training_data
 from tunebook.tiny import build_tiny
 
@@ -34,7 +34,7 @@ def demo_dataset(scratch: Path, modules: list[str]) -> Path:
     chunks = ingest.chunk_documents(documents, 900, 150)
     params = GenerateParams(teachers=[{"name": "extractive", "backend": "extractive"}])
     jobs = generate.plan_jobs(chunks, params)
-    campaign = generate.run_campaign(jobs, params, scratch / "data", TinyParams(), [], progress=False)
+    campaign = generate.run_campaign(jobs, params, scratch / "data", progress=False)
     write_dataset(generate.build_dataset(campaign.records, chunks, params), scratch / "data", "b")
     return scratch / "data"
 

@@ -73,11 +73,12 @@ def _params_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _prepare(args: argparse.Namespace):
-    from tunebook import plan, runner
+    from tunebook import plan, runner, tiny
 
     params = load_params(args.params, args.overrides)
     selected = runner.select_stages(args.stages.split(",") if args.stages else None, args.from_stage)
-    estimate = plan.estimate(params, args.params)
+    # The offline tiny model is built by the run, so it is planned from its params: its config and pre-training.
+    estimate = plan.estimate(params, args.params, *tiny.plan_inputs(params))
     stages = runner.plan_stages(params, selected, getattr(args, "force", False))
     print(
         f"run {params.run.id} ({args.params}): "

@@ -20,7 +20,7 @@ from pathlib import Path
 import pandas as pd
 from tqdm import tqdm
 
-from tunebook import llm, quality
+from tunebook import llm, paths, quality
 from tunebook.dataset import SPLITS, Dataset
 from tunebook.files import (
     PROGRESS_FILE,
@@ -32,7 +32,7 @@ from tunebook.files import (
     write_atomic,
 )
 from tunebook.ingest import Chunk
-from tunebook.params import GenerateParams, PromptParams, TeacherParams, TinyParams
+from tunebook.params import GenerateParams, PromptParams, TeacherParams
 from tunebook.teachers import extractive
 
 CAMPAIGN_LOG = "campaign.jsonl"
@@ -92,7 +92,7 @@ def plan_jobs(chunks: list[Chunk], params: GenerateParams, collection=None) -> l
         decided_by = {
             "chunk": chunk.id,
             "context": [c.id for c in context],
-            "teachers": [specs[n].model_dump() for n in fallback_chain(name, specs)],
+            "teachers": [_as_loaded(specs[n]).model_dump() for n in fallback_chain(name, specs)],
             "prompts": params.prompts.model_dump(),
             "questions_per_chunk": params.questions_per_chunk,
             "extractive_answer_chars": params.extractive_answer_chars,
@@ -116,20 +116,15 @@ def _chain_chats(name: str, specs: dict[str, TeacherParams]) -> bool:
 # --- the chat teachers ----------------------------------------------------------------------------------
 
 
-def _chat_teachers(params: GenerateParams, tiny: TinyParams, corpus_texts: list[str]) -> list[TeacherParams]:
-    """The chat teachers as `tunebook.llm` takes them: an hf teacher's model as a loadable path or hub id,
-    `tiny` built (or reused) from the corpus."""
-    chatty = [spec for spec in params.teachers if spec.backend != "extractive"]
-    if all(spec.backend != "hf" for spec in chatty):
-        return chatty
-    from tunebook.tiny import resolve_model  # torch and transformers: only for a campaign with hf teachers
+def _chat_teachers(params: GenerateParams) -> list[TeacherParams]:
+    """The chat teachers as `tunebook.llm` takes them."""
+    return [_as_loaded(spec) for spec in params.teachers if spec.backend != "extractive"]
 
-    return [
-        spec.model_copy(update={"model": resolve_model(spec.model, tiny, corpus_texts)})
-        if spec.backend == "hf"
-        else spec
-        for spec in chatty
-    ]
+
+def _as_loaded(spec: TeacherParams) -> TeacherParams:
+    """A teacher with an hf model's local directory by its real path, which job ids and the response cache key
+    on: the run's tiny directory is a link, which a rebuild points at another build."""
+    return spec.model_copy(update={"model": paths.model_source(spec.model)}) if spec.backend == "hf" else spec
 
 
 async def _chat(pool: llm.Pool, name: str, messages: list[dict], tally: Counter) -> llm.Reply:
@@ -269,21 +264,12 @@ class Campaign:
     seconds: float
 
 
-def run_campaign(
-    jobs: list[Job],
-    params: GenerateParams,
-    out_dir: Path,
-    tiny: TinyParams,
-    corpus_texts: list[str],
-    progress: bool = True,
-) -> Campaign:
+def run_campaign(jobs: list[Job], params: GenerateParams, out_dir: Path, progress: bool = True) -> Campaign:
     """Run (or resume) the jobs not yet in out_dir/campaign.jsonl; returns every job's record."""
-    return llm.run_sync(_campaign(jobs, params, out_dir, tiny, corpus_texts, progress))
+    return llm.run_sync(_campaign(jobs, params, out_dir, progress))
 
 
-async def _campaign(
-    jobs: list[Job], params: GenerateParams, out_dir: Path, tiny: TinyParams, corpus_texts: list[str], progress: bool
-) -> Campaign:
+async def _campaign(jobs: list[Job], params: GenerateParams, out_dir: Path, progress: bool) -> Campaign:
     started = time.monotonic()
     log = out_dir / CAMPAIGN_LOG
     wanted = {job.id for job in jobs}
@@ -292,7 +278,7 @@ async def _campaign(
     write_atomic(log, jsonl_text(finished.values()))
     todo = [job for job in jobs if job.id not in finished]
     specs = {t.name: t for t in params.teachers}
-    pool = llm.Pool(_chat_teachers(params, tiny, corpus_texts), llm.Limits.of(params))
+    pool = llm.Pool(_chat_teachers(params), llm.Limits.of(params))
     tracker = _Progress(out_dir / PROGRESS_FILE, len(jobs), len(finished), progress)
     # A job asks one request at a time, so the pool's limit on requests in flight is also the one on jobs; the
     # jobs beyond it wait here, rather than all start at once and none finish until every question is asked.

@@ -29,6 +29,13 @@ def resolve(path: str | Path) -> Path:
     return path if path.is_absolute() else workdir() / path
 
 
+def model_source(name: str) -> str:
+    """A model as params name it, as transformers loads it: a local directory (relative to the workdir) by its
+    real path, so that a link (the run's tiny model) is pinned to the build it points at; else a hub id."""
+    local = resolve(name)
+    return str(local.resolve()) if local.is_dir() else name
+
+
 def data_dir() -> Path:
     return workdir() / "data"
 

@@ -8,6 +8,7 @@ and time from the training tokens at the throughput the params assume.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,7 +19,6 @@ from tunebook import paths, recipe
 from tunebook.dataset import read_card
 from tunebook.models import pretrained_options
 from tunebook.params import Params, SftParams, base_config_path, demo_scale_warning
-from tunebook.tiny import tiny_config
 
 GB = 1024**3
 
@@ -54,24 +54,22 @@ class Plan:
         return self.hours > self.max_hours or self.memory_gb > self.max_memory_gb
 
 
-def estimate(params: Params, params_file: Path) -> Plan:
+def estimate(
+    params: Params, params_file: Path, base: PretrainedConfig | None = None, before: Sequence[Estimate] = ()
+) -> Plan:
+    """The plan of SFT on the base model's config, or on `base` for a base the run itself builds first, after
+    the `before` estimates (building it)."""
     budget = params.run.budget
-    config, note = _base_config(params, params_file)
+    config, note = (base, "") if base is not None else _base_config(params, params_file)
     if config is None:
-        return Plan([], note, budget.max_hours, budget.max_memory_gb)
-    estimates = []
-    if params.sft.base_model == "tiny":
-        estimates.append(_tiny_estimate(params, config))
+        return Plan([*before], note, budget.max_hours, budget.max_memory_gb)
     rows, note = _train_rows(params)
     sft = _sft_estimate(params, config, rows)
-    estimates.append(sft)
     warning = demo_scale_warning(params.sft, sft.params)
-    return Plan(estimates, note, budget.max_hours, budget.max_memory_gb, [warning] if warning else [])
+    return Plan([*before, sft], note, budget.max_hours, budget.max_memory_gb, [warning] if warning else [])
 
 
 def _base_config(params: Params, params_file: Path) -> tuple[PretrainedConfig | None, str]:
-    if params.sft.base_model == "tiny":
-        return tiny_config(params.tiny), ""
     config_file = base_config_path(params, params_file)
     source = str(config_file) if config_file else str(paths.resolve(params.sft.base_model))
     if not config_file and not Path(source).is_dir():
@@ -108,12 +106,14 @@ def _train_rows(params: Params) -> tuple[int, str]:
     return int(params.generate.max_samples * share), "train rows: upper bound from generate.max_samples"
 
 
-def _tiny_estimate(params: Params, config: PretrainedConfig) -> Estimate:
-    tiny = params.tiny
+def pretraining_estimate(
+    stage: str, config: PretrainedConfig, steps: int, batch_size: int, length: int, params: Params
+) -> Estimate:
+    """Training every weight of a model from scratch: full blocks of `length` tokens, no checkpointing."""
     total, _ = _count(config, [], 0)
-    tokens = tiny.steps * tiny.batch_size * tiny.context_length
-    memory = total * 16 + _activations(config, tiny.batch_size, tiny.context_length, checkpointing=False)
-    return Estimate("tiny", total, total, tokens, memory / GB, _hours(6 * total * tokens, params))
+    tokens = steps * batch_size * length
+    memory = total * 16 + _activations(config, batch_size, length, checkpointing=False)
+    return Estimate(stage, total, total, tokens, memory / GB, _hours(6 * total * tokens, params))
 
 
 def _sft_estimate(params: Params, config: PretrainedConfig, rows: int) -> Estimate:

@@ -5,6 +5,10 @@ Each stage notebook is executed with its params section injected, saved as repor
 params section, its inputs (upstream outputs, files it reads) and the source of the tunebook modules it runs
 (the import closure of its notebook's imports, less the report-drawing `plots` and `reports`) are unchanged,
 no stage it reads re-ran, and its outputs are still on disk.
+
+A model named `tiny` never reaches a stage: before a stage whose params name it runs, the offline model is built
+(or reused) from the run's chunks, and the stage is given its directory (see tunebook.tiny), with the build's
+key among the stage's inputs.
 """
 
 from __future__ import annotations
@@ -150,7 +154,7 @@ def cache_key(params: Params, stage: str, manifest_stages: dict) -> str:
     parts = {
         "notebook": hash_tree(paths.notebook_path(stage)),
         "code": code_hash(stage, PACKAGE),
-        "params": params.stage_parameters(stage),
+        "params": stage_parameters(params, stage),
         "inputs": input_hashes(params, stage, manifest_stages),
     }
     return sha256_text(json.dumps(parts, sort_keys=True, default=str))
@@ -235,10 +239,22 @@ def _module_file(name: str, package: Path) -> Path | None:
     return next((path for path in files if path.is_file()), None)
 
 
+def stage_parameters(params: Params, stage: str) -> dict:
+    """What papermill injects into the stage's notebook: its params, a `tiny` model as the run's directory."""
+    from tunebook import tiny  # torch and transformers, which `tunebook runs` never needs
+
+    return tiny.staged(params).stage_parameters(stage)
+
+
 def input_hashes(params: Params, stage: str, manifest_stages: dict) -> dict[str, str | None]:
     """Content hashes of what a stage reads: upstream outputs, for ingest the corpus itself, for evaluate
-    the user's benchmark file and human ratings, and for export the llama.cpp it converts and serves with."""
+    the user's benchmark file and human ratings, for export the llama.cpp it converts and serves with, and
+    the build key of the tiny model its params name."""
+    from tunebook import tiny
+
     hashes = {up: manifest_stages.get(up, {}).get("outputs_hash") for up in UPSTREAM[stage]}
+    if tiny.tiny_keys(params, stage):  # the run's tiny directory is one name for whichever build it links
+        hashes["tiny"] = tiny.run_key(params)
     if stage == "ingest":
         corpus = paths.resolve(params.ingest.corpus_dir)
         # The demo corpus is written by the stage from the installed Python's own documentation.
@@ -315,6 +331,7 @@ def _run_stages(
         _save(manifest)
         started = time.monotonic()
         try:
+            _resolve_tiny(params, stage, progress)
             _execute(params, stage, executed, progress)
         except PapermillExecutionError as err:
             error = {
@@ -394,6 +411,20 @@ def _missing_upstream(run_id: str, selected: list[str], manifest: dict) -> None:
             raise RunError(f"stage {first} needs {up}, which has not completed for run {run_id}: run it first")
 
 
+def _resolve_tiny(params: Params, stage: str, progress: bool) -> None:
+    """Build (or reuse) the tiny model the stage's params name, from this run's chunks, and link it at the
+    directory the stage is given."""
+    from tunebook import tiny
+
+    if keys := tiny.tiny_keys(params, stage):
+        _log(f"[{stage}] {', '.join(keys)}: the offline tiny model, from this run's chunks")
+        try:
+            model_dir = tiny.resolve(params, progress)
+        except ValueError as err:  # a corpus too small for the params, or params that cannot be built
+            raise RunError(f"stage {stage} needs the tiny model, which cannot be built: {err}") from None
+        _log(f"[{stage}] {tiny.run_model_dir(params.run.id)} -> {model_dir}")
+
+
 def _execute(params: Params, stage: str, executed: Path, progress: bool) -> None:
     _log(f"[{stage}] running {paths.NOTEBOOKS[stage]}.ipynb")
     # The kernel is reached over Unix sockets in a private directory rather than unencrypted loopback TCP; the
@@ -405,7 +436,7 @@ def _execute(params: Params, stage: str, executed: Path, progress: bool) -> None
         papermill.execute_notebook(
             str(paths.notebook_path(stage)),
             str(executed),
-            parameters=params.stage_parameters(stage),
+            parameters=stage_parameters(params, stage),
             kernel_name=KERNEL,
             cwd=str(paths.notebook_path(stage).parent),
             progress_bar={"desc": f"{paths.NOTEBOOKS[stage]} cells"} if progress else False,

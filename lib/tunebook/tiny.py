@@ -14,6 +14,11 @@ produce the same token ids:
   sees one: every path to the model tokenizes the same way.
 - `<|im_start|>` and `<|im_end|>` are user-defined pieces (single ids wherever they appear);
   `<|im_end|>` is the eos, and `<pad>` is a separate control piece so padding never reads as an end.
+
+A params file names the model `tiny` (sft.base_model, an hf teacher's model); no stage ever sees the name.
+`tunebook run` builds the model after ingest, from that run's chunks, links it at data/runs/<run_id>/tiny and
+injects that directory instead (`staged`); a stage whose params name it keys on its build (`run_key`), and
+`tunebook plan` plans it from its config (`plan_inputs`).
 """
 
 from __future__ import annotations
@@ -40,7 +45,9 @@ from transformers import (
 
 from tunebook import paths
 from tunebook.chat import CHATML
-from tunebook.params import TinyParams
+from tunebook.ingest import read_chunks
+from tunebook.params import TINY, Params, TinyParams
+from tunebook.plan import Estimate, pretraining_estimate
 
 # Bump when a change here would build a different model from the same corpus and params.
 BUILD_VERSION = 2
@@ -90,12 +97,73 @@ def build_tiny(texts: list[str], models_dir: Path, cfg: TinyParams, progress: bo
     return model_dir
 
 
-def resolve_model(name: str, cfg: TinyParams, corpus_texts: list[str], progress: bool = True) -> str:
-    """A model name from params as a loadable path or hub id; `tiny` is built (or reused) from the corpus."""
-    if name == "tiny":
-        return str(build_tiny(corpus_texts, paths.models_dir(), cfg, progress=progress))
-    local = paths.resolve(name)
-    return str(local) if local.is_dir() else name
+def tiny_keys(params: Params, stage: str | None = None) -> list[str]:
+    """The keys of params (of one stage's section, if given) that name the model `tiny`. An openai teacher's
+    model is a name its server knows, never this one."""
+    teachers = [
+        f"generate.teachers.{i}.model"
+        for i, teacher in enumerate(params.generate.teachers)
+        if teacher.backend == "hf" and teacher.model == TINY
+    ]
+    keys = [*teachers, *(["sft.base_model"] if params.sft.base_model == TINY else [])]
+    return [key for key in keys if stage is None or key.startswith(f"{stage}.")]
+
+
+def run_model_dir(run_id: str) -> Path:
+    """Where a run links its tiny model: one name for the stages, whichever build it points at."""
+    return paths.run_dir(run_id) / "tiny"
+
+
+def staged(params: Params) -> Params:
+    """params as the stages see them: every `tiny` is the run's model directory, relative to the workdir."""
+    model_dir = str(run_model_dir(params.run.id).relative_to(paths.workdir()))
+    teachers = [
+        teacher.model_copy(update={"model": model_dir})
+        if teacher.backend == "hf" and teacher.model == TINY
+        else teacher
+        for teacher in params.generate.teachers
+    ]
+    sft = params.sft.model_copy(update={"base_model": model_dir}) if params.sft.base_model == TINY else params.sft
+    return params.model_copy(update={"generate": params.generate.model_copy(update={"teachers": teachers}), "sft": sft})
+
+
+def run_key(params: Params) -> str | None:
+    """The build key of the run's tiny model: what a stage that names it reads. None before ingest has run."""
+    chunks_file = _chunks_file(params.run.id)
+    if not chunks_file.is_file():
+        return None
+    return build_key([chunk.text for chunk in read_chunks(chunks_file)], params.tiny)
+
+
+def resolve(params: Params, progress: bool = True) -> Path:
+    """Build (or reuse) the tiny model from the run's chunks and params.tiny, and link the run's model
+    directory to it; returns the build's directory."""
+    chunks = read_chunks(_chunks_file(params.run.id))
+    model_dir = build_tiny([chunk.text for chunk in chunks], paths.models_dir(), params.tiny, progress)
+    link = run_model_dir(params.run.id)
+    target = os.path.relpath(model_dir, link.parent)  # relative: the workdir may move
+    if not link.is_symlink() or os.readlink(link) != target:
+        # Replaced in one step, so a reader of the link sees the old build or the new one, never neither.
+        staging = link.with_name(f".{link.name}-{os.getpid()}")
+        staging.unlink(missing_ok=True)
+        staging.symlink_to(target, target_is_directory=True)
+        os.replace(staging, link)
+    return model_dir
+
+
+def plan_inputs(params: Params) -> tuple[LlamaConfig | None, list[Estimate]]:
+    """What `tunebook plan` needs for a model that exists only once a run builds it: its config, when it is
+    the SFT base, and the estimate of its pre-training, when any model is `tiny`."""
+    if not tiny_keys(params):
+        return None, []
+    cfg = params.tiny
+    config = tiny_config(cfg)
+    pretraining = pretraining_estimate("tiny", config, cfg.steps, cfg.batch_size, cfg.context_length, params)
+    return (config if params.sft.base_model == TINY else None), [pretraining]
+
+
+def _chunks_file(run_id: str) -> Path:
+    return paths.run_dir(run_id) / "ingest" / "chunks.jsonl"
 
 
 def build_key(texts: list[str], cfg: TinyParams) -> str:

@@ -19,7 +19,7 @@ from test_generate import stdlib_chunks
 from tunebook import generate, ingest
 from tunebook.dataset import write_dataset
 from tunebook.files import read_complete_lines
-from tunebook.params import GenerateParams, TinyParams
+from tunebook.params import GenerateParams
 
 # Run as a separate process, so that it can be killed with -9 like a real campaign.
 CAMPAIGN_SCRIPT = """
@@ -27,12 +27,11 @@ import json, sys
 from pathlib import Path
 from tunebook import generate
 from tunebook.ingest import Chunk
-from tunebook.params import GenerateParams, TinyParams
+from tunebook.params import GenerateParams
 spec = json.loads(Path(sys.argv[1]).read_text())
 chunks = [Chunk(**c) for c in spec["chunks"]]
 params = GenerateParams.model_validate(spec["params"])
-campaign = generate.run_campaign(generate.plan_jobs(chunks, params), params, Path(spec["out_dir"]), TinyParams(), [],
-                                 progress=False)
+campaign = generate.run_campaign(generate.plan_jobs(chunks, params), params, Path(spec["out_dir"]), progress=False)
 print(json.dumps({"requests": campaign.requests, "cache_hits": campaign.cache_hits, "resumed": campaign.resumed}))
 """
 
@@ -81,7 +80,7 @@ def test_openai_teacher_answers_through_the_protocol_and_the_cache(llama_server,
     chunks = stdlib_chunks(tmp_path, ("bisect",))
     params = campaign_params(llama_server.base_url)
     jobs = generate.plan_jobs(chunks, params)
-    first = generate.run_campaign(jobs, params, tmp_path / "a", TinyParams(), [], progress=False)
+    first = generate.run_campaign(jobs, params, tmp_path / "a", progress=False)
     served = [r for r in first.records if r["teacher"] == "served"]
     assert served and first.requests == sum(r["requests"] for r in served) > 0
     # Every answer the server wrote is a sample, or a failure that keeps what it said: the tiny model talks
@@ -91,9 +90,9 @@ def test_openai_teacher_answers_through_the_protocol_and_the_cache(llama_server,
     cut_off = "cut off: no end of turn within max_new_tokens (24)"
     assert {f["error"] for r in served for f in r["failures"]} <= {"an empty answer", cut_off}
     # A finished campaign re-run sends nothing, and so does the same campaign in a new directory.
-    again = generate.run_campaign(jobs, params, tmp_path / "a", TinyParams(), [], progress=False)
+    again = generate.run_campaign(jobs, params, tmp_path / "a", progress=False)
     assert (again.requests, again.resumed) == (0, len(jobs))
-    elsewhere = generate.run_campaign(jobs, params, tmp_path / "b", TinyParams(), [], progress=False)
+    elsewhere = generate.run_campaign(jobs, params, tmp_path / "b", progress=False)
     assert (elsewhere.requests, elsewhere.cache_hits) == (0, first.requests)
     assert outcome(elsewhere.records) == outcome(first.records)
 
@@ -164,7 +163,7 @@ def test_a_teacher_that_writes_no_json_gets_parse_failures_with_ids(llama_server
     )
     jobs = generate.plan_jobs(chunks, params, collection)
     assert all(len(job.context) == 2 and job.chunk not in job.context for job in jobs)
-    campaign = generate.run_campaign(jobs, params, tmp_path / "out", TinyParams(), [], progress=False)
+    campaign = generate.run_campaign(jobs, params, tmp_path / "out", progress=False)
     dataset = generate.build_dataset(campaign.records, chunks, params)
     table = dataset.failures
     assert sorted(table["id"]) == sorted(job.id for job in jobs)  # one per job, named by the job's id

@@ -8,7 +8,7 @@ from tunebook import generate, ingest
 from tunebook.dataset import SPLITS, read_card, read_split, write_dataset
 from tunebook.files import PROGRESS_FILE, read_complete_lines
 from tunebook.ingest import Chunk
-from tunebook.params import GenerateParams, ParamsError, TinyParams, load_params
+from tunebook.params import GenerateParams, ParamsError, load_params
 from tunebook.teachers import extractive
 
 DOC = """## json.dumps
@@ -57,7 +57,7 @@ def stdlib_chunks(tmp_path: Path, modules: tuple[str, ...] = ("json", "bisect"))
 
 
 def run(jobs, params, out_dir):
-    return generate.run_campaign(jobs, params, out_dir, TinyParams(), [], progress=False)
+    return generate.run_campaign(jobs, params, out_dir, progress=False)
 
 
 def test_teachers_are_assigned_by_weight_and_stably():
@@ -129,6 +129,23 @@ def test_changed_campaign_definition_starts_afresh(tmp_path):
     campaign = run(generate.plan_jobs(chunks, other), other, out_dir)
     assert campaign.resumed == 0
     assert len((out_dir / generate.CAMPAIGN_LOG).read_text().splitlines()) == len(chunks)
+
+
+def test_a_rebuilt_model_behind_the_same_directory_is_a_new_campaign(tmp_path, workdir):
+    """The run's tiny directory is a link: its jobs are keyed on the build it points at, so a rebuild's campaign
+    resumes none of the old build's answers."""
+    chunks = stdlib_chunks(tmp_path, ("bisect",))
+    link = workdir / "data" / "runs" / "t" / "tiny"
+    link.parent.mkdir(parents=True)
+    teacher = {"name": "local", "backend": "hf", "model": "data/runs/t/tiny"}
+    params = GenerateParams(teachers=[teacher], context_chunks=0)
+    planned = []
+    for build in ("tiny-aaa", "tiny-bbb"):
+        (workdir / "data" / "models" / build).mkdir(parents=True)
+        link.unlink(missing_ok=True)
+        link.symlink_to(Path("..", "..", "models", build), target_is_directory=True)
+        planned.append({job.id for job in generate.plan_jobs(chunks, params)})
+    assert planned[0].isdisjoint(planned[1])
 
 
 def test_dataset_counts_every_step_and_loads_with_datasets(tmp_path):

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from tunebook import paths
+from tunebook import paths, tiny
 from tunebook.cli import main
 from tunebook.params import ParamsError, load_params, mask_override, mask_secrets, section
 
@@ -83,7 +83,7 @@ def test_cli_exits_2_with_one_line(tmp_path, capsys):
 
 
 def test_stage_parameters_are_what_notebooks_get():
-    params = load_params(PARAMS / "demo.yaml")
+    params = tiny.staged(load_params(PARAMS / "demo.yaml"))  # as a run injects them: `tiny` as a directory
     injected = params.stage_parameters("sft")
     assert injected["run_id"] == "demo" and injected["trainer"] == params.sft.trainer
     assert section("sft", injected) == params.sft

@@ -1,10 +1,11 @@
 import pytest
 
-from tunebook import paths, plan
+from tunebook import paths, plan, tiny
 from tunebook.cli import main
 from tunebook.params import load_params
 
 EXAMPLE = paths.project_root() / "params" / "examples" / "llama3-8b-qlora.yaml"
+DEMO = paths.project_root() / "params" / "demo.yaml"
 
 
 def test_gpu_recipe_estimate_is_realistic(checkout_workdir):
@@ -24,10 +25,25 @@ def test_run_stops_at_the_budget_gate_without_confirm(checkout_workdir, capsys):
 
 
 def test_demo_is_within_budget(capsys):
-    demo = paths.project_root() / "params" / "demo.yaml"
-    assert main(["plan", str(demo)]) == 0
+    assert main(["plan", str(DEMO)]) == 0
     out = capsys.readouterr().out
     assert "within budget" in out and "tiny" in out and "sft" in out
+
+
+def test_the_planner_knows_no_tiny_and_plans_it_from_its_config_like_any_base(tmp_path):
+    """The run builds tiny, so `tunebook plan` hands the planner its config and its pre-training; the same
+    config as a config.json in sft.base_config (a base not on this machine) plans the same SFT."""
+    demo = load_params(DEMO)
+    config, before = tiny.plan_inputs(demo)
+    planned = plan.estimate(demo, DEMO, config, before)
+    assert [e.stage for e in planned.estimates] == ["tiny", "sft"]
+    tiny_row, sft = planned.estimates
+    assert tiny_row.params == tiny_row.trainable == sft.params > sft.trainable
+    assert tiny_row.train_tokens == demo.tiny.steps * demo.tiny.batch_size * demo.tiny.context_length
+    assert "cannot read the config of tiny" in plan.estimate(demo, DEMO).note
+    config.save_pretrained(tmp_path)
+    as_file = load_params(DEMO, [f"sft.base_config={tmp_path / 'config.json'}"])
+    assert plan.estimate(as_file, DEMO).estimates == [sft]
 
 
 def test_plan_warns_when_a_real_base_would_train_with_demo_scale_settings(checkout_workdir, capsys):
@@ -42,8 +58,9 @@ def test_plan_warns_when_a_real_base_would_train_with_demo_scale_settings(checko
     ]
     assert plan.estimate(load_params(EXAMPLE), EXAMPLE).warnings == []  # the recipe's own settings
     # The tiny demo model is meant to train at the demo's scale.
-    demo = paths.project_root() / "params" / "demo.yaml"
-    assert plan.estimate(load_params(demo), demo).warnings == []
+    demo = load_params(DEMO)
+    demo_plan = plan.estimate(demo, DEMO, *tiny.plan_inputs(demo))
+    assert demo_plan.estimates and demo_plan.warnings == []
 
 
 def test_missing_config_explains(checkout_workdir):

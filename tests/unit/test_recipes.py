@@ -20,7 +20,7 @@ from zoo import TRL_TEMPLATES, stock_template
 
 from tunebook import chat, generate, ingest, paths, registry
 from tunebook.dataset import write_dataset
-from tunebook.params import GenerateParams, TinyParams, base_config_path, load_params
+from tunebook.params import GenerateParams, base_config_path, load_params
 from tunebook.sft import register_model, train_sft, training_data
 
 EXAMPLES = paths.project_root() / "params" / "examples"
@@ -86,9 +86,7 @@ def dataset(tmp_path_factory) -> tuple[Path, list]:
     documents, _ = ingest.read_documents(root / "corpus", [".md"])
     chunks = ingest.chunk_documents(documents, 900, 150)
     params = GenerateParams(teachers=[{"name": "extractive", "backend": "extractive"}], val_fraction=0.1)
-    campaign = generate.run_campaign(
-        generate.plan_jobs(chunks, params), params, root / "generate", TinyParams(), [], progress=False
-    )
+    campaign = generate.run_campaign(generate.plan_jobs(chunks, params), params, root / "generate", progress=False)
     write_dataset(generate.build_dataset(campaign.records, chunks, params), root / "generate", "recipe")
     return root / "generate", chunks
 

@@ -26,6 +26,7 @@ from tunebook.params.loading import ParamsError, base_config_path, load_params, 
 from tunebook.params.safety import ALLOW_PICKLE, TRUST_REMOTE_CODE, mask_secrets, opted_in
 from tunebook.params.schema import (
     SHARED_SECTIONS,
+    TINY,
     BudgetParams,
     CheckParams,
     ChromaParams,
@@ -60,6 +61,7 @@ __all__ = [
     "SFT_QUANTIZATION_DEFAULTS",
     "SFT_TRAINER_DEFAULTS",
     "SHARED_SECTIONS",
+    "TINY",
     "TRUST_REMOTE_CODE",
     "BudgetParams",
     "CheckParams",

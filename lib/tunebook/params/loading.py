@@ -18,7 +18,7 @@ from tunebook import paths, recipe
 from tunebook.files import corpus_files
 from tunebook.params.blocks import MOVED
 from tunebook.params.safety import holds_secret, model_dir_problem
-from tunebook.params.schema import SHARED_SECTIONS, Params, error_message
+from tunebook.params.schema import IN_STAGE, SHARED_SECTIONS, Params, error_message
 
 # Keys of earlier params files that tunebook itself renamed, with what they are called now and why.
 RENAMED = {
@@ -261,14 +261,15 @@ def mask_override(override: str) -> str:
 def section(name: str, namespace: dict[str, Any]) -> BaseModel:
     """A section's params from a notebook's variables, validated the same way as a params file.
 
-    A stage's own keys are variables of the parameters cell; a shared section (`chroma`, `tiny`) is one
-    dict variable. A notebook edited in JupyterLab gets the same checks and one-line errors as a run.
+    A stage's own keys are variables of the parameters cell; a shared section (`chroma`) is one dict
+    variable. A notebook edited in JupyterLab gets the same checks and one-line errors as a run, and a model
+    named `tiny` is refused: the run builds it and hands the stage its directory.
     """
     model: type[BaseModel] = Params.model_fields[name].annotation
     shared = any(name in names for names in SHARED_SECTIONS.values())
     try:
         values = namespace[name] if shared else {key: namespace[key] for key in model.model_fields}
-        return model.model_validate(values)
+        return model.model_validate(values, context=IN_STAGE)
     except KeyError as err:
         raise ParamsError(f"{name}: the parameters cell does not define {err.args[0]}") from None
     except ValidationError as err:

@@ -47,8 +47,22 @@ def error_message(error: dict) -> str:
     return error["msg"].removeprefix("Value error, ")
 
 
+# The offline demo model, as a params file names it (the SFT base, an hf teacher). `tunebook run` builds it after
+# ingest and hands the stages its directory instead (tunebook.tiny); a stage's notebook refuses the name.
+TINY = "tiny"
+IN_STAGE = "stage"  # the validation context of a section read in a stage's notebook (tunebook.params.section)
+
+
+def _not_in_a_stage(model: str | None, info: ValidationInfo) -> None:
+    if model == TINY and info.context == IN_STAGE:
+        raise ValueError(
+            "`tiny` is built by `tunebook run` after ingest, which hands the stages its directory: run this stage "
+            "with `tunebook run`, or give a model directory or an HF id"
+        )
+
+
 class TinyParams(Strict):
-    """The offline tiny base model: a small Llama trained from scratch on the corpus."""
+    """The offline `tiny` model: a small Llama trained from scratch on the run's chunks (tunebook.tiny)."""
 
     vocab_size: int = Field(2048, ge=300)
     hidden_size: int = Field(128, ge=16)
@@ -125,7 +139,7 @@ class TeacherParams(NoSecrets):
     backend: Literal["extractive", "hf", "openai"]
     weight: float = Field(1.0, gt=0)  # share of the chunks this teacher is given
     fallback: str | None = None  # the teacher that takes over a chunk this one fails on
-    model: str | None = None  # hf: `tiny`, a local directory or an HF id; openai: the served model name
+    model: str | None = None  # hf: a local directory, an HF id or `tiny`; openai: the served model name
     base_url: str | None = None  # openai: e.g. http://127.0.0.1:8000/v1
     api_key_env: str | None = None  # openai: the NAME of the environment variable holding the key
     # openai: fields added to every request, e.g. {repeat_penalty: 1.0} for llama.cpp's server (default 1.1)
@@ -135,6 +149,13 @@ class TeacherParams(NoSecrets):
     max_new_tokens: int = Field(256, ge=1)
     temperature: float = Field(0.0, ge=0)
     batch_size: int = Field(8, ge=1)  # hf: prompts per forward pass
+
+    @field_validator("model")
+    @classmethod
+    def _hf_model_in_a_stage(cls, model: str | None, info: ValidationInfo) -> str | None:
+        if info.data.get("backend") == "hf":
+            _not_in_a_stage(model, info)
+        return model
 
     @model_validator(mode="after")
     def _backend_fields(self) -> TeacherParams:
@@ -207,7 +228,7 @@ def _pass_through() -> Any:
 
 
 class SftParams(Strict):
-    base_model: str = "tiny"
+    base_model: str = TINY
     base_config: str | None = None  # a config.json to plan with when the base is not on this machine
     # chat: the generate stage's question/answer rows; text: continued pre-training on the corpus chunks
     task: Literal["chat", "text"] = "chat"
@@ -230,6 +251,12 @@ class SftParams(Strict):
     wandb_project: str | None = None
 
     _blocks = _block(SFT_BLOCKS)
+
+    @field_validator("base_model")
+    @classmethod
+    def _base_in_a_stage(cls, base_model: str, info: ValidationInfo) -> str:
+        _not_in_a_stage(base_model, info)
+        return base_model
 
     @model_validator(mode="after")
     def _accelerate_config_exists(self) -> SftParams:
@@ -310,8 +337,10 @@ class JudgeParams(NoSecrets):
                 raise ValueError(f"{name} uses {{{err.args[0]}}}; its fields are {', '.join(fields)}") from None
             except (IndexError, ValueError) as err:
                 raise ValueError(f"{name} is not a template ({err}); write a literal brace as {{{{ or }}}}") from None
-        if self.backend == "hf" and self.model == "tiny":
-            raise ValueError("the hf judge needs a model directory or an HF id: `tiny` cannot follow a rubric")
+        if self.backend == "hf" and self.model == TINY:
+            raise ValueError(
+                "the hf judge needs a model directory or an HF id: the offline `tiny` model cannot follow a rubric"
+            )
         if self.backend != "reference":
             try:
                 self.chat_model()
@@ -496,4 +525,4 @@ class Params(Strict):
 
 
 # Sections that more than one stage reads, injected whole into each of those stages' notebooks.
-SHARED_SECTIONS = {"ingest": ("chroma",), "generate": ("chroma", "tiny"), "sft": ("tiny",), "evaluate": ("chroma",)}
+SHARED_SECTIONS = {"ingest": ("chroma",), "generate": ("chroma",), "evaluate": ("chroma",)}
