@@ -111,3 +111,13 @@ def test_extra_body_fields_reach_the_server_and_are_part_of_the_cache_key(llama_
     # The server reads the field: a value it cannot use is refused, not ignored.
     with pytest.raises(llm.Unavailable, match="repeat_penalty"):
         ask({"repeat_penalty": "strong"})
+
+
+def test_a_local_model_is_found_relative_to_the_workdir_wherever_it_is_asked_from(workdir, tmp_path, monkeypatch):
+    from tunebook.llm.hf import HFModel
+
+    (workdir / "models" / "judge").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path.parent)  # a notebook's kernel runs in notebooks/, not in the workdir
+    spec = TeacherParams(name="judge", backend="hf", model="models/judge")
+    assert HFModel(spec).model_id == str((workdir / "models" / "judge").resolve())
+    assert HFModel(spec.model_copy(update={"model": "org/hub-id"})).model_id == "org/hub-id"

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 
-from tunebook import models
+from tunebook import models, paths
 from tunebook.llm.reply import Reply
 from tunebook.params import TeacherParams
 
@@ -16,7 +16,8 @@ from tunebook.params import TeacherParams
 class HFModel:
     def __init__(self, spec: TeacherParams) -> None:
         self.name = spec.name
-        self.model_id = spec.model
+        # A local directory is relative to the workdir, not to wherever the caller runs (a notebook's folder).
+        self.model_id = paths.model_source(spec.model)
         self.sampling = {"max_tokens": spec.max_new_tokens, "temperature": spec.temperature}
         self._batch_size = spec.batch_size
         self._loaded: models.LoadedModel | None = None
