@@ -1,7 +1,7 @@
 """The generate stage's dataset on disk, which every later stage reads through this module.
 
 A dataset directory holds train/val/test JSONL (TRL's conversational format, one row per question),
-failures.jsonl (the campaign's parse failures) and a card (card.json, and README.md for people).
+parse_failures.jsonl (the campaign's parse failures) and a card (card.json, and README.md for people).
 `read_split` checks every row it reads, so a hand-edited or foreign dataset fails at its bad line.
 """
 
@@ -32,9 +32,9 @@ class Dataset:
 
 
 def write_dataset(dataset: Dataset, out_dir: Path, name: str) -> dict:
-    """Each split as JSONL, failures.jsonl, and a card (card.json + README.md); returns the card."""
+    """Each split as JSONL, parse_failures.jsonl, and a card (card.json + README.md); returns the card."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_atomic(out_dir / "failures.jsonl", jsonl_text(dataset.failures.to_dict("records")))
+    write_atomic(out_dir / "parse_failures.jsonl", jsonl_text(dataset.failures.to_dict("records")))
     hashes = {}
     for split, rows in dataset.splits.items():
         text = jsonl_text(rows)

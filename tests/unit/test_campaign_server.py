@@ -169,6 +169,6 @@ def test_a_teacher_that_writes_no_json_gets_parse_failures_with_ids(llama_server
     assert sorted(table["id"]) == sorted(job.id for job in jobs)  # one per job, named by the job's id
     assert set(table["step"]) == {"questions"} and table["error"].str.len().min() > 0
     write_dataset(dataset, tmp_path / "out", "t")
-    assert len((tmp_path / "out" / "failures.jsonl").read_text().splitlines()) == len(jobs)
+    assert len((tmp_path / "out" / "parse_failures.jsonl").read_text().splitlines()) == len(jobs)
     assert dataset.counts["parse_failures"] == len(jobs) and dataset.counts["kept"] == 0
     assert dataset.teachers.iloc[0]["failure_rate"] == 1.0
