@@ -337,6 +337,9 @@ def _model_hash(base_model: str) -> str:
 
 
 def _training_key(params: SftParams, base_hash: str, data: TrainingData, seed: int) -> str:
+    """What the checkpoints beside it were trained from: the sft params, the base, the dataset and the seed. A
+    resumed run continues its checkpoints only when this matches; otherwise they are deleted and training starts
+    over (the README's Caches table)."""
     identity = {"params": params.model_dump(), "base": base_hash, "data": data.data_hash, "seed": seed}
     return sha256_text(json.dumps(identity, sort_keys=True))
 
