@@ -138,7 +138,10 @@ def run_key(params: Params) -> str | None:
 def resolve(params: Params, progress: bool = True) -> Path:
     """Build (or reuse) the tiny model from the run's chunks and params.tiny, and link the run's model
     directory to it; returns the build's directory."""
-    chunks = read_chunks(_chunks_file(params.run.id))
+    chunks_file = _chunks_file(params.run.id)
+    if not chunks_file.is_file():
+        raise ValueError(f"it is trained on the run's chunks, and the ingest stage wrote none ({chunks_file})")
+    chunks = read_chunks(chunks_file)
     model_dir = build_tiny([chunk.text for chunk in chunks], paths.models_dir(), params.tiny, progress)
     link = run_model_dir(params.run.id)
     target = os.path.relpath(model_dir, link.parent)  # relative: the workdir may move

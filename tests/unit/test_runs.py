@@ -74,6 +74,7 @@ def stage_notebooks(tmp_path, monkeypatch) -> Path:
     for stage in paths.STAGES:
         write_notebook(directory / f"{stage}.ipynb", f"print('{stage} done')")
     monkeypatch.setattr(paths, "notebook_path", lambda stage: directory / f"{stage}.ipynb")
+    monkeypatch.setattr(runner, "_resolve_tiny", lambda *args: None)  # no stub loads a model: no tiny to build
     return directory
 
 

@@ -100,3 +100,9 @@ def test_a_tiny_model_that_cannot_be_built_stops_the_run_in_one_line():
     with pytest.raises(runner.RunError) as failed:
         runner._resolve_tiny(params, "sft", progress=False)
     assert str(failed.value).startswith("stage sft needs the tiny model, which cannot be built: the corpus has")
+
+
+def test_a_run_whose_ingest_wrote_no_chunks_stops_in_one_line(workdir):
+    params = load_params(CI, SMALL)
+    with pytest.raises(runner.RunError, match=r"^stage generate needs the tiny model, which cannot be built: it is "):
+        runner._resolve_tiny(params, "generate", progress=False)
