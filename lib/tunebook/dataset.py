@@ -29,6 +29,7 @@ class Dataset:
     failures: pd.DataFrame  # every parse failure, with the id of its job or sample
     recipe: dict  # what made it, recorded in the card: filters, the chat teachers' prompts, extractive templates
     decontamination: dict = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)  # e.g. thin data: shown in the card and the SFT report
 
 
 def write_dataset(dataset: Dataset, out_dir: Path, name: str) -> dict:
@@ -51,6 +52,7 @@ def write_dataset(dataset: Dataset, out_dir: Path, name: str) -> dict:
         "split_hashes": hashes,
         "dataset_hash": sha256_text("".join(hashes[split] for split in SPLITS)),
         "format": "TRL conversational: {'messages': [{'role', 'content'}, ...]}",
+        "warnings": dataset.warnings,
     }
     write_atomic(out_dir / "card.json", json.dumps(card, indent=2, sort_keys=True, default=str) + "\n")
     write_atomic(out_dir / "README.md", _card_markdown(card))
@@ -98,6 +100,7 @@ def _card_markdown(card: dict) -> str:
         "",
         f"Format: {card['format']}. Dataset hash: `{card['dataset_hash']}`.",
         "",
+        *(f"**Warning:** {warning}\n" for warning in card["warnings"]),
         f'Load it with `datasets.load_dataset("json", data_files={{{files}}})`.',
         "",
         "| split | rows |",

@@ -43,6 +43,10 @@ def inputs(run_id: str, params: EvaluateParams, store: ChromaParams) -> Evaluati
     """This run's test split (and benchmark file), retrieval from its collection, and its train split."""
     dataset_dir = paths.stage_dir(run_id, "generate")
     items = test_items(dataset.read_split(dataset_dir, "test"), params)
+    if items.empty:  # a dataset written before every split was given rows, or edited by hand
+        raise ValueError(
+            f"nothing to evaluate: {dataset_dir / 'test.jsonl'} is empty and evaluate.benchmark_file unset"
+        )
     ingest_dir = paths.stage_dir(run_id, "ingest")
     retrieved = None
     if "rag" in params.conditions:

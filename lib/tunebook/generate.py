@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -36,6 +37,10 @@ from tunebook.params import GenerateParams, PromptParams, TeacherParams
 from tunebook.teachers import extractive
 
 CAMPAIGN_LOG = "campaign.jsonl"
+
+
+class DatasetError(ValueError):
+    """Rows that cannot make a dataset every later stage can use; the message is the one line to show."""
 
 
 class CampaignError(RuntimeError):
@@ -366,16 +371,40 @@ def build_dataset(records: list[dict], chunks: list[Chunk], params: GeneratePara
     removed["capped"] = rows[params.max_samples :]
     rows = rows[: params.max_samples]
     counts["capped_removed"] = len(removed["capped"])
+    if len(rows) < (needed := rows_needed(params)):
+        filtered = counts["generated"] - len(rows)
+        raise DatasetError(
+            f"{len(rows)} rows: too few for train/val/test (need at least {needed} with val_fraction "
+            f"{params.val_fraction:g} and test_fraction {params.test_fraction:g}): add documents or teachers, or "
+            f"loosen generate.filters (they removed {filtered} of {counts['generated']} generated rows)"
+        )
     splits = split_rows(rows, params.val_fraction, params.test_fraction)
     splits, removed["contaminated"], report = quality.decontaminate(splits, filters.decontamination_ngram)
     counts["contaminated_removed"] = len(removed["contaminated"])
+    if not splits["train"]:
+        raise DatasetError(
+            f"{len(rows)} rows: every train row shares a {filters.decontamination_ngram}-gram with val or test, "
+            "so none is left to train on: add documents or teachers, or raise generate.filters.decontamination_ngram"
+        )
     counts["kept"] = sum(len(rs) for rs in splits.values())
     recipe = {
         "filters": filters.model_dump(),
         "prompts": params.prompts.model_dump(),
         "extractive_templates": extractive.TEMPLATES,
     }
-    return Dataset(splits, counts, removed, teacher_table(records, splits, params), failures(records), recipe, report)
+    warnings = [thin_data_warning(len(splits["train"]), params.min_train_rows)] if splits["train"] else []
+    table = teacher_table(records, splits, params)
+    return Dataset(splits, counts, removed, table, failures(records), recipe, report, [w for w in warnings if w])
+
+
+def thin_data_warning(train_rows: int, min_train_rows: int) -> str | None:
+    """One line when train is thinner than generate.min_train_rows: the card and the SFT report show it."""
+    if train_rows >= min_train_rows:
+        return None
+    return (
+        f"train has {train_rows} rows, fewer than generate.min_train_rows ({min_train_rows}): a fine-tune on so "
+        "little data mostly learns its answers by heart; add documents or teachers"
+    )
 
 
 def teacher_table(records: list[dict], splits: dict[str, list[dict]], params: GenerateParams) -> pd.DataFrame:
@@ -418,10 +447,24 @@ def _dedupe(rows: list[dict]) -> tuple[list[dict], list[dict]]:
 
 
 def split_rows(rows: list[dict], val_fraction: float, test_fraction: float) -> dict[str, list[dict]]:
-    """Split by a hash of the question, so a row's split never changes when the corpus grows."""
+    """Split by a hash of the question, so a row's split never changes when the corpus grows. In a small
+    dataset a held-out split with a share that the hash left empty takes the train row placed nearest its range
+    (the lowest hash), so that evaluation never meets an empty split."""
     splits: dict[str, list[dict]] = {name: [] for name in SPLITS}
     for row in rows:
         position = hash_fraction(row["id"])
         name = "test" if position < test_fraction else "val" if position < test_fraction + val_fraction else "train"
         splits[name].append(row)
+    for name, fraction in (("test", test_fraction), ("val", val_fraction)):
+        if fraction > 0 and not splits[name] and len(splits["train"]) > 1:
+            nearest = min(splits["train"], key=lambda row: hash_fraction(row["id"]))
+            splits["train"].remove(nearest)
+            splits[name].append(nearest)
     return splits
+
+
+def rows_needed(params: GenerateParams) -> int:
+    """The fewest rows that give every split with a share at least one row: one train row, and enough rows for
+    the smallest held-out share to make one."""
+    held_out = [f for f in (params.val_fraction, params.test_fraction) if f > 0]
+    return max(1 + len(held_out), *(math.ceil(1 / f - 1e-9) for f in held_out))

@@ -9,7 +9,7 @@ import shutil
 import subprocess
 import sys
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -152,6 +152,7 @@ class TrainingData:
     # Where it came from, so that worker processes of a data-parallel run can build it again.
     dataset_dir: Path
     chunks: list[Chunk]
+    warnings: list[str] = field(default_factory=list)  # the dataset card's, e.g. thin data, for the SFT report
 
 
 def training_data(params: SftParams, dataset_dir: Path, chunks: list[Chunk]) -> TrainingData:
@@ -162,8 +163,9 @@ def training_data(params: SftParams, dataset_dir: Path, chunks: list[Chunk]) -> 
             split: Dataset.from_list([{"messages": row["messages"]} for row in read_split(dataset_dir, split)])
             for split in ("train", "val")
         }
-        data_hash = read_card(dataset_dir)["dataset_hash"]
-        return TrainingData(splits["train"], splits["val"], data_hash, dataset_dir, chunks)
+        card = read_card(dataset_dir)
+        warnings = card.get("warnings", [])  # a card written before cards had warnings has none
+        return TrainingData(splits["train"], splits["val"], card["dataset_hash"], dataset_dir, chunks, warnings)
     held_out = [int(sha256_text(chunk.id)[:8], 16) % 20 == 0 for chunk in chunks]
     train = [{"text": c.text} for c, out in zip(chunks, held_out, strict=True) if not out]
     val = [{"text": c.text} for c, out in zip(chunks, held_out, strict=True) if out]

@@ -221,3 +221,11 @@ def test_the_same_evaluation_reuses_its_greedy_answers_and_changed_weights_do_no
         calls.clear()
         evaluate.evaluate_models(items, params, "t", progress=False)
         assert calls == ["base", "sft"]
+
+
+def test_an_empty_test_split_stops_evaluate_in_one_line(workdir):
+    generated = workdir / "data" / "runs" / "r" / "generate"
+    generated.mkdir(parents=True)
+    (generated / "test.jsonl").write_text("")
+    with pytest.raises(ValueError, match=r"^nothing to evaluate: .*test.jsonl is empty and evaluate.benchmark_file"):
+        evaluate.inputs("r", EvaluateParams(conditions=["closed_book"]), None)

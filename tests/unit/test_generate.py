@@ -183,6 +183,58 @@ def test_split_is_deterministic_and_stable_when_rows_are_added():
     assert {r["id"] for r in splits["test"]} <= {r["id"] for r in more["test"]}
 
 
+@pytest.mark.parametrize("n", [10, 11, 12, 15, 20])
+def test_every_split_gets_a_row_once_there_are_enough(n):
+    # Rows the hash would all place outside test (and all but one outside val): the case of a small dataset.
+    ids = (f"{i:016x}"[::-1] for i in range(10_000))
+    outside = [i for i in ids if generate.hash_fraction(i) >= 0.1]
+    in_val = next(i for i in outside if generate.hash_fraction(i) < 0.2)
+    rows = [{"id": i} for i in [in_val, *[i for i in outside if generate.hash_fraction(i) >= 0.2][: n - 1]]]
+    assert generate.rows_needed(extractive_only()) == 10
+    splits = generate.split_rows(rows, 0.1, 0.1)
+    assert all(splits[name] for name in SPLITS) and sum(len(s) for s in splits.values()) == n
+    # What the hash held out stays held out: only a split the hash left empty takes a train row.
+    placed = {row["id"]: name for name, rs in splits.items() for row in rs}
+    for row in rows:
+        position = generate.hash_fraction(row["id"])
+        assert position >= 0.2 or placed[row["id"]] == ("test" if position < 0.1 else "val")
+
+
+def test_a_held_out_split_the_hash_left_empty_takes_the_nearest_train_row():
+    rows = [{"id": f"{i:016x}"[::-1]} for i in range(12)]
+    lowest = min(rows, key=lambda row: generate.hash_fraction(row["id"]))
+    splits = generate.split_rows(rows, 0.0, 0.001)
+    assert splits["test"] == [lowest] and len(splits["train"]) == 11
+    assert not splits["val"]  # val has no share: it stays empty
+    assert generate.rows_needed(extractive_only(val_fraction=0.0, test_fraction=0.25)) == 4
+
+
+def test_too_few_rows_stop_the_stage_in_one_line_and_write_nothing(tmp_path):
+    chunks = [chunk(DOC)]
+    params = extractive_only()
+    campaign = run(generate.plan_jobs(chunks, params), params, tmp_path / "out")
+    rows = sum(len(r["samples"]) for r in campaign.records)
+    assert 0 < rows < 10
+    with pytest.raises(generate.DatasetError) as stopped:
+        generate.build_dataset(campaign.records, chunks, params)
+    assert str(stopped.value).startswith(f"{rows} rows: too few for train/val/test (need at least 10 with ")
+    assert "add documents or teachers, or loosen generate.filters" in str(stopped.value)
+    assert "\n" not in str(stopped.value) and not (tmp_path / "out" / "train.jsonl").exists()
+
+
+def test_thin_train_data_is_flagged_in_the_card(tmp_path):
+    chunks = stdlib_chunks(tmp_path)
+    params = extractive_only(val_fraction=0.2, test_fraction=0.2, min_train_rows=10_000)
+    campaign = run(generate.plan_jobs(chunks, params), params, tmp_path / "out")
+    dataset = generate.build_dataset(campaign.records, chunks, params)
+    card = write_dataset(dataset, tmp_path / "out", "t")
+    [warning] = card["warnings"]
+    assert warning.startswith(f"train has {card['splits']['train']} rows, fewer than generate.min_train_rows (10000)")
+    assert f"**Warning:** {warning}" in (tmp_path / "out" / "README.md").read_text()
+    enough = generate.build_dataset(campaign.records, chunks, params.model_copy(update={"min_train_rows": 1}))
+    assert enough.warnings == []
+
+
 def test_unreachable_endpoint_falls_back_or_stops_resumably(tmp_path):
     chunks = stdlib_chunks(tmp_path, ("bisect",))
     down = {"name": "down", "backend": "openai", "model": "m", "base_url": "http://127.0.0.1:9/v1"}
@@ -199,3 +251,14 @@ def test_unreachable_endpoint_falls_back_or_stops_resumably(tmp_path):
     with pytest.raises(generate.CampaignError, match=r"'down': http://127.0.0.1:9/v1 failed after 2 tries"):
         run(generate.plan_jobs(chunks, alone), alone, tmp_path / "b")
     assert (tmp_path / "b" / generate.CAMPAIGN_LOG).read_text() == ""  # resumable, nothing half-written
+
+
+def test_the_sft_stage_reads_the_cards_warnings_for_its_report(tmp_path):
+    from tunebook.params import SftParams
+    from tunebook.sft import training_data
+
+    chunks = stdlib_chunks(tmp_path)
+    params = extractive_only(val_fraction=0.2, test_fraction=0.2, min_train_rows=10_000)
+    campaign = run(generate.plan_jobs(chunks, params), params, tmp_path / "out")
+    card = write_dataset(generate.build_dataset(campaign.records, chunks, params), tmp_path / "out", "t")
+    assert training_data(SftParams(), tmp_path / "out", chunks).warnings == card["warnings"] != []

@@ -201,6 +201,7 @@ class GenerateParams(Strict):
     extractive_answer_chars: int = Field(300, ge=20)  # longest answer the extractive teacher lifts from a chunk
     val_fraction: float = Field(0.1, ge=0, lt=0.5)
     test_fraction: float = Field(0.1, gt=0, lt=0.5)
+    min_train_rows: int = Field(100, ge=0)  # fewer train rows than this: the card and the SFT report warn
 
     @model_validator(mode="after")
     def _teacher_names(self) -> GenerateParams:
