@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import tempfile
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from functools import cache
 from pathlib import Path
@@ -93,17 +94,29 @@ def numbered_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
             yield number, record
 
 
-def corpus_files(corpus_dir: Path, extensions: Iterable[str]) -> list[Path]:
-    """The files under `corpus_dir` with one of `extensions` (any case, dot optional), sorted."""
-    wanted = {"." + ext.lower().lstrip(".") for ext in extensions}
+def corpus_files(corpus_dir: Path, extensions: Iterable[str] | None = None) -> list[Path]:
+    """The files under `corpus_dir` with one of `extensions` (any case, dot optional; None: any), sorted."""
+    wanted = None if extensions is None else {"." + ext.lower().lstrip(".") for ext in extensions}
     # Hidden paths hold editor and notebook copies (.ipynb_checkpoints) that would duplicate documents.
     return sorted(
         path
         for path in corpus_dir.rglob("*")
         if path.is_file()
-        and path.suffix.lower() in wanted
+        and (wanted is None or path.suffix.lower() in wanted)
         and not any(part.startswith(".") for part in path.relative_to(corpus_dir).parts)
     )
+
+
+def ignored_extensions(corpus_dir: Path, extensions: Iterable[str]) -> dict[str, int]:
+    """How many files under `corpus_dir` each extension not in `extensions` has ("(none)": no extension)."""
+    wanted = {"." + ext.lower().lstrip(".") for ext in extensions}
+    counts = Counter(path.suffix.lower() or "(none)" for path in corpus_files(corpus_dir))
+    return {ext: n for ext, n in sorted(counts.items()) if ext not in wanted}
+
+
+def describe_counts(counts: dict[str, int]) -> str:
+    """{'.docx': 3, '.bin': 1} as '3 .docx, 1 .bin'."""
+    return ", ".join(f"{n} {ext}" for ext, n in sorted(counts.items(), key=lambda item: (-item[1], item[0])))
 
 
 def sha256_text(text: str) -> str:

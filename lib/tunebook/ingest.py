@@ -20,7 +20,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from tunebook import paths
-from tunebook.files import corpus_files, jsonl_text, write_atomic
+from tunebook.files import corpus_files, describe_counts, ignored_extensions, jsonl_text, write_atomic
 
 if TYPE_CHECKING:
     from chromadb import Collection
@@ -128,16 +128,19 @@ def _write_if_changed(path: Path, text: str) -> None:
 def read_documents(corpus_dir: Path, extensions: list[str]) -> tuple[list[Document], list[tuple[str, str]]]:
     """Read every file under `corpus_dir` with one of `extensions`, sorted by path.
 
-    Unreadable files (binary, not UTF-8, broken PDF, empty) are skipped with a warning and returned as
-    (source, reason) so the report can show them; files with other extensions are ignored silently. A
-    corpus without a readable document is a ValueError naming the directory, raised before any output.
+    Unreadable files (binary, not UTF-8, broken PDF, a PDF without a text layer, empty) are skipped with a
+    warning and returned as (source, reason) so the report can show them; files with other extensions are
+    left out and counted by `ignored_files`. A corpus without a readable document is a ValueError naming the
+    directory, raised before any output.
     """
     wanted = sorted({_normalize_extension(ext) for ext in extensions})
     if not corpus_dir.is_dir():
         raise FileNotFoundError(f"corpus directory not found: {corpus_dir}")
     files = corpus_files(corpus_dir, wanted)
     if not files:
-        raise ValueError(f"{corpus_dir}: no corpus files (none with the extensions {', '.join(wanted)})")
+        ignored = ignored_extensions(corpus_dir, wanted)
+        found = f"; it has {describe_counts(ignored)}" if ignored else ""
+        raise ValueError(f"{corpus_dir}: no corpus files (none with the extensions {', '.join(wanted)}{found})")
     docs, skipped = [], []
     for path in files:
         source = path.relative_to(corpus_dir).as_posix()
@@ -155,6 +158,19 @@ def read_documents(corpus_dir: Path, extensions: list[str]) -> tuple[list[Docume
             f"{corpus_dir}: no readable documents: all {len(skipped)} files were skipped ({source}: {reason})"
         )
     return docs, skipped
+
+
+def ignored_files(corpus_dir: Path, extensions: list[str]) -> dict[str, int]:
+    """The files under corpus_dir that ingest leaves out by extension, counted per extension."""
+    return ignored_extensions(corpus_dir, [_normalize_extension(ext) for ext in extensions])
+
+
+def file_table(documents: list[Document], skipped: list[tuple[str, str]], ignored: dict[str, int]) -> list[dict]:
+    """Every file found under the corpus directory, accounted for: ingested, skipped (with why) or ignored."""
+    rows = [{"status": "ingested", "files": len(documents), "detail": ""}]
+    rows += [{"status": "skipped", "files": 1, "detail": f"{source}: {reason}"} for source, reason in skipped]
+    rows += [{"status": "ignored", "files": n, "detail": f"extension {ext}"} for ext, n in ignored.items()]
+    return rows
 
 
 def _normalize_extension(ext: str) -> str:
@@ -187,7 +203,10 @@ def _read_pdf(path: Path) -> tuple[str, str | None]:
         pages = [page.extract_text() or "" for page in PdfReader(path).pages]
     except Exception as err:  # pypdf raises many exception types on malformed input; any means "unreadable"
         return "", f"unreadable PDF ({type(err).__name__}: {err})"
-    return "\n\n".join(page.strip() for page in pages), None
+    text = "\n\n".join(page.strip() for page in pages)
+    if pages and not text.strip():
+        return "", f"no text layer in its {len(pages)} pages (a scanned PDF?): OCR it first"
+    return text, None
 
 
 _HTML_BLOCKS = [

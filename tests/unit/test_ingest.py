@@ -11,12 +11,15 @@ from pathlib import Path
 
 import pytest
 from chromadb.api.shared_system_client import SharedSystemClient
+from pypdf import PdfWriter
 
 from tunebook.ingest import (
     EMBEDDED_MODEL,
     Document,
     chunk_documents,
     chunk_hash,
+    file_table,
+    ignored_files,
     index_chunks,
     open_collection,
     read_chunks,
@@ -113,7 +116,14 @@ def test_unreadable_files_are_skipped_with_a_reason(tmp_path: Path) -> None:
     (corpus / "latin1.md").write_bytes("# Café\n\nCrème brûlée".encode("latin-1"))
     (corpus / "broken.pdf").write_bytes(b"%PDF-1.4\nthis is not a pdf body")
     (corpus / "empty.md").write_text("  \n\n")
-    (corpus / "photo.png").write_bytes(b"\x89PNG\r\n")  # other extensions are not corpus files
+    scanned = PdfWriter()  # pages of pictures only: no text layer
+    scanned.add_blank_page(width=595, height=842)
+    scanned.add_blank_page(width=595, height=842)
+    scanned.write(corpus / "scanned.pdf")
+    (corpus / "photo.png").write_bytes(b"\x89PNG\r\n")  # other extensions are not corpus files, but counted
+    (corpus / "minutes.docx").write_bytes(b"PK\x03\x04")
+    (corpus / "sub" / "notes.DOCX").write_bytes(b"PK\x03\x04")
+    (corpus / "Makefile").write_text("all:\n")
     (corpus / ".ipynb_checkpoints").mkdir()  # nor are hidden notebook copies
     shutil.copy(corpus / "kettle_guide.md", corpus / ".ipynb_checkpoints" / "kettle_guide-checkpoint.md")
 
@@ -122,12 +132,20 @@ def test_unreadable_files_are_skipped_with_a_reason(tmp_path: Path) -> None:
 
     assert [doc.source for doc in docs] == FIXTURE_SOURCES
     reasons = dict(skipped)
-    assert sorted(reasons) == ["broken.pdf", "empty.md", "latin1.md", "sub/blob.txt"]
+    assert sorted(reasons) == ["broken.pdf", "empty.md", "latin1.md", "scanned.pdf", "sub/blob.txt"]
+    assert reasons["scanned.pdf"] == "no text layer in its 2 pages (a scanned PDF?): OCR it first"
     assert reasons["sub/blob.txt"] == "binary file (contains NUL bytes)"
     assert reasons["latin1.md"].startswith("not UTF-8 text (invalid continuation byte at byte")
     assert reasons["broken.pdf"].startswith("unreadable PDF (")
     assert reasons["empty.md"] == "empty"
     assert [str(warning.message) for warning in warned] == [f"skipping {s}: {r}" for s, r in skipped]
+
+    # Every file found is accounted for: ingested, skipped with its reason, or ignored for its extension.
+    ignored = ignored_files(corpus, ["md", ".TXT", ".html", ".pdf"])
+    assert ignored == {"(none)": 1, ".docx": 2, ".png": 1}
+    table = file_table(docs, skipped, ignored)
+    assert sum(row["files"] for row in table) == len(FIXTURE_SOURCES) + 5 + 4
+    assert {row["status"] for row in table} == {"ingested", "skipped", "ignored"}
 
 
 def test_a_corpus_of_unreadable_files_is_an_error_naming_the_directory(tmp_path: Path) -> None:
@@ -141,11 +159,12 @@ def test_a_corpus_of_unreadable_files_is_an_error_naming_the_directory(tmp_path:
     )
 
 
-def test_a_corpus_without_corpus_files_is_an_error_naming_the_directory(tmp_path: Path) -> None:
+def test_a_corpus_without_corpus_files_is_an_error_naming_the_directory_and_what_it_has(tmp_path: Path) -> None:
     (tmp_path / "photo.png").write_bytes(b"\x89PNG\r\n")
-    with pytest.raises(
-        ValueError, match=rf"^{re.escape(str(tmp_path))}: no corpus files \(none with the extensions \.md, \.txt\)$"
-    ):
+    for name in ("a.docx", "b.docx"):
+        (tmp_path / name).write_bytes(b"PK\x03\x04")
+    none_with = r"no corpus files \(none with the extensions \.md, \.txt; it has 2 \.docx, 1 \.png\)$"
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(tmp_path))}: {none_with}"):
         read_documents(tmp_path, ["txt", ".md"])
 
 

@@ -110,7 +110,8 @@ def test_a_corpus_without_corpus_files_is_refused_up_front(tmp_path, capsys):
     path = write(tmp_path, f"ingest:\n  corpus_dir: {corpus}\n  extensions: [.md, txt]\n")
     assert main(["plan", str(path)]) == 2
     err = capsys.readouterr().err.strip()
-    assert err == f"tunebook: {path}: ingest.corpus_dir: no files with the extensions .md, txt in {corpus}"
+    no_files = f"ingest.corpus_dir: no files with the extensions .md, txt in {corpus} (it has 1 .png)"
+    assert err == f"tunebook: {path}: {no_files}"
     (corpus / "notes.TXT").write_text("a document\n")
     assert load_params(path).ingest.corpus_dir == str(corpus)
 

@@ -15,7 +15,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from tunebook import paths, recipe
-from tunebook.files import corpus_files
+from tunebook.files import corpus_files, describe_counts, ignored_extensions
 from tunebook.params.blocks import MOVED
 from tunebook.params.safety import holds_secret, model_dir_problem
 from tunebook.params.schema import IN_STAGE, SHARED_SECTIONS, Params, error_message
@@ -226,7 +226,9 @@ def _check_corpus(params: Params, path: Path) -> None:
         raise ParamsError(f"{path}: ingest.corpus_dir: no such directory: {corpus}")
     elif not corpus_files(corpus, params.ingest.extensions):
         extensions = ", ".join(params.ingest.extensions)
-        raise ParamsError(f"{path}: ingest.corpus_dir: no files with the extensions {extensions} in {corpus}")
+        ignored = ignored_extensions(corpus, params.ingest.extensions)
+        found = f" (it has {describe_counts(ignored)})" if ignored else ""
+        raise ParamsError(f"{path}: ingest.corpus_dir: no files with the extensions {extensions} in {corpus}{found}")
 
 
 def _transformers_models(params: Params) -> list[tuple[str, str]]:
