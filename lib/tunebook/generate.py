@@ -377,6 +377,7 @@ def build_dataset(records: list[dict], chunks: list[Chunk], params: GeneratePara
             f"{len(rows)} rows: too few for train/val/test (need at least {needed} with val_fraction "
             f"{params.val_fraction:g} and test_fraction {params.test_fraction:g}): add documents or teachers, or "
             f"loosen generate.filters (they removed {filtered} of {counts['generated']} generated rows)"
+            + _parse_failures_hint(records)
         )
     splits = split_rows(rows, params.val_fraction, params.test_fraction)
     splits, removed["contaminated"], report = quality.decontaminate(splits, filters.decontamination_ngram)
@@ -395,6 +396,14 @@ def build_dataset(records: list[dict], chunks: list[Chunk], params: GeneratePara
     warnings = [thin_data_warning(len(splits["train"]), params.min_train_rows)] if splits["train"] else []
     table = teacher_table(records, splits, params)
     return Dataset(splits, counts, removed, table, failures(records), recipe, report, [w for w in warnings if w])
+
+
+def _parse_failures_hint(records: list[dict]) -> str:
+    """Where the rows went when teachers' replies did not parse, for the one-line error."""
+    errors = [failure["error"] for record in records for failure in record["failures"]]
+    if not errors:
+        return ""
+    return f"; {len(errors)} teacher replies failed to parse (first: {errors[0]}), each recorded in {CAMPAIGN_LOG}"
 
 
 def thin_data_warning(train_rows: int, min_train_rows: int) -> str | None:

@@ -14,10 +14,10 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+import pytest
 from test_generate import stdlib_chunks
 
 from tunebook import generate, ingest
-from tunebook.dataset import write_dataset
 from tunebook.files import read_complete_lines
 from tunebook.params import GenerateParams
 
@@ -25,6 +25,8 @@ from tunebook.params import GenerateParams
 CAMPAIGN_SCRIPT = """
 import json, sys
 from pathlib import Path
+
+import pytest
 from tunebook import generate
 from tunebook.ingest import Chunk
 from tunebook.params import GenerateParams
@@ -164,11 +166,13 @@ def test_a_teacher_that_writes_no_json_gets_parse_failures_with_ids(llama_server
     jobs = generate.plan_jobs(chunks, params, collection)
     assert all(len(job.context) == 2 and job.chunk not in job.context for job in jobs)
     campaign = generate.run_campaign(jobs, params, tmp_path / "out", progress=False)
-    dataset = generate.build_dataset(campaign.records, chunks, params)
-    table = dataset.failures
+    table = generate.failures(campaign.records)
     assert sorted(table["id"]) == sorted(job.id for job in jobs)  # one per job, named by the job's id
     assert set(table["step"]) == {"questions"} and table["error"].str.len().min() > 0
-    write_dataset(dataset, tmp_path / "out", "t")
-    assert len((tmp_path / "out" / "parse_failures.jsonl").read_text().splitlines()) == len(jobs)
-    assert dataset.counts["parse_failures"] == len(jobs) and dataset.counts["kept"] == 0
-    assert dataset.teachers.iloc[0]["failure_rate"] == 1.0
+    assert generate.teacher_table(campaign.records, {}, params).iloc[0]["failure_rate"] == 1.0
+    # No row to split: the stage stops in one line that says where the replies went.
+    with pytest.raises(generate.DatasetError) as stopped:
+        generate.build_dataset(campaign.records, chunks, params)
+    assert str(stopped.value).startswith("0 rows: too few for train/val/test")
+    assert f"; {len(jobs)} teacher replies failed to parse (first: " in str(stopped.value)
+    assert str(stopped.value).endswith("each recorded in campaign.jsonl")
