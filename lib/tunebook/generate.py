@@ -101,6 +101,7 @@ def plan_jobs(chunks: list[Chunk], params: GenerateParams, collection=None) -> l
             "prompts": params.prompts.model_dump(),
             "questions_per_chunk": params.questions_per_chunk,
             "extractive_answer_chars": params.extractive_answer_chars,
+            "extractive_templates": extractive.TEMPLATES,  # what the extractive teacher asks, as it asks it
         }
         job_id = sha256_text(json.dumps(decided_by, sort_keys=True))[:16]
         jobs.append(Job(job_id, index, chunk, name, context))
@@ -181,7 +182,7 @@ async def _ask(pool: llm.Pool, spec: TeacherParams, job: Job, params: GeneratePa
     """One teacher's samples and parse failures for one chunk."""
     name, tally = spec.name, Counter()
     if spec.backend == "extractive":
-        pairs = extractive.ask(job.chunk.text, params.extractive_answer_chars)
+        pairs = _extractive(job.chunk, params)
         samples = [_row(qa.question, qa.answer, qa.template, name, job) for qa in pairs]
         return {"teacher": name, "samples": samples, "failures": [], "requests": 0, "cache_hits": 0}
     fields = {
@@ -192,7 +193,7 @@ async def _ask(pool: llm.Pool, spec: TeacherParams, job: Job, params: GeneratePa
     }
     samples, failures = [], []
     if spec.questions == "extractive":
-        questions = [qa.question for qa in extractive.ask(job.chunk.text, params.extractive_answer_chars)]
+        questions = [qa.question for qa in _extractive(job.chunk, params)]
     else:
         questions = await _write_questions(pool, name, job, params, fields, tally, failures)
     for question in questions:
@@ -210,6 +211,13 @@ async def _ask(pool: llm.Pool, spec: TeacherParams, job: Job, params: GeneratePa
         else:
             samples.append(_row(question, reply.text.strip(), f"{spec.questions}-question", name, job))
     return {"teacher": name, "samples": samples, "failures": failures, **tally}
+
+
+def _extractive(chunk: Chunk, params: GenerateParams) -> list[extractive.QA]:
+    """The extractive teacher's questions about a chunk; one under no heading of its document (a plain-text or
+    PDF page) gets continuation questions that name its file."""
+    document = None if chunk.heading else Path(chunk.source).name
+    return extractive.ask(chunk.text, params.extractive_answer_chars, document)
 
 
 def _answer_error(reply: llm.Reply, max_new_tokens: int) -> str | None:

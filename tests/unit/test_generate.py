@@ -262,3 +262,40 @@ def test_the_sft_stage_reads_the_cards_warnings_for_its_report(tmp_path):
     campaign = run(generate.plan_jobs(chunks, params), params, tmp_path / "out")
     card = write_dataset(generate.build_dataset(campaign.records, chunks, params), tmp_path / "out", "t")
     assert training_data(SftParams(), tmp_path / "out", chunks).warnings == card["warnings"] != []
+
+
+NOTICE = """Field notes from the greenhouse trial.
+
+The tomato plants in bay four were watered with the drip system at 400 ml per
+plant per day. Leaf curl appeared on six plants after the heat wave.
+
+Short line.
+
+We moved the shade cloth to the south side and raised the misting interval to every twenty minutes.
+"""
+
+
+def test_unheaded_text_gets_continuation_questions_grounded_in_it():
+    pairs = extractive.ask(NOTICE, 300, document="notes.txt")
+    assert [qa.template for qa in pairs] == ["continuation", "continuation"]
+    first = pairs[0]
+    assert first.question == 'In notes.txt, how does the sentence that begins "The tomato plants in bay four" go on?'
+    assert first.answer == "were watered with the drip system at 400 ml per plant per day."
+    assert all(qa.answer in " ".join(NOTICE.split()) for qa in pairs)  # verbatim, white space folded
+    assert extractive.ask(NOTICE, 300) == []  # text under a heading of its document gets none
+
+
+def test_plain_text_and_pdf_pages_give_rows_through_the_campaign(tmp_path):
+    corpus = Path(__file__).parents[1] / "fixtures" / "corpus"
+    documents, _ = ingest.read_documents(corpus, [".txt", ".pdf"])
+    chunks = ingest.chunk_documents(documents, 900, 150)
+    assert {c.source for c in chunks} == {"field_notes.txt", "lighthouse_log.pdf"} and not any(
+        c.heading for c in chunks
+    )
+    params = extractive_only()
+    campaign = run(generate.plan_jobs(chunks, params), params, tmp_path / "out")
+    rows = [row for record in campaign.records for row in record["samples"]]
+    assert {row["source"] for row in rows} == {"field_notes.txt", "lighthouse_log.pdf"}
+    assert {row["template"] for row in rows} == {"continuation"}
+    sources = {c.id: " ".join(c.text.split()) for c in chunks}
+    assert all(row["messages"][1]["content"] in sources[row["chunk_id"]] for row in rows)

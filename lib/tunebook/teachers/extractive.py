@@ -2,8 +2,10 @@
 
 Questions come from the structure of the documents: a heading that names an API gives "what does X do"
 (answered by the first sentence of its section) and "what is the signature of X" (answered by the
-signature line in its code block); any other heading gives a question about that topic. Every answer
-is a verbatim span of the chunk, so the data is grounded by construction.
+signature line in its code block); any other heading gives a question about that topic. Text under no
+heading at all (a plain-text notice, a PDF page) gives, per paragraph, the opening words of a sentence to
+continue, answered by the rest of it. Every answer is a verbatim span of the chunk (white space folded),
+so the data is grounded by construction.
 """
 
 from __future__ import annotations
@@ -15,7 +17,9 @@ TEMPLATES = {
     "purpose": "What does `{name}` do?",
     "signature": "What is the signature of `{name}`?",
     "topic": "What does the documentation say about {name}?",
+    "continuation": 'In {document}, how does the sentence that begins "{opening}" go on?',
 }
+OPENING_WORDS = 6  # the words of a sentence a continuation question shows; the rest is its answer
 
 _HEADING = re.compile(r"^#{1,6}[ \t]+(.+?)[ \t]*$", re.MULTILINE)
 _FENCE = re.compile(r"```[^\n]*\n(.*?)```", re.DOTALL)
@@ -30,9 +34,13 @@ class QA:
     template: str
 
 
-def ask(text: str, max_answer_chars: int) -> list[QA]:
-    """All questions the teacher can ask about one chunk's text."""
+def ask(text: str, max_answer_chars: int, document: str | None = None) -> list[QA]:
+    """All questions the teacher can ask about one chunk's text. `document` names the file of a chunk that no
+    heading of its document stands above, whose text before its first heading then gives continuations."""
     pairs = []
+    if document is not None:
+        preamble = text[: m.start()] if (m := _HEADING.search(text)) else text
+        pairs += _continuations(preamble, document, max_answer_chars)
     for heading, body in _sections(text):
         name = heading.strip("` ")
         sentence = _first_sentence(body, max_answer_chars)
@@ -45,6 +53,21 @@ def ask(text: str, max_answer_chars: int) -> list[QA]:
                 pairs.append(QA(TEMPLATES["purpose"].format(name=name), sentence, "purpose"))
         elif sentence:
             pairs.append(QA(TEMPLATES["topic"].format(name=name), sentence, "topic"))
+    return pairs
+
+
+def _continuations(text: str, document: str, max_answer_chars: int) -> list[QA]:
+    """Per paragraph, its first sentence long enough to continue: its opening words asked, the rest answered."""
+    pairs = []
+    for paragraph in re.split(r"\n\s*\n", _FENCE.sub("\n\n", text).split("```")[0]):
+        for sentence in _SENTENCE_END.split(" ".join(paragraph.split())):
+            words = sentence.split()
+            rest = " ".join(words[OPENING_WORDS:])
+            if len(words) >= OPENING_WORDS + 4 and sentence[-1] in ".!?" and len(rest) <= max_answer_chars:
+                opening = " ".join(words[:OPENING_WORDS])
+                question = TEMPLATES["continuation"].format(document=document, opening=opening)
+                pairs.append(QA(question, rest, "continuation"))
+                break
     return pairs
 
 
