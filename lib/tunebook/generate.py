@@ -401,9 +401,9 @@ def build_dataset(records: list[dict], chunks: list[Chunk], params: GeneratePara
         "prompts": params.prompts.model_dump(),
         "extractive_templates": extractive.TEMPLATES,
     }
-    warnings = [thin_data_warning(len(splits["train"]), params.min_train_rows)] if splits["train"] else []
+    thin = thin_data_warning(len(splits["train"]), params.min_train_rows)
     table = teacher_table(records, splits, params)
-    return Dataset(splits, counts, removed, table, failures(records), recipe, report, [w for w in warnings if w])
+    return Dataset(splits, counts, removed, table, failures(records), recipe, report, [thin] if thin else [])
 
 
 def _parse_failures_hint(records: list[dict]) -> str:

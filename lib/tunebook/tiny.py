@@ -46,7 +46,7 @@ from transformers import (
 from tunebook import paths
 from tunebook.chat import CHATML
 from tunebook.ingest import read_chunks
-from tunebook.params import TINY, Params, TinyParams
+from tunebook.params import TINY, Params, TeacherParams, TinyParams
 from tunebook.plan import Estimate, pretraining_estimate
 
 # Bump when a change here would build a different model from the same corpus and params.
@@ -98,15 +98,17 @@ def build_tiny(texts: list[str], models_dir: Path, cfg: TinyParams, progress: bo
 
 
 def tiny_keys(params: Params, stage: str | None = None) -> list[str]:
-    """The keys of params (of one stage's section, if given) that name the model `tiny`. An openai teacher's
-    model is a name its server knows, never this one."""
+    """The keys of params (of one stage's section, if given) that name the model `tiny`."""
     teachers = [
-        f"generate.teachers.{i}.model"
-        for i, teacher in enumerate(params.generate.teachers)
-        if teacher.backend == "hf" and teacher.model == TINY
+        f"generate.teachers.{i}.model" for i, teacher in enumerate(params.generate.teachers) if _is_tiny(teacher)
     ]
     keys = [*teachers, *(["sft.base_model"] if params.sft.base_model == TINY else [])]
     return [key for key in keys if stage is None or key.startswith(f"{stage}.")]
+
+
+def _is_tiny(teacher: TeacherParams) -> bool:
+    """An openai teacher's model is a name its server knows, never the offline model."""
+    return teacher.backend == "hf" and teacher.model == TINY
 
 
 def run_model_dir(run_id: str) -> Path:
@@ -118,9 +120,7 @@ def staged(params: Params) -> Params:
     """params as the stages see them: every `tiny` is the run's model directory, relative to the workdir."""
     model_dir = str(run_model_dir(params.run.id).relative_to(paths.workdir()))
     teachers = [
-        teacher.model_copy(update={"model": model_dir})
-        if teacher.backend == "hf" and teacher.model == TINY
-        else teacher
+        teacher.model_copy(update={"model": model_dir}) if _is_tiny(teacher) else teacher
         for teacher in params.generate.teachers
     ]
     sft = params.sft.model_copy(update={"base_model": model_dir}) if params.sft.base_model == TINY else params.sft

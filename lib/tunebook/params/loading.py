@@ -18,7 +18,7 @@ from tunebook import paths, recipe
 from tunebook.files import corpus_files, describe_counts, ignored_extensions
 from tunebook.params.blocks import MOVED
 from tunebook.params.safety import holds_secret, model_dir_problem
-from tunebook.params.schema import IN_STAGE, SHARED_SECTIONS, Params, error_message
+from tunebook.params.schema import IN_STAGE, SHARED_SECTIONS, TINY, Params, error_message
 
 # Keys of earlier params files that tunebook itself renamed, with what they are called now and why.
 RENAMED = {
@@ -196,11 +196,11 @@ def _line_of(text: str, loc: list[str]) -> int:
 def _check_files(params: Params, path: Path) -> None:
     _check_corpus(params, path)
     base = params.sft.base_model
-    if base != "tiny" and _looks_like_path(base) and not paths.resolve(base).is_dir():
+    if base != TINY and _looks_like_path(base) and not paths.resolve(base).is_dir():
         raise ParamsError(f"{path}: sft.base_model: no such model directory: {paths.resolve(base)}")
     for key, model in _transformers_models(params):
         directory = paths.resolve(model)
-        problem = model != "tiny" and directory.is_dir() and model_dir_problem(directory)
+        problem = model != TINY and directory.is_dir() and model_dir_problem(directory)
         if problem:
             raise ParamsError(f"{path}: {key}: {problem}")
     config = params.sft.base_config
