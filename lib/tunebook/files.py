@@ -96,7 +96,7 @@ def numbered_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
 
 def corpus_files(corpus_dir: Path, extensions: Iterable[str] | None = None) -> list[Path]:
     """The files under `corpus_dir` with one of `extensions` (any case, dot optional; None: any), sorted."""
-    wanted = None if extensions is None else {"." + ext.lower().lstrip(".") for ext in extensions}
+    wanted = None if extensions is None else _suffixes(extensions)
     # Hidden paths hold editor and notebook copies (.ipynb_checkpoints) that would duplicate documents.
     return sorted(
         path
@@ -109,9 +109,14 @@ def corpus_files(corpus_dir: Path, extensions: Iterable[str] | None = None) -> l
 
 def ignored_extensions(corpus_dir: Path, extensions: Iterable[str]) -> dict[str, int]:
     """How many files under `corpus_dir` each extension not in `extensions` has ("(none)": no extension)."""
-    wanted = {"." + ext.lower().lstrip(".") for ext in extensions}
+    wanted = _suffixes(extensions)
     counts = Counter(path.suffix.lower() or "(none)" for path in corpus_files(corpus_dir))
     return {ext: n for ext, n in sorted(counts.items()) if ext not in wanted}
+
+
+def _suffixes(extensions: Iterable[str]) -> set[str]:
+    """Extensions as Path.suffix gives them, lower-cased: '.TXT', 'txt' and '.txt' are one."""
+    return {"." + ext.lower().lstrip(".") for ext in extensions}
 
 
 def describe_counts(counts: dict[str, int]) -> str:
