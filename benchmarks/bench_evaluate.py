@@ -21,7 +21,7 @@ import torch
 from bench_sft import demo_dataset
 from record import write_summary
 
-from tunebook import dataset, ingest, models, paths
+from tunebook import dataset, documents, models, paths
 from tunebook.params import load_params
 from tunebook.tiny import build_tiny
 
@@ -51,7 +51,7 @@ def main() -> None:
     scratch = args.scratch or Path(tempfile.mkdtemp(prefix="bench-evaluate-"))
     os.environ["TUNEBOOK_WORKDIR"] = str(scratch)
     dataset_dir = demo_dataset(scratch, demo.ingest.stdlib_modules)
-    texts = [d.text for d in ingest.read_documents(scratch / "corpus", [".md"])[0]]
+    texts = [d.text for d in documents.read_documents(scratch / "corpus", [".md"])[0]]
     model_dir = str(build_tiny(texts, scratch / "models", demo.tiny, progress=False))
 
     rows = dataset.read_split(dataset_dir, "test") + dataset.read_split(dataset_dir, "val")

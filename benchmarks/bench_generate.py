@@ -17,7 +17,7 @@ from pathlib import Path
 
 from record import write_summary
 
-from tunebook import generate, ingest, servers
+from tunebook import chunking, documents, generate, ingest, servers
 from tunebook.params import GenerateParams, TinyParams
 from tunebook.tiny import build_tiny
 
@@ -51,9 +51,9 @@ def main() -> None:
 
     scratch = Path(tempfile.mkdtemp(prefix="bench-generate-"))
     ingest.write_stdlib_corpus(args.modules.split(","), scratch / "corpus")
-    documents, _ = ingest.read_documents(scratch / "corpus", [".md"])
-    chunks = ingest.chunk_documents(documents, 900, 150)
-    model_dir = str(build_tiny([d.text for d in documents], scratch / "models", BENCH_TINY, progress=False))
+    docs, _ = documents.read_documents(scratch / "corpus", [".md"])
+    chunks = chunking.chunk_documents(docs, 900, 150)
+    model_dir = str(build_tiny([d.text for d in docs], scratch / "models", BENCH_TINY, progress=False))
 
     results = {}
     for batching in (True, False):

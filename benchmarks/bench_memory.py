@@ -24,7 +24,7 @@ import torch
 from datasets import Dataset
 from record import write_summary
 
-from tunebook import ingest
+from tunebook import documents, ingest
 from tunebook.params import SftParams, TinyParams
 from tunebook.sft import TrainingData, train_sft
 from tunebook.tiny import init_model, train_tokenizer
@@ -36,7 +36,7 @@ MODULES = ["json", "csv", "textwrap", "string", "heapq"]
 def build_model(scratch: Path) -> tuple[Path, int]:
     """The random-init model in bf16 with a real tokenizer and chat template; and its parameter count."""
     ingest.write_stdlib_corpus(MODULES, scratch / "corpus")
-    texts = [d.text for d in ingest.read_documents(scratch / "corpus", [".md"])[0]]
+    texts = [d.text for d in documents.read_documents(scratch / "corpus", [".md"])[0]]
     model_dir = scratch / "model"
     model_dir.mkdir()
     tokenizer = train_tokenizer(texts, model_dir, SHAPE)

@@ -20,7 +20,7 @@ from record import write_summary
 from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
 from trl import SFTConfig, SFTTrainer
 
-from tunebook import generate, ingest, paths
+from tunebook import chunking, documents, generate, ingest, paths
 from tunebook.dataset import write_dataset
 from tunebook.params import GenerateParams, load_params
 from tunebook.sft import train_sft, training_data
@@ -30,8 +30,8 @@ from tunebook.tiny import build_tiny
 def demo_dataset(scratch: Path, modules: list[str]) -> Path:
     """The demo's extractive dataset, built directly (the demo pipeline's ingest and generate steps)."""
     ingest.write_stdlib_corpus(modules, scratch / "corpus")
-    documents, _ = ingest.read_documents(scratch / "corpus", [".md"])
-    chunks = ingest.chunk_documents(documents, 900, 150)
+    docs, _ = documents.read_documents(scratch / "corpus", [".md"])
+    chunks = chunking.chunk_documents(docs, 900, 150)
     params = GenerateParams(teachers=[{"name": "extractive", "backend": "extractive"}])
     jobs = generate.plan_jobs(chunks, params)
     campaign = generate.run_campaign(jobs, params, scratch / "data", progress=False)
@@ -82,7 +82,7 @@ def main() -> None:
     scratch = Path(tempfile.mkdtemp(prefix="bench-sft-"))
     os.environ["TUNEBOOK_WORKDIR"] = str(scratch)
     dataset_dir = demo_dataset(scratch, demo.ingest.stdlib_modules)
-    texts = [d.text for d in ingest.read_documents(scratch / "corpus", [".md"])[0]]
+    texts = [d.text for d in documents.read_documents(scratch / "corpus", [".md"])[0]]
     model_dir = str(build_tiny(texts, scratch / "models", demo.tiny, progress=False))
 
     sft = demo.sft.model_copy(

@@ -20,7 +20,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from tunebook import dataset, evaluate, ingest, judge, llm, metrics, models, paths, quality, recipe, registry
+from tunebook import chunking, dataset, evaluate, judge, llm, metrics, models, paths, quality, recipe, registry
 from tunebook.files import hash_fraction, hash_tree, jsonl_text, read_complete_lines, sha256_text, write_atomic
 from tunebook.params import DpoParams, EvaluateParams
 
@@ -51,7 +51,7 @@ def inputs(run_id: str, params: DpoParams, seed: int) -> PairSources:
     prompts = train_prompts(
         dataset.read_split(dataset_dir, "train"), dataset.read_split(dataset_dir, "test"), params, seed
     )
-    chunks = ingest.read_chunks(paths.stage_dir(run_id, "ingest") / "chunks.jsonl")
+    chunks = chunking.read_chunks(paths.stage_dir(run_id, "ingest") / "chunks.jsonl")
     spec = registry.resolve(params.model, run_id)
     policy = models.load_model(params.model, spec["base_model"], spec["adapter"])
     return PairSources(prompts, {c.id: c.text for c in chunks}, policy, spec["base_model"], spec["adapter"])

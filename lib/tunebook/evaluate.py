@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from tunebook import checks, dataset, ingest, llm, metrics, models, paths, quality, registry, stats
+from tunebook import checks, chunking, dataset, ingest, llm, metrics, models, paths, quality, registry, stats
 from tunebook.files import jsonl_text, write_atomic
 from tunebook.llm import generations
 from tunebook.params import ChromaParams, EndpointParams, EvaluateParams
@@ -53,7 +53,7 @@ def inputs(run_id: str, params: EvaluateParams, store: ChromaParams) -> Evaluati
         retrieved = retrieve(items, ingest.recorded_collection(ingest_dir, store), params.rag_k)
     train = dataset.read_split(dataset_dir, "train")
     train_texts = [quality.conversation_text(row) for row in train]
-    chunk_texts = {chunk.id: chunk.text for chunk in ingest.read_chunks(ingest_dir / "chunks.jsonl")}
+    chunk_texts = {chunk.id: chunk.text for chunk in chunking.read_chunks(ingest_dir / "chunks.jsonl")}
     return EvaluationSet(items, retrieved, train_texts, chunk_texts)
 
 

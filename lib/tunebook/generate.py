@@ -22,6 +22,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from tunebook import llm, paths, quality
+from tunebook.chunking import Chunk
 from tunebook.dataset import SPLITS, Dataset
 from tunebook.files import (
     PROGRESS_FILE,
@@ -32,7 +33,6 @@ from tunebook.files import (
     sha256_text,
     write_atomic,
 )
-from tunebook.ingest import Chunk
 from tunebook.params import GenerateParams, PromptParams, TeacherParams
 from tunebook.teachers import extractive
 

@@ -32,9 +32,9 @@ from transformers.trainer_utils import get_last_checkpoint
 from trl import SFTConfig, SFTTrainer
 
 from tunebook import chat, plan, recipe, registry
+from tunebook.chunking import Chunk
 from tunebook.dataset import read_card, read_split
 from tunebook.files import hash_tree, sha256_text, write_atomic
-from tunebook.ingest import Chunk
 from tunebook.models import load_base, pretrained_options
 from tunebook.params import SftParams, accelerate_config_path, demo_scale_warning
 from tunebook.servers import free_port

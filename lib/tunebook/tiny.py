@@ -45,7 +45,7 @@ from transformers import (
 
 from tunebook import paths
 from tunebook.chat import CHATML
-from tunebook.ingest import read_chunks
+from tunebook.chunking import read_chunks
 from tunebook.params import TINY, Params, TeacherParams, TinyParams
 from tunebook.plan import Estimate, pretraining_estimate
 

@@ -1,5 +1,6 @@
 import gc
 import os
+import socket
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -174,3 +175,16 @@ def zoo(tmp_path_factory: pytest.TempPathFactory):
     from zoo import builder
 
     return builder(tmp_path_factory.mktemp("zoo"))
+
+
+@pytest.fixture
+def offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No model hub here: any connection attempt fails the test. The env vars alone would not prove it,
+    since huggingface_hub reads them once at import time."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+
+    def refuse(sock: socket.socket, address: object) -> None:
+        raise AssertionError(f"network access attempted: {address}")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 from tunebook import generate
-from tunebook.ingest import Chunk
+from tunebook.chunking import Chunk
 from tunebook.params import GenerateParams
 spec = json.loads(Path(sys.argv[1]).read_text())
 chunks = [Chunk(**c) for c in spec["chunks"]]

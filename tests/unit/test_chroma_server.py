@@ -9,9 +9,10 @@ from pathlib import Path
 import chromadb
 import pytest
 from chromadb.config import Settings
-from test_ingest import fixture_docs
+from test_documents import fixture_docs
 
-from tunebook.ingest import EMBEDDED_MODEL, chunk_documents, get_collection, index_chunks, open_collection, search
+from tunebook.chunking import chunk_documents
+from tunebook.ingest import EMBEDDED_MODEL, get_collection, index_chunks, open_collection, search
 
 LOOPBACK = {"127.0.0.1", "::1", "localhost"}
 

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from tunebook import evaluate, human, ingest, judge, models, registry
-from tunebook.ingest import Chunk
+from tunebook.chunking import Chunk
 from tunebook.params import EvaluateParams
 
 QA = [

@@ -4,10 +4,10 @@ from pathlib import Path
 import datasets
 import pytest
 
-from tunebook import generate, ingest
+from tunebook import chunking, documents, generate, ingest
+from tunebook.chunking import Chunk
 from tunebook.dataset import SPLITS, read_card, read_split, write_dataset
 from tunebook.files import PROGRESS_FILE, read_complete_lines
-from tunebook.ingest import Chunk
 from tunebook.params import GenerateParams, ParamsError, load_params
 from tunebook.teachers import extractive
 
@@ -52,8 +52,8 @@ def extractive_only(**overrides) -> GenerateParams:
 
 def stdlib_chunks(tmp_path: Path, modules: tuple[str, ...] = ("json", "bisect")) -> list[Chunk]:
     ingest.write_stdlib_corpus(list(modules), tmp_path / "corpus")
-    documents, _ = ingest.read_documents(tmp_path / "corpus", [".md"])
-    return ingest.chunk_documents(documents, 900, 150)
+    docs, _ = documents.read_documents(tmp_path / "corpus", [".md"])
+    return chunking.chunk_documents(docs, 900, 150)
 
 
 def run(jobs, params, out_dir):
@@ -287,8 +287,8 @@ def test_unheaded_text_gets_continuation_questions_grounded_in_it():
 
 def test_plain_text_and_pdf_pages_give_rows_through_the_campaign(tmp_path):
     corpus = Path(__file__).parents[1] / "fixtures" / "corpus"
-    documents, _ = ingest.read_documents(corpus, [".txt", ".pdf"])
-    chunks = ingest.chunk_documents(documents, 900, 150)
+    docs, _ = documents.read_documents(corpus, [".txt", ".pdf"])
+    chunks = chunking.chunk_documents(docs, 900, 150)
     assert {c.source for c in chunks} == {"field_notes.txt", "lighthouse_log.pdf"} and not any(
         c.heading for c in chunks
     )

@@ -15,7 +15,7 @@ from test_generate import extractive_only, run, stdlib_chunks
 from transformers import AutoTokenizer, GenerationConfig
 from zoo import FAMILIES
 
-from tunebook import dpo, evaluate, export, gguf, ingest, models, paths, registry
+from tunebook import chunking, dpo, evaluate, export, gguf, models, paths, registry
 from tunebook.params import ChromaParams, DpoParams, EvaluateParams, ExportParams, RewardParams, SftParams
 from tunebook.sft import register_model, train_sft, training_data
 
@@ -45,7 +45,7 @@ def run_data(tmp_path_factory) -> Path:
 
     root = tmp_path_factory.mktemp("zoo-run")
     chunks = stdlib_chunks(root, ("json", "bisect"))
-    ingest.write_chunks(chunks, root / "ingest" / "chunks.jsonl")
+    chunking.write_chunks(chunks, root / "ingest" / "chunks.jsonl")
     params = extractive_only(val_fraction=0.1, test_fraction=0.2)
     campaign = run(generate.plan_jobs(chunks, params), params, root / "generate")
     write_dataset(generate.build_dataset(campaign.records, chunks, params), root / "generate", RUN)
@@ -59,7 +59,7 @@ def stage_inputs(run_data: Path) -> None:
 
 def sft(family_dir: Path, **overrides) -> str:
     params = SftParams(base_model=str(family_dir), trainer=FEW_STEPS, precision="fp32", **overrides)
-    chunks = ingest.read_chunks(paths.stage_dir(RUN, "ingest") / "chunks.jsonl")
+    chunks = chunking.read_chunks(paths.stage_dir(RUN, "ingest") / "chunks.jsonl")
     data = training_data(params, paths.stage_dir(RUN, "generate"), chunks)
     result = train_sft(params, str(family_dir), data, paths.stage_dir(RUN, "sft"), seed=0, progress=False)
     return register_model(RUN, result, params, data)
