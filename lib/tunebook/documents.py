@@ -10,6 +10,7 @@ import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from tunebook.files import corpus_files, describe_counts, ignored_extensions
 
@@ -23,16 +24,17 @@ SUPPORTED_EXTENSIONS = TEXT_EXTENSIONS + HTML_EXTENSIONS + PDF_EXTENSIONS
 class Document:
     source: str  # path relative to the corpus dir, posix style
     text: str
+    modified: float = 0.0  # the file's modification time (seconds since the epoch): "newest" among near-duplicates
 
 
-def read_documents(corpus_dir: Path, extensions: list[str]) -> tuple[list[Document], list[tuple[str, str]]]:
-    """Read every file under `corpus_dir` with one of `extensions`, sorted by path.
+class Skipped(NamedTuple):
+    source: str
+    reason: str
 
-    Unreadable files (binary, not UTF-8, broken PDF, a PDF without a text layer, empty) are skipped with a
-    warning and returned as (source, reason) so the report can show them; files with other extensions are
-    left out and counted by `ignored_files`. A corpus without a readable document is a ValueError naming the
-    directory, raised before any output.
-    """
+
+def find_files(corpus_dir: Path, extensions: list[str]) -> list[Path]:
+    """The files under `corpus_dir` with one of `extensions`, sorted by path; none is a one-line error that says
+    what the folder holds instead."""
     wanted = sorted({_normalize_extension(ext) for ext in extensions})
     if not corpus_dir.is_dir():
         raise FileNotFoundError(f"corpus directory not found: {corpus_dir}")
@@ -41,22 +43,42 @@ def read_documents(corpus_dir: Path, extensions: list[str]) -> tuple[list[Docume
         ignored = ignored_extensions(corpus_dir, wanted)
         found = f"; it has {describe_counts(ignored)}" if ignored else ""
         raise ValueError(f"{corpus_dir}: no corpus files (none with the extensions {', '.join(wanted)}{found})")
+    return files
+
+
+def read_file(corpus_dir: Path, path: Path) -> Document | Skipped:
+    """One corpus file as a document, or why it was skipped (binary, not UTF-8, broken, no text layer, empty)."""
+    source = path.relative_to(corpus_dir).as_posix()
+    text, reason = _read_text(path)
+    if reason is None and not text.strip():
+        reason = "empty"
+    if reason is not None:
+        warnings.warn(f"skipping {source}: {reason}", stacklevel=2)
+        return Skipped(source, reason)
+    return Document(source=source, text=text, modified=path.stat().st_mtime)
+
+
+def no_readable_documents(corpus_dir: Path, skipped: list[Skipped]) -> ValueError:
+    source, reason = skipped[0]
+    return ValueError(
+        f"{corpus_dir}: no readable documents: all {len(skipped)} files were skipped ({source}: {reason})"
+    )
+
+
+def read_documents(corpus_dir: Path, extensions: list[str]) -> tuple[list[Document], list[Skipped]]:
+    """Read every file under `corpus_dir` with one of `extensions`, sorted by path, into memory (ingest streams
+    them with `find_files` and `read_file` instead).
+
+    Unreadable files are skipped with a warning and returned as (source, reason) so the report can show them;
+    files with other extensions are left out and counted by `ignored_files`. A corpus without a readable
+    document is a ValueError naming the directory.
+    """
     docs, skipped = [], []
-    for path in files:
-        source = path.relative_to(corpus_dir).as_posix()
-        text, reason = _read_text(path)
-        if reason is None and not text.strip():
-            reason = "empty"
-        if reason is not None:
-            warnings.warn(f"skipping {source}: {reason}", stacklevel=2)
-            skipped.append((source, reason))
-        else:
-            docs.append(Document(source=source, text=text))
+    for path in find_files(corpus_dir, extensions):
+        read = read_file(corpus_dir, path)
+        (skipped if isinstance(read, Skipped) else docs).append(read)
     if not docs:
-        source, reason = skipped[0]
-        raise ValueError(
-            f"{corpus_dir}: no readable documents: all {len(skipped)} files were skipped ({source}: {reason})"
-        )
+        raise no_readable_documents(corpus_dir, skipped)
     return docs, skipped
 
 
@@ -65,9 +87,9 @@ def ignored_files(corpus_dir: Path, extensions: list[str]) -> dict[str, int]:
     return ignored_extensions(corpus_dir, [_normalize_extension(ext) for ext in extensions])
 
 
-def file_table(documents: list[Document], skipped: list[tuple[str, str]], ignored: dict[str, int]) -> list[dict]:
+def file_table(ingested: int, skipped: list[Skipped], ignored: dict[str, int]) -> list[dict]:
     """Every file found under the corpus directory, accounted for: ingested, skipped (with why) or ignored."""
-    rows = [{"status": "ingested", "files": len(documents), "detail": ""}]
+    rows = [{"status": "ingested", "files": ingested, "detail": ""}]
     rows += [{"status": "skipped", "files": 1, "detail": f"{source}: {reason}"} for source, reason in skipped]
     rows += [{"status": "ignored", "files": n, "detail": f"extension {ext}"} for ext, n in ignored.items()]
     return rows
