@@ -2,6 +2,18 @@
 
 Markdown and text are read as they are; HTML, PDF and office formats are converted to Markdown-like text, so
 every document chunks the same way (headings, paragraphs, fenced code).
+
+Formats go through well-kept libraries, not parsers of our own:
+- HTML: trafilatura finds the main content (navigation, footers, cookie banners and scripts stay out); the
+  BeautifulSoup pass below only turns that into Markdown (h1-h3 as headings, <pre> as fenced code).
+- PDF: pypdf, which also tells a scanned PDF (pages without a text layer) from an empty one.
+- DOCX, PPTX, XLSX, CSV, EPUB: markitdown (mammoth, python-pptx, openpyxl + pandas, the csv module). It was
+  chosen over docling, whose layout and table models are hundreds of MB of weights fetched from the model hub
+  at first use (no hub here, nor for offline users) and which is far slower on a CPU. markitdown's converters
+  are pure Python: its wheels not already installed for tunebook weigh 17.3 MB, 16.2 MB of them magika (a
+  file-type model that runs locally on onnxruntime, which chromadb brings anyway, plus a 33 MB command-line
+  binary once installed); trafilatura's add 2.3 MB. markitdown takes about 0.6 s to import, so it is imported
+  when the first office file is read.
 """
 
 from __future__ import annotations
@@ -9,6 +21,7 @@ from __future__ import annotations
 import re
 import warnings
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import NamedTuple
 
@@ -17,7 +30,8 @@ from tunebook.files import corpus_files, describe_counts, ignored_extensions
 TEXT_EXTENSIONS = (".md", ".txt")
 HTML_EXTENSIONS = (".html", ".htm")
 PDF_EXTENSIONS = (".pdf",)
-SUPPORTED_EXTENSIONS = TEXT_EXTENSIONS + HTML_EXTENSIONS + PDF_EXTENSIONS
+MARKITDOWN_EXTENSIONS = (".docx", ".pptx", ".xlsx", ".csv", ".epub")
+SUPPORTED_EXTENSIONS = TEXT_EXTENSIONS + HTML_EXTENSIONS + PDF_EXTENSIONS + MARKITDOWN_EXTENSIONS
 
 
 @dataclass(frozen=True)
@@ -107,6 +121,8 @@ def _read_text(path: Path) -> tuple[str, str | None]:
     suffix = path.suffix.lower()
     if suffix in PDF_EXTENSIONS:
         return _read_pdf(path)
+    if suffix in MARKITDOWN_EXTENSIONS:
+        return _read_with_markitdown(path)
     data = path.read_bytes()
     if b"\x00" in data:
         return "", "binary file (contains NUL bytes)"
@@ -115,7 +131,7 @@ def _read_text(path: Path) -> tuple[str, str | None]:
     except UnicodeDecodeError as err:
         return "", f"not UTF-8 text ({err.reason} at byte {err.start})"
     text = text.replace("\r\n", "\n").replace("\r", "\n")
-    return (html_to_markdown(text) if suffix in HTML_EXTENSIONS else text), None
+    return (html_to_markdown(main_content_html(text)) if suffix in HTML_EXTENSIONS else text), None
 
 
 def _read_pdf(path: Path) -> tuple[str, str | None]:
@@ -129,6 +145,92 @@ def _read_pdf(path: Path) -> tuple[str, str | None]:
     if pages and not text.strip():
         return "", f"no text layer in its {len(pages)} pages (a scanned PDF?): OCR it first"
     return text, None
+
+
+@cache
+def _markitdown():  # -> markitdown.MarkItDown, imported on first use
+    """One converter for the whole process, with only the converters for MARKITDOWN_EXTENSIONS: no plugins, and
+    none of the built-ins that fetch URLs (YouTube, Wikipedia, Bing) or call LLMs and exiftool (images, audio).
+    Nor a plain-text catch-all: a broken file is skipped, never read as text."""
+    from markitdown import MarkItDown
+    from markitdown.converters import CsvConverter, DocxConverter, EpubConverter, PptxConverter, XlsxConverter
+
+    converter = MarkItDown(enable_builtins=False, enable_plugins=False)
+    for format_converter in (DocxConverter, PptxConverter, XlsxConverter, CsvConverter, EpubConverter):
+        converter.register_converter(format_converter())
+    return converter
+
+
+# python-pptx output marks each slide with an HTML comment; the slide's title heading already separates them.
+_SLIDE_NUMBER_LINE = re.compile(r"^<!-- Slide number: \d+ -->\n", re.MULTILINE)
+
+
+def _read_with_markitdown(path: Path) -> tuple[str, str | None]:
+    from markitdown import FileConversionException, MissingDependencyException
+
+    try:
+        result = _markitdown().convert_local(path)
+    except FileConversionException as err:
+        # The converters raise whatever their parser raises (BadZipFile, KeyError, XML errors...); name the first.
+        failed = [attempt.exc_info[1] for attempt in err.attempts or [] if attempt.exc_info]
+        cause = failed[0] if failed else err
+        if isinstance(cause, MissingDependencyException):  # an install problem, not a bad file: every file fails
+            raise cause from err
+        return "", f"unreadable {path.suffix[1:].upper()} ({_one_line(cause)})"
+    text = _SLIDE_NUMBER_LINE.sub("", result.markdown).strip()
+    return (text + "\n" if text else ""), None
+
+
+def _one_line(err: BaseException, limit: int = 200) -> str:
+    message = " ".join(str(err).split())
+    message = message if len(message) <= limit else message[: limit - 3] + "..."
+    return f"{type(err).__name__}: {message}" if message else type(err).__name__
+
+
+def main_content_html(html: str) -> str:
+    """The main content of a web page, as HTML: trafilatura leaves out navigation, headers, footers, cookie
+    banners, forms and scripts.
+
+    trafilatura keeps a page's headings only where it finds a content container (<main>, <article>, a "content"
+    div...); on a short page without one it rescues the paragraphs alone, or dumps the whole text with the
+    navigation in it. Then, and when it finds nothing, the page body less <nav>, <aside>, <form> and a page-level
+    <header>/<footer> serves instead.
+    """
+    import trafilatura
+    from bs4 import BeautifulSoup
+
+    soup = BeautifulSoup(html, "html.parser")
+    # trafilatura guesses whether a bare <pre> is code or a quotation; a <pre><code> it keeps as code.
+    for pre in soup.find_all("pre"):
+        if pre.find("code") is None:
+            code = soup.new_tag("code")
+            code.extend(list(pre.contents))
+            pre.append(code)
+    main = trafilatura.extract(
+        str(soup),
+        output_format="html",
+        favor_recall=True,  # a documentation page is mostly content: rather keep a borderline paragraph
+        include_formatting=True,
+        include_tables=True,
+        include_links=False,
+        include_images=False,
+        include_comments=False,
+        with_metadata=False,  # no title/date search (htmldate), which only slows extraction down
+        deduplicate=False,
+    )
+    body = soup.body or soup
+    for tag in body.find_all(["nav", "aside", "form"]):
+        tag.decompose()
+    for tag in body.find_all(["header", "footer"]):
+        if tag.find_parent(["main", "article", "section"]) is None:
+            tag.decompose()
+    if main is None or (_has_headings(body) and not _has_headings(BeautifulSoup(main, "html.parser"))):
+        return str(body)
+    return main
+
+
+def _has_headings(soup) -> bool:
+    return soup.find(["h1", "h2", "h3"]) is not None
 
 
 _HTML_BLOCKS = [
