@@ -8,12 +8,12 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from tunebook.documents import Document
-from tunebook.files import jsonl_text, write_atomic
+from tunebook.files import atomic_writer, jsonl_text
 
 
 @dataclass(frozen=True)
@@ -58,8 +58,13 @@ class _Atom:
     is_code_block: bool  # a whole fenced block, which overlap repeats entirely or not at all
 
 
-def chunk_documents(docs: list[Document], chunk_chars: int, overlap_chars: int) -> list[Chunk]:
-    """Split documents into chunks of at most `chunk_chars` characters.
+def chunk_documents(docs: Iterable[Document], chunk_chars: int, overlap_chars: int) -> list[Chunk]:
+    """Every document's chunks (see `chunk_document`), in order."""
+    return [chunk for doc in docs for chunk in chunk_document(doc, chunk_chars, overlap_chars)]
+
+
+def chunk_document(doc: Document, chunk_chars: int, overlap_chars: int) -> Iterator[Chunk]:
+    """Split a document into chunks of at most `chunk_chars` characters.
 
     Chunks break preferably at section starts, then paragraphs, then sentences, never mid-word (unless
     a single word is longer than a chunk); fenced code blocks that fit stay whole. A chunk that continues
@@ -70,19 +75,13 @@ def chunk_documents(docs: list[Document], chunk_chars: int, overlap_chars: int) 
         raise ValueError(
             f"need chunk_chars >= 1 and 0 <= overlap_chars < chunk_chars, got {chunk_chars}, {overlap_chars}"
         )
-    chunks: list[Chunk] = []
     seen: set[str] = set()
-    for doc in docs:
-        index = 0
-        for start, end, heading in _chunk_spans(doc.text, chunk_chars, overlap_chars):
-            text = doc.text[start:end]
-            chunk_id = chunk_hash(doc.source, text)
-            if chunk_id in seen:
-                continue
+    for start, end, heading in _chunk_spans(doc.text, chunk_chars, overlap_chars):
+        text = doc.text[start:end]
+        chunk_id = chunk_hash(doc.source, text)
+        if chunk_id not in seen:
+            yield Chunk(id=chunk_id, source=doc.source, index=len(seen), heading=heading, text=text)
             seen.add(chunk_id)
-            chunks.append(Chunk(id=chunk_id, source=doc.source, index=index, heading=heading, text=text))
-            index += 1
-    return chunks
 
 
 def chunk_hash(source: str, text: str) -> str:
@@ -209,17 +208,26 @@ def _blocks(text: str) -> list[_Block]:
     return blocks
 
 
-def write_chunks(chunks: list[Chunk], path: Path) -> None:
-    """JSONL, one chunk per line; written to a temporary file first so a crash never leaves half a file."""
-    write_atomic(path, jsonl_text(asdict(chunk) for chunk in chunks))
+def write_chunks(chunks: Iterable[Chunk], path: Path) -> None:
+    """JSONL, one chunk per line, streamed through a temporary file so a crash never leaves half a file."""
+    with atomic_writer(path) as out:
+        for chunk in chunks:
+            out.write(chunk_line(chunk))
+
+
+def chunk_line(chunk: Chunk) -> str:
+    return jsonl_text([asdict(chunk)])
 
 
 def read_chunks(path: Path) -> list[Chunk]:
-    chunks = []
+    return list(iter_chunks(path))
+
+
+def iter_chunks(path: Path) -> Iterator[Chunk]:
     with path.open(encoding="utf-8") as handle:
         for line_number, line in enumerate(handle, start=1):
             try:
-                chunks.append(Chunk(**json.loads(line)))
+                chunk = Chunk(**json.loads(line))
             except (json.JSONDecodeError, TypeError) as err:
                 raise ValueError(f"{path}:{line_number}: not a chunk record ({err})") from err
-    return chunks
+            yield chunk

@@ -8,8 +8,10 @@ import os
 import tempfile
 from collections import Counter
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
+from typing import TextIO
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -18,11 +20,19 @@ def write_atomic(path: Path, text: str) -> None:
     A failure (a full disk, say) leaves the old file, or none, and no temporary file; the OSError it raises
     names `path`, since the temporary file it happened in is gone.
     """
+    with atomic_writer(path) as f:
+        f.write(text)
+
+
+@contextmanager
+def atomic_writer(path: Path) -> Iterator[TextIO]:
+    """A text file to write `path` through, line by line: it replaces `path` only when the block ends without
+    an error, so readers see the old file or the whole new one (see `write_atomic`)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+            yield f
             f.flush()
             # A full disk can go unreported until the data reaches it (NFS, delayed allocation): find out
             # before the rename, while the final file is still untouched.
@@ -30,7 +40,7 @@ def write_atomic(path: Path, text: str) -> None:
         os.chmod(tmp, 0o644)  # mkstemp makes it private; these files are meant to be read by others
         os.replace(tmp, path)
     except OSError as err:
-        if err.errno is None:
+        if err.errno is None or err.filename not in (None, tmp):  # not the write's own failure
             raise
         raise OSError(err.errno, err.strerror, str(path)) from err
     finally:

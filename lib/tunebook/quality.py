@@ -84,7 +84,7 @@ def by_grounding(rows: list[dict], sources: dict[str, str], threshold: float) ->
     return kept, removed
 
 
-def _minhash(text: str, num_perm: int) -> MinHash:
+def minhash(text: str, num_perm: int) -> MinHash:
     tokens = words(text)
     shingles = {" ".join(tokens[i : i + 3]) for i in range(max(1, len(tokens) - 2))}
     signature = MinHash(num_perm=num_perm, seed=1)
@@ -98,7 +98,7 @@ def near_duplicates(rows: list[dict], threshold: float, num_perm: int = 128) -> 
     signatures: dict[str, MinHash] = {}
     kept, removed = [], []
     for row in rows:
-        signature = _minhash(f"{question(row)} {answer(row)}", num_perm)
+        signature = minhash(f"{question(row)} {answer(row)}", num_perm)
         # LSH finds candidates; the estimated Jaccard decides, so the threshold means what it says.
         if any(signature.jaccard(signatures[key]) >= threshold for key in index.query(signature)):
             removed.append(row)

@@ -10,6 +10,7 @@ import chromadb
 import pytest
 from chromadb.config import Settings
 from test_documents import fixture_docs
+from test_ingest import reingest_edited_and_removed_files
 
 from tunebook.chunking import chunk_documents
 from tunebook.ingest import EMBEDDED_MODEL, get_collection, index_chunks, open_collection, search
@@ -43,6 +44,15 @@ def test_index_and_search_through_the_server(tmp_path: Path, chroma_server: tupl
     assert (hits[0]["source"], hits[0]["heading"]) == ("kettle_guide.md", "First use")
     assert search(collection, "LED lantern range in nautical miles", k=1)[0]["source"] == "lighthouse_log.pdf"
     assert not chroma_dir.exists()  # nothing went to the embedded store
+
+
+def test_a_reingest_through_the_server_embeds_only_changed_chunks_and_removes_stale_ones(
+    tmp_path: Path, chroma_server: tuple[str, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    host, port = chroma_server
+    collection = open_collection(tmp_path / "chroma", "changing", EMBEDDED_MODEL, host=host, port=port)
+    reingest_edited_and_removed_files(tmp_path, collection, monkeypatch)
+    assert not (tmp_path / "chroma").exists()
 
 
 def test_a_second_client_sees_the_servers_collection(tmp_path: Path, chroma_server: tuple[str, int]) -> None:

