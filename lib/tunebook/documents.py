@@ -143,7 +143,8 @@ def _read_pdf(path: Path) -> tuple[str, str | None]:
         return "", f"unreadable PDF ({type(err).__name__}: {err})"
     text = "\n\n".join(page.strip() for page in pages)
     if pages and not text.strip():
-        return "", f"no text layer in its {len(pages)} pages (a scanned PDF?): OCR it first"
+        pages_text = "1 page" if len(pages) == 1 else f"{len(pages)} pages"
+        return "", f"no text layer in its {pages_text} (a scanned PDF?): OCR it first"
     return text, None
 
 

@@ -148,7 +148,7 @@ def test_every_supported_format_reads_to_its_text() -> None:
     assert "Slide number" not in docs["safety_briefing.pptx"]
     assert "# Chapter 1: The north pier\n" in docs["harbour_history.epub"]
     assert "| Vessel class | Length (m) | Dues per night (EUR) |" in docs["harbour_dues.xlsx"]
-    assert skipped == {"scanned_permit.pdf": "no text layer in its 1 pages (a scanned PDF?): OCR it first"}
+    assert skipped == {"scanned_permit.pdf": "no text layer in its 1 page (a scanned PDF?): OCR it first"}
 
 
 def test_html_keeps_the_main_content_and_leaves_the_page_furniture_out() -> None:
