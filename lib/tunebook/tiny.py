@@ -30,6 +30,8 @@ import math
 import os
 import shutil
 import tempfile
+from collections.abc import Iterable
+from functools import cache
 from pathlib import Path
 
 import sentencepiece as spm
@@ -45,7 +47,8 @@ from transformers import (
 
 from tunebook import paths
 from tunebook.chat import CHATML
-from tunebook.chunking import read_chunks
+from tunebook.chunking import iter_chunks, read_chunks
+from tunebook.files import sha256_file
 from tunebook.params import TINY, Params, TeacherParams, TinyParams
 from tunebook.plan import Estimate, pretraining_estimate
 
@@ -132,7 +135,13 @@ def run_key(params: Params) -> str | None:
     chunks_file = _chunks_file(params.run.id)
     if not chunks_file.is_file():
         return None
-    return build_key([chunk.text for chunk in read_chunks(chunks_file)], params.tiny)
+    return _chunks_build_key(chunks_file, sha256_file(chunks_file), params.tiny.model_dump_json())
+
+
+@cache
+def _chunks_build_key(chunks_file: Path, digest: str, tiny_json: str) -> str:
+    # Every stage's cache check asks for the key: read and hash a large chunks file once per content (digest).
+    return build_key((chunk.text for chunk in iter_chunks(chunks_file)), TinyParams.model_validate_json(tiny_json))
 
 
 def resolve(params: Params, progress: bool = True) -> Path:
@@ -169,7 +178,7 @@ def _chunks_file(run_id: str) -> Path:
     return paths.run_dir(run_id) / "ingest" / "chunks.jsonl"
 
 
-def build_key(texts: list[str], cfg: TinyParams) -> str:
+def build_key(texts: Iterable[str], cfg: TinyParams) -> str:
     """Content hash of everything that decides the model: code version, params and corpus texts."""
     digest = hashlib.sha256()
     header = {"build_version": BUILD_VERSION, "params": cfg.model_dump()}

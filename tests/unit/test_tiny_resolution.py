@@ -84,6 +84,20 @@ def test_the_run_builds_tiny_from_its_chunks_and_links_the_build(workdir):
     assert tiny.is_complete(first)  # what an earlier adapter was trained on is still there
 
 
+def test_the_run_key_reads_a_chunks_file_once_per_content(workdir, monkeypatch):
+    """Every stage's cache check asks for the key: a corpus of gigabytes is read once, until ingest rewrites it."""
+    params = load_params(CI, SMALL)
+    reads = []
+    real = tiny.iter_chunks
+    monkeypatch.setattr(tiny, "iter_chunks", lambda path: reads.append(path) or real(path))
+    write_chunks("ci", ["first text", "second text"])
+    key = tiny.run_key(params)
+    assert tiny.run_key(params) == key and len(reads) == 1
+    write_chunks("ci", ["first text", "second text, edited"])
+    assert tiny.run_key(params) not in (None, key) and len(reads) == 2
+    assert tiny.run_key(params) == tiny.build_key(["first text", "second text, edited"], params.tiny)
+
+
 def test_a_run_without_tiny_builds_nothing(workdir):
     params = load_params(CI, NO_TINY)
     write_chunks("ci", stdlib_docs())
