@@ -11,7 +11,7 @@ import importlib
 import inspect
 import json
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -263,7 +263,7 @@ class Ingested:
     skipped: list[Skipped] = field(default_factory=list)
     chunks: int = 0
     added: int = 0  # embedded: new or changed chunks
-    updated: int = 0  # unchanged text that moved within its document: metadata only, not re-embedded
+    updated: int = 0  # unchanged text that moved or got a new heading: metadata only, not re-embedded
     removed: int = 0  # chunks of files edited or removed since the last ingest (and dropped near-duplicates)
     near_duplicates: list[NearDuplicate] = field(default_factory=list)
 
@@ -304,12 +304,24 @@ def ingest_corpus(
             raise documents.no_readable_documents(corpus_dir, result.skipped)
     result.near_duplicates = duplicates.found(drop_older=params.near_duplicates == "keep_newest")
     dropped = {duplicate.older for duplicate in result.near_duplicates if duplicate.dropped}
-    kept = [chunk for chunk in chunking.iter_chunks(chunks_path) if chunk.source not in dropped]
-    if dropped:
-        chunking.write_chunks(kept, chunks_path)
-    result.removed = indexer.remove_all_but({chunk.id for chunk in kept})
+    kept = _leave_out(chunks_path, dropped) if dropped else indexer.seen
+    result.removed = indexer.remove_all_but(kept)
     result.chunks, result.added, result.updated = len(kept), indexer.added, indexer.updated
     return result
+
+
+def _leave_out(chunks_path: Path, sources: set[str]) -> set[str]:
+    """Rewrite the chunks file without the chunks of `sources`, streaming; returns the ids it kept."""
+    kept: set[str] = set()
+
+    def keep() -> Iterator[Chunk]:
+        for chunk in chunking.iter_chunks(chunks_path):
+            if chunk.source not in sources:
+                kept.add(chunk.id)
+                yield chunk
+
+    chunking.write_chunks(keep(), chunks_path)
+    return kept
 
 
 def index_chunks(
@@ -332,7 +344,7 @@ class _Indexer:
         self.collection, self.batch_size = collection, batch_size
         # The model the collection was made with (open_collection checks it against the params).
         self.embed = embedding_function(collection.metadata["embedding_model"], dtype)
-        self.stored = _stored_positions(collection)  # id -> index
+        self.stored = _stored_places(collection)  # id -> (index, heading)
         self.seen: set[str] = set()
         self.pending: list[Chunk] = []
         self.added = self.updated = 0
@@ -354,7 +366,7 @@ class _Indexer:
             self.pending.append(chunk)
             if len(self.pending) >= self.batch_size:
                 self._flush()
-        elif self.stored[chunk.id] != chunk.index:
+        elif self.stored[chunk.id] != (chunk.index, chunk.heading):
             self.collection.update(ids=[chunk.id], metadatas=[_metadata(chunk)])
             self.updated += 1
 
@@ -384,13 +396,13 @@ class _Indexer:
 _PAGE = 1000  # ids per get/delete call: well under Chroma's batch limit
 
 
-def _stored_positions(collection: Collection) -> dict[str, int]:
-    positions: dict[str, int] = {}
-    while page := collection.get(include=["metadatas"], limit=_PAGE, offset=len(positions)):
-        if not page["ids"]:
-            break
-        positions.update((i, (m or {}).get("index", -1)) for i, m in zip(page["ids"], page["metadatas"], strict=True))
-    return positions
+def _stored_places(collection: Collection) -> dict[str, tuple[int, str]]:
+    """Where each stored chunk sits in its document, paged so that a large collection is read a page at a time."""
+    places: dict[str, tuple[int, str]] = {}
+    while (page := collection.get(include=["metadatas"], limit=_PAGE, offset=len(places)))["ids"]:
+        for chunk_id, meta in zip(page["ids"], page["metadatas"], strict=True):
+            places[chunk_id] = ((meta or {}).get("index", -1), (meta or {}).get("heading", ""))
+    return places
 
 
 def _metadata(chunk: Chunk) -> dict[str, Any]:

@@ -146,8 +146,8 @@ def assert_collection_mirrors(collection, chunks_path: Path) -> list[Chunk]:
     chunks = read_chunks(chunks_path)
     stored = collection.get(include=["metadatas"])
     assert sorted(stored["ids"]) == sorted(chunk.id for chunk in chunks)
-    positions = {chunk_id: meta["index"] for chunk_id, meta in zip(stored["ids"], stored["metadatas"], strict=True)}
-    assert positions == {chunk.id: chunk.index for chunk in chunks}
+    places = {i: (meta["index"], meta["heading"]) for i, meta in zip(stored["ids"], stored["metadatas"], strict=True)}
+    assert places == {chunk.id: (chunk.index, chunk.heading) for chunk in chunks}
     return chunks
 
 
@@ -185,6 +185,26 @@ def test_a_reingest_embeds_only_changed_chunks_and_removes_stale_ones(
 ) -> None:
     collection = open_collection(tmp_path / "chroma", "changing", EMBEDDED_MODEL)
     reingest_edited_and_removed_files(tmp_path, collection, monkeypatch)
+
+
+def test_a_renamed_section_updates_its_unchanged_chunks_without_embedding_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    corpus, chunks_path = tmp_path / "corpus", tmp_path / "chunks.jsonl"
+    corpus.mkdir()
+    body = "\n\n".join(f"Paragraph {n} says that berth {n} takes vessels up to {n * 20} metres long." for n in range(8))
+    (corpus / "berths.md").write_text(f"# Berths\n\n{body}\n")
+    collection = open_collection(tmp_path / "chroma", "renamed", EMBEDDED_MODEL)
+    ingest_folder(corpus, collection, chunks_path)
+    embedded = EmbeddingRecorder(monkeypatch)
+
+    (corpus / "berths.md").write_text(f"# Berths and quays\n\n{body}\n")
+    renamed = ingest_folder(corpus, collection, chunks_path)
+
+    chunks = assert_collection_mirrors(collection, chunks_path)
+    assert {chunk.heading for chunk in chunks} == {"Berths and quays"}
+    assert embedded.take() == [chunks[0].text] and renamed.added == renamed.removed == 1
+    assert renamed.updated == len(chunks) - 1 > 0
 
 
 def regulation_versions(corpus: Path) -> None:
