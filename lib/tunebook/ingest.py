@@ -303,8 +303,10 @@ def ingest_corpus(
         if not result.documents:
             raise documents.no_readable_documents(corpus_dir, result.skipped)
     result.near_duplicates = duplicates.found(drop_older=params.near_duplicates == "keep_newest")
-    dropped = {duplicate.older for duplicate in result.near_duplicates if duplicate.dropped}
-    kept = _leave_out(chunks_path, dropped) if dropped else indexer.seen
+    newer = {duplicate.older: duplicate.newer for duplicate in result.near_duplicates if duplicate.dropped}
+    result.skipped += [Skipped(older, f"an older near-duplicate of {newest}") for older, newest in newer.items()]
+    result.documents -= len(newer)
+    kept = _leave_out(chunks_path, set(newer)) if newer else indexer.seen
     result.removed = indexer.remove_all_but(kept)
     result.chunks, result.added, result.updated = len(kept), indexer.added, indexer.updated
     return result

@@ -240,6 +240,9 @@ def test_near_duplicate_documents_are_reported_and_keep_newest_drops_the_older(t
     newest = ingest_folder(corpus, collection, chunks_path, near_duplicates="keep_newest")
     assert [(d.older, d.dropped) for d in newest.near_duplicates] == [("berthing_2023.md", True)]
     assert newest.removed > 0 and newest.added == 0
+    assert newest.documents == 2 and newest.skipped == [
+        ("berthing_2023.md", "an older near-duplicate of berthing_2024.md")
+    ]
     kept = assert_collection_mirrors(collection, chunks_path)
     assert {c.source for c in kept} == {"berthing_2024.md", "ferry_notice.md"}
     assert newest.chunks == len(kept)
