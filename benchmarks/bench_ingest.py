@@ -15,7 +15,7 @@ fixed vocabulary, so no two chunks are alike) of about 10 KB each: a small corpu
 Models are loaded and warmed before the clock starts; the RSS at that point is recorded as each process's
 baseline. Results go to reports/bench/ingest.json.
 
-    .venv/bin/python benchmarks/bench_ingest.py [--small-mb 5] [--large-mb 20] [--sample 1500] [--threads 1]
+    .venv/bin/python benchmarks/bench_ingest.py [--small-mb 5] [--large-mb 20] [--sample 1500] [--threads N]
 """
 
 from __future__ import annotations
@@ -241,7 +241,8 @@ def one_at_a_time(corpus: Path, scratch: Path, sample: int) -> dict:
 def child(args: argparse.Namespace) -> None:
     import torch
 
-    torch.set_num_threads(args.threads)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     mode, corpus, scratch = args.child
     scratch_dir = Path(scratch)
     scratch_dir.mkdir(parents=True)
@@ -283,9 +284,8 @@ def main() -> None:
     parser.add_argument("--small-mb", type=float, default=5)
     parser.add_argument("--large-mb", type=float, default=20)
     parser.add_argument("--sample", type=int, default=1500, help="chunks for the one-at-a-time baseline")
-    # One by default, as in bench_evaluate: on a shared 2-core machine torch's threads stall waiting for each
-    # other, which swamps what is measured. Every measurement runs with the same count.
-    parser.add_argument("--threads", type=int, default=1)
+    # torch's own default (one thread per core), as the ingest stage runs; every measurement runs with the same.
+    parser.add_argument("--threads", type=int, default=0, help="torch threads; 0 leaves torch's default")
     parser.add_argument("--scratch", type=Path, default=None)
     parser.add_argument("--child", nargs=3, metavar=("MODE", "CORPUS", "SCRATCH"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -348,7 +348,7 @@ def main() -> None:
             "embedding_model": ingest.EMBEDDED_MODEL,
             "embedding_dtype_auto": ingest.resolved_dtype("auto"),
             "cpu": cpu_model(),
-            "threads": args.threads,
+            "threads": args.threads or f"torch default ({os.cpu_count()} cores)",
             "one_at_a_time_sample": f"the first {rows['one_at_a_time']['chunks']} chunks of the {args.small_mb:g} MB "
             "corpus",
             "runs": rows,
