@@ -71,11 +71,18 @@ $(CHROMIUM):
 	@echo "Installing Debian's chromium for the browser test of the runs index"
 	apt-get install -y -qq chromium >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)
 
+# Python checks run model-written code in Debian's bubblewrap (tunebook.sandbox), installed here when it is missing.
+# After chromium: make runs two targets at a time, and two apt-gets at once fight over dpkg's lock.
+BWRAP := /usr/bin/bwrap
+$(BWRAP): | $(CHROMIUM)
+	@echo "Installing Debian's bubblewrap, the sandbox of python checks"
+	apt-get install -y -qq bubblewrap >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq bubblewrap >/dev/null)
+
 # Unit tests on both cores (pytest-xdist, a file's tests on one worker so that its servers and models are set up
 # once), each worker and the kernels it starts on one thread: two workers of two OpenMP threads each on two cores
 # took twice as long (13 min vs 7: their threads spin waiting for each other). The reference notebooks run after,
 # in order, as each reads the artifacts of the one before.
-test: install $(CHROMIUM)
+test: install $(CHROMIUM) $(BWRAP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/pytest tests/unit -n 2 --dist loadfile --durations=15

@@ -6,21 +6,28 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
-import subprocess
-import sys
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import NamedTuple
 
 import pandas as pd
 from pydantic import ValidationError
 
-from tunebook import paths
+from tunebook import paths, sandbox
 from tunebook.files import sha256_text
 from tunebook.params import CheckParams, ParamsError
 
 # The check of a benchmark item that names none; all such checks share one column, check_benchmark.
 BENCHMARK_CHECK = "benchmark"
+
+
+class Verdict(NamedTuple):
+    passed: bool
+    reason: str  # why it failed; empty on a pass
+    # False when the answer's code did not run to its end (it raised, was killed, timed out or hit a sandbox
+    # limit): RL scores such an answer None, evaluation counts it as a fail.
+    completed: bool
 
 
 def run_checks(answers: pd.DataFrame, checks: list[CheckParams]) -> pd.DataFrame:
@@ -33,7 +40,7 @@ def run_checks(answers: pd.DataFrame, checks: list[CheckParams]) -> pd.DataFrame
     """
     row_checks = answers["check"] if "check" in answers else pd.Series(None, index=answers.index, dtype=object)
     params_names = {check.name for check in checks}
-    outcomes: dict[str, dict] = {check.name: {} for check in checks}
+    jobs: list[tuple[object, CheckParams, str]] = []  # (index, check, answer)
     for index, question, prediction, row_check in zip(
         answers.index, answers["question"], answers["prediction"], row_checks, strict=True
     ):
@@ -46,24 +53,42 @@ def run_checks(answers: pd.DataFrame, checks: list[CheckParams]) -> pd.DataFrame
         answer = prediction if isinstance(prediction, str) else ""
         for check in applicable:
             if check.applies_to is None or re.search(check.applies_to, str(question)):
-                outcomes.setdefault(check.name, {})[index] = check_answer(check, answer)
+                jobs.append((index, check, answer))
+    outcomes: dict[str, dict] = {check.name: {} for check in checks}
+    verdicts = _check_all([(check, answer) for _, check, answer in jobs])
+    for (index, check, _), verdict in zip(jobs, verdicts, strict=True):
+        outcomes.setdefault(check.name, {})[index] = verdict
     columns = {}
     for name, by_index in outcomes.items():
-        columns[f"check_{name}"] = pd.Series({i: float(passed) for i, (passed, _) in by_index.items()}, dtype=float)
-        columns[f"check_{name}_reason"] = pd.Series({i: reason or None for i, (_, reason) in by_index.items()})
+        columns[f"check_{name}"] = pd.Series({i: float(v.passed) for i, v in by_index.items()}, dtype=float)
+        columns[f"check_{name}_reason"] = pd.Series({i: v.reason or None for i, v in by_index.items()})
     return pd.DataFrame(columns, index=answers.index)
 
 
-def check_answer(check: CheckParams, answer: str) -> tuple[bool, str]:
-    """Whether one answer passes one check, and if not, why (an empty reason on a pass)."""
+def check_answers(check: CheckParams, answers: list[str], workers: int | None = None) -> list[Verdict]:
+    """check_answer on each answer, in order; python checks run `workers` at a time (default: one per CPU)."""
+    return _check_all([(check, answer) for answer in answers], workers)
+
+
+def _check_all(jobs: list[tuple[CheckParams, str]], workers: int | None = None) -> list[Verdict]:
+    if all(check.kind != "python" for check, _ in jobs):
+        return [check_answer(check, answer) for check, answer in jobs]
+    # Threads are enough: each python check waits on its own sandboxed process.
+    with ThreadPoolExecutor(workers or os.cpu_count()) as pool:
+        return list(pool.map(lambda job: check_answer(*job), jobs))
+
+
+def check_answer(check: CheckParams, answer: str) -> Verdict:
+    """Whether one answer passes one check, and if not, why (an empty reason on a pass). Raises
+    sandbox.SandboxError for a python check on a machine where the sandbox cannot run."""
     flags = re.IGNORECASE if check.ignore_case else 0
     if check.kind == "regex":
         passed = re.search(check.pattern, answer, flags) is not None
-        return passed, "" if passed else f"no match for /{check.pattern}/"
+        return Verdict(passed, "" if passed else f"no match for /{check.pattern}/", True)
     if check.kind == "contains":
         haystack, needle = (answer.casefold(), check.value.casefold()) if check.ignore_case else (answer, check.value)
         passed = needle in haystack
-        return passed, "" if passed else f"does not contain {check.value!r}"
+        return Verdict(passed, "" if passed else f"does not contain {check.value!r}", True)
     return _run_python(check, extract_code(answer))
 
 
@@ -95,44 +120,33 @@ with open(sys.argv[3], "w", encoding="utf-8") as f:
 """
 
 
-def _run_python(check: CheckParams, code: str) -> tuple[bool, str]:
+def _run_python(check: CheckParams, code: str) -> Verdict:
+    limits = sandbox.Limits(timeout_s=check.timeout_s, memory_mb=check.memory_mb, processes=check.max_processes)
     with tempfile.TemporaryDirectory(prefix="tunebook-check-") as workdir:
         Path(workdir, "answer.py").write_text(code, encoding="utf-8")
         args = ["answer.py"] if check.expression is None else ["-c", HARNESS, "answer.py", check.expression, "out.json"]
-        # -I: no PYTHON* variables, user site or script directory; the environment is cut down to PATH
-        # so that model-written code never sees the API keys the teachers and judges read.
-        process = subprocess.Popen(
-            [sys.executable, "-I", *args],
-            cwd=workdir,
-            env={"PATH": os.environ.get("PATH", os.defpath), "HOME": workdir, "TMPDIR": workdir, "LANG": "C.UTF-8"},
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            start_new_session=True,
-        )
-        try:
-            stdout, stderr = process.communicate(timeout=check.timeout_s)
-        except subprocess.TimeoutExpired:
-            # The whole session, so that processes the code started die with it and release the pipes.
-            os.killpg(process.pid, signal.SIGKILL)
-            process.communicate()
-            return False, f"timed out after {check.timeout_s:g} s"
-        if process.returncode != 0:
-            lines = stderr.decode("utf-8", errors="replace").strip().splitlines()
-            return False, f"exited with code {process.returncode}: {lines[-1] if lines else 'no error output'}"
+        outcome = sandbox.run_python(args, Path(workdir), limits)
+        if outcome.stopped is not None:
+            return Verdict(False, outcome.stopped, False)
+        if outcome.returncode != 0:
+            lines = outcome.stderr.strip().splitlines()
+            reason = f"exited with code {outcome.returncode}: {lines[-1] if lines else 'no error output'}"
+            return Verdict(False, reason, False)
         if check.expression is None:
-            printed = stdout.decode("utf-8", errors="replace").strip()
+            printed = outcome.stdout.strip()
             passed = printed == str(check.expected).strip()
-            return passed, "" if passed else f"printed {_clip(printed)}, expected {check.expected!r}"
+            return Verdict(passed, "" if passed else f"printed {_clip(printed)}, expected {check.expected!r}", True)
         result_path = Path(workdir, "out.json")
         if not result_path.exists():
-            return False, f"the code exited before {check.expression} could be evaluated"
+            # It ran to its own end, sys.exit(0) say: a wrong answer, not a broken one.
+            return Verdict(False, f"the code exited before {check.expression} could be evaluated", True)
         result = json.loads(result_path.read_text(encoding="utf-8"))
     if "json" in result:
         passed = result["json"] == json.loads(json.dumps(check.expected))
     else:
         passed = result["repr"] == check.expected
-    return passed, "" if passed else f"{check.expression} gave {_clip(result['repr'])}, expected {check.expected!r}"
+    reason = "" if passed else f"{check.expression} gave {_clip(result['repr'])}, expected {check.expected!r}"
+    return Verdict(passed, reason, True)
 
 
 def _clip(text: str, limit: int = 200) -> str:

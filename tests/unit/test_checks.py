@@ -5,7 +5,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tunebook.checks import check_answer, extract_code, read_benchmark, run_checks
+from tunebook.checks import check_answer, check_answers, extract_code, read_benchmark, run_checks
 from tunebook.params import CheckParams, ParamsError, load_params
 
 
@@ -18,16 +18,16 @@ def python_check(**fields) -> CheckParams:
 
 def test_regex_check_matches_anywhere_and_can_ignore_case():
     check = CheckParams(name="version", kind="regex", pattern=r"\bv\d+\.\d+\b")
-    assert check_answer(check, "Install v2.10 first.") == (True, "")
-    assert check_answer(check, "Install V2.10 first.") == (False, r"no match for /\bv\d+\.\d+\b/")
+    assert check_answer(check, "Install v2.10 first.") == (True, "", True)
+    assert check_answer(check, "Install V2.10 first.") == (False, r"no match for /\bv\d+\.\d+\b/", True)
     assert check_answer(check.model_copy(update={"ignore_case": True}), "Install V2.10 first.")[0]
 
 
 def test_contains_check_is_case_sensitive_unless_told():
     check = CheckParams(name="torque", kind="contains", value="12 Nm")
-    assert check_answer(check, "Tighten to 12 Nm.") == (True, "")
-    assert check_answer(check, "Tighten to 12 NM.") == (False, "does not contain '12 Nm'")
-    assert check_answer(check.model_copy(update={"ignore_case": True}), "Tighten to 12 NM.") == (True, "")
+    assert check_answer(check, "Tighten to 12 Nm.") == (True, "", True)
+    assert check_answer(check, "Tighten to 12 NM.") == (False, "does not contain '12 Nm'", True)
+    assert check_answer(check.model_copy(update={"ignore_case": True}), "Tighten to 12 NM.") == (True, "", True)
 
 
 # --- python ----------------------------------------------------------------------------------------------
@@ -35,37 +35,39 @@ def test_contains_check_is_case_sensitive_unless_told():
 
 def test_code_that_prints_the_expected_value_passes():
     answer = "Sum them:\n\n```python\nprint(sum(range(4)))\n```\n\nThat prints 6."
-    assert check_answer(python_check(expected=6), answer) == (True, "")
+    assert check_answer(python_check(expected=6), answer) == (True, "", True)
 
 
 def test_code_that_prints_something_else_fails_with_what_it_printed():
-    passed, reason = check_answer(python_check(expected=6), "print(sum(range(5)))")
-    assert not passed
-    assert reason == "printed '10', expected 6"
+    assert check_answer(python_check(expected=6), "print(sum(range(5)))") == (False, "printed '10', expected 6", True)
 
 
-def test_code_that_loops_forever_times_out_as_a_fail():
+def test_code_that_loops_forever_times_out_as_a_fail_that_did_not_complete():
     answer = "```python\nwhile True:\n    pass\n```"
-    assert check_answer(python_check(expected=1, timeout_s=1), answer) == (False, "timed out after 1 s")
+    assert check_answer(python_check(expected=1, timeout_s=1), answer) == (False, "timed out after 1 s", False)
 
 
-def test_code_that_raises_fails_with_the_exception():
-    passed, reason = check_answer(python_check(expected=1), "```py\nprint(1 / 0)\n```")
-    assert not passed
-    assert reason == "exited with code 1: ZeroDivisionError: division by zero"
+def test_code_that_raises_fails_with_the_exception_and_did_not_complete():
+    verdict = check_answer(python_check(expected=1), "```py\nprint(1 / 0)\n```")
+    assert verdict == (False, "exited with code 1: ZeroDivisionError: division by zero", False)
 
 
 def test_expression_is_evaluated_after_the_code_and_compared_as_json():
     answer = "```python\ndef span(xs):\n    return (min(xs), max(xs))\n```"
-    assert check_answer(python_check(expression="span([3, 1, 2])", expected=[1, 3]), answer) == (True, "")
-    passed, reason = check_answer(python_check(expression="span([5])", expected=[1, 3]), answer)
-    assert (passed, reason) == (False, "span([5]) gave '(5, 5)', expected [1, 3]")
+    assert check_answer(python_check(expression="span([3, 1, 2])", expected=[1, 3]), answer) == (True, "", True)
+    verdict = check_answer(python_check(expression="span([5])", expected=[1, 3]), answer)
+    assert verdict == (False, "span([5]) gave '(5, 5)', expected [1, 3]", True)
 
 
 def test_expression_with_an_undefined_name_fails():
-    passed, reason = check_answer(python_check(expression="add(2, 3)", expected=5), "def plus(a, b): return a + b")
-    assert not passed
-    assert reason.startswith("exited with code 1: NameError: name 'add' is not defined")
+    verdict = check_answer(python_check(expression="add(2, 3)", expected=5), "def plus(a, b): return a + b")
+    assert not verdict.passed and not verdict.completed
+    assert verdict.reason.startswith("exited with code 1: NameError: name 'add' is not defined")
+
+
+def test_code_that_exits_early_by_itself_is_a_completed_fail():
+    verdict = check_answer(python_check(expression="add(2, 3)", expected=5), "import sys\nsys.exit(0)")
+    assert verdict == (False, "the code exited before add(2, 3) could be evaluated", True)
 
 
 def test_code_runs_isolated_in_an_empty_directory_without_our_secrets(monkeypatch, tmp_path):
@@ -73,7 +75,18 @@ def test_code_runs_isolated_in_an_empty_directory_without_our_secrets(monkeypatc
     monkeypatch.chdir(tmp_path)
     (tmp_path / "mine.txt").write_text("ours")
     code = "import os, sys\nprint(sorted(os.listdir('.')), 'OPENAI_API_KEY' in os.environ, sys.flags.isolated)"
-    assert check_answer(python_check(expected="['answer.py'] False 1"), code) == (True, "")
+    assert check_answer(python_check(expected="['answer.py'] False 1"), code) == (True, "", True)
+
+
+def test_check_answers_runs_python_checks_concurrently_in_the_order_given():
+    answers = [f"import time\ntime.sleep(0.5)\nprint({n})" for n in (6, 7, 6, 5)]
+    verdicts = check_answers(python_check(expected=6, timeout_s=3), answers, workers=4)
+    assert [verdict.passed for verdict in verdicts] == [True, False, True, False]
+    assert verdicts[3] == (False, "printed '5', expected 6", True)
+    assert check_answers(CheckParams(name="c", kind="contains", value="6"), ["6", "7"]) == [
+        (True, "", True),
+        (False, "does not contain '6'", True),
+    ]
 
 
 def test_extract_code_takes_the_first_python_block_and_skips_other_languages():
@@ -143,11 +156,20 @@ def test_checks_load_from_params(tmp_path):
         tmp_path,
         "  checks:\n"
         "    - {name: cites, kind: regex, pattern: '\\[\\d+\\]'}\n"
-        "    - {name: runs, kind: python, expected: null, expression: main(), timeout_s: 2, applies_to: code}\n",
+        "    - {name: runs, kind: python, expected: null, expression: main(), timeout_s: 2, applies_to: code}\n"
+        "    - {name: big, kind: python, expected: 1, memory_mb: 2048, max_processes: 4}\n",
     )
     checks = load_params(path).evaluate.checks
-    assert [c.name for c in checks] == ["cites", "runs"]
+    assert [c.name for c in checks] == ["cites", "runs", "big"]
     assert checks[1].expected is None and checks[1].timeout_s == 2
+    assert (checks[1].memory_mb, checks[1].max_processes) == (512, 32)
+    assert (checks[2].memory_mb, checks[2].max_processes) == (2048, 4)
+
+
+def test_a_python_checks_memory_limit_leaves_room_for_python(tmp_path):
+    path = write_params(tmp_path, "  checks:\n    - {name: c, kind: python, expected: 1, memory_mb: 16}\n")
+    with pytest.raises(ParamsError, match=r"p.yaml:5: evaluate.checks.0.memory_mb: Input should be greater than or"):
+        load_params(path)
 
 
 def test_bad_check_regex_is_one_line_naming_file_line_and_key(tmp_path):

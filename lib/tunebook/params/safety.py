@@ -16,6 +16,8 @@ from typing import Any
 # many modules and in notebook kernels, which inherit the environment of `tunebook run` or of JupyterLab.
 ALLOW_PICKLE = "TUNEBOOK_ALLOW_PICKLE"
 TRUST_REMOTE_CODE = "TUNEBOOK_TRUST_REMOTE_CODE"
+# Lets python checks run without bubblewrap where it is missing: under rlimits and a timeout only.
+UNSANDBOXED_CHECKS = "TUNEBOOK_UNSANDBOXED_CHECKS"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 
 # A key holding a credential contains one of these words (lower-cased): `key` covers api_key, apikey and
