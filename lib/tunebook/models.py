@@ -120,33 +120,65 @@ def generate(
 ) -> list[Generation]:
     """Answers to each conversation's last user turn, in the input order; greedy at temperature 0.
 
-    Prompts run in batches of similar length (longest first), left-padded, with the KV cache. Greedy
-    answers are the ones each prompt gets alone (tests/unit/test_models.py; benchmarks/bench_evaluate.py on
-    the demo). The logits agree to ~1e-5 on the demo model rather than to the bit, so only a near tie
-    between the two best tokens could break another way. No attention implementation closes that gap on a
-    CPU (measured): with sdpa and eager alike, padding lengthens the key axis the kernels sum over and
-    regroups the sums, and the BLAS rounds a matmul's rows differently with the number of rows (MKL: under
-    4 rows, and by how rows split across threads). So the model keeps its default attention, sdpa: as fast
-    as eager here, and much faster on a GPU.
+    Greedy answers in batches are the ones each prompt gets alone (tests/unit/test_models.py;
+    benchmarks/bench_evaluate.py on the demo): see generate_tokens for how close.
     """
     tokenizer = loaded.tokenizer
+    stops = end_ids(tokenizer)
+    prompts = tokenizer.apply_chat_template(conversations, add_generation_prompt=True, tokenize=False)
+    prompt_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
+    new_tokens = generate_tokens(
+        loaded.model,
+        tokenizer,
+        prompt_ids,
+        max_new_tokens,
+        batch_size,
+        temperature,
+        progress,
+        f"generate {loaded.name}",
+    )
+    texts = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+    return [
+        Generation(text.strip(), bool(ids) and ids[-1] in stops) for text, ids in zip(texts, new_tokens, strict=True)
+    ]
+
+
+@torch.inference_mode()
+def generate_tokens(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompt_ids: list[list[int]],
+    max_new_tokens: int,
+    batch_size: int,
+    temperature: float = 0.0,
+    progress: bool = True,
+    description: str = "generate",
+) -> list[list[int]]:
+    """The new tokens of each prompt, in the input order, up to and with the first end id (the end of an assistant
+    turn, or EOS): what every stage generates with, the RL stage's rollouts included.
+
+    Prompts run in batches of similar length (longest first), left-padded, with the KV cache. The logits agree with
+    a prompt's alone to ~1e-5 on the demo model rather than to the bit, so only a near tie between the two best
+    tokens could break another way. No attention implementation closes that gap on a CPU (measured): with sdpa and
+    eager alike, padding lengthens the key axis the kernels sum over and regroups the sums, and the BLAS rounds a
+    matmul's rows differently with the number of rows (MKL: under 4 rows, and by how rows split across threads).
+    So the model keeps its default attention, sdpa: as fast as eager here, and much faster on a GPU.
+    """
     stops = end_ids(tokenizer)
     # Many base models ship without a pad token; an end id can pad instead, as the attention mask hides
     # padding whatever its id.
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[-1]
-    prompts = tokenizer.apply_chat_template(conversations, add_generation_prompt=True, tokenize=False)
-    prompt_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
     # Batches of similar lengths pad little, and longest first makes the batch that needs the most memory
     # the first one to run.
     order = sorted(range(len(prompt_ids)), key=lambda i: len(prompt_ids[i]), reverse=True)
-    answers: dict[int, Generation] = {}
+    completions: dict[int, list[int]] = {}
     batches = range(0, len(order), batch_size)
-    for start in tqdm(batches, desc=f"generate {loaded.name}", disable=not progress):
+    for start in tqdm(batches, desc=description, disable=not progress):
         rows = order[start : start + batch_size]
         input_ids, attention_mask = left_padded([prompt_ids[i] for i in rows], pad_id)
         # transformers derives position ids from the attention mask, so a padded prompt's first real
         # token sits at position 0, as it does when the prompt runs alone.
-        output = loaded.model.generate(
+        output = model.generate(
             input_ids=input_ids.to(device()),
             attention_mask=attention_mask.to(device()),
             max_new_tokens=max_new_tokens,
@@ -154,13 +186,11 @@ def generate(
             pad_token_id=pad_id,
             eos_token_id=stops,
         )
-        new_tokens = output[:, input_ids.shape[1] :]
-        # A row that ends before the rest of its batch is padded after its end id: decoding skips both, and
-        # the end id alone says that the row stopped.
-        texts = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
-        for row, tokens, text in zip(rows, new_tokens.tolist(), texts, strict=True):
-            answers[row] = Generation(text.strip(), any(t in stops for t in tokens))
-    return [answers[i] for i in range(len(conversations))]
+        # A row that ends before the rest of its batch is padded after its end id: it is cut there.
+        for row, tokens in zip(rows, output[:, input_ids.shape[1] :].tolist(), strict=True):
+            end = next((i for i, token in enumerate(tokens) if token in stops), len(tokens) - 1)
+            completions[row] = tokens[: end + 1]
+    return [completions[i] for i in range(len(prompt_ids))]
 
 
 def left_padded(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
