@@ -22,7 +22,7 @@ import torch
 
 from tunebook import chunking, dataset, evaluate, judge, llm, metrics, models, paths, quality, recipe, registry
 from tunebook.files import hash_fraction, hash_tree, jsonl_text, read_complete_lines, sha256_text, write_atomic
-from tunebook.params import DpoParams, EvaluateParams
+from tunebook.params import DpoParams, EvaluateParams, RlParams
 
 PAIRS_FILE = "pairs.jsonl"
 
@@ -57,7 +57,9 @@ def inputs(run_id: str, params: DpoParams, seed: int) -> PairSources:
     return PairSources(prompts, {c.id: c.text for c in chunks}, policy, spec["base_model"], spec["adapter"])
 
 
-def train_prompts(train_rows: list[dict], test_rows: list[dict], params: DpoParams, seed: int) -> pd.DataFrame:
+def train_prompts(
+    train_rows: list[dict], test_rows: list[dict], params: DpoParams | RlParams, seed: int
+) -> pd.DataFrame:
     """Train rows to build pairs from (a seeded sample of `prompts` of them), never one sharing a question
     or an n-gram of `decontamination_ngram` words with a test item: pairs are decontaminated against the test
     split."""
@@ -407,11 +409,12 @@ class DpoResult:
     reference: str  # the reference model: the SFT model's name, verified by its adapter's hash
 
 
-def check_reference(sft_name: str, run_id: str) -> dict:
-    """The SFT model's registry entry, refused when its adapter is not the one that was registered."""
-    entry = registry.entry(sft_name, run_id)
+def check_reference(name: str, run_id: str, stage: str = "DPO") -> dict:
+    """The registry entry of the model a stage starts from (and keeps as its reference), refused when its adapter
+    is not the one that was registered."""
+    entry = registry.entry(name, run_id)
     if not entry.get("adapter"):
-        raise DpoError(f"DPO starts from a LoRA adapter in the registry, and {entry['name']} is not one")
+        raise DpoError(f"{stage} starts from a LoRA adapter in the registry, and {entry['name']} is not one")
     found = hash_tree(Path(entry["adapter"]))
     if found != entry.get("output_hash"):
         raise DpoError(
@@ -455,7 +458,7 @@ def train_dpo(
         eval_dataset=Dataset.from_list(val) if val else None,
         processing_class=tokenizer,
     )
-    _verify_reference_adapter(trainer.model, Path(entry["adapter"]))
+    verify_reference_adapter(trainer.model, Path(entry["adapter"]))
     trainer.train()
     adapter_dir = out_dir / "adapter"
     trainer.save_model(str(adapter_dir))
@@ -504,8 +507,9 @@ def resolved_configs(params: DpoParams, pairs_dir: Path, out_dir: Path, seed: in
     return recipe.differences(configs)
 
 
-def _verify_reference_adapter(model, adapter_dir: Path) -> None:
-    """The trainer's frozen reference adapter must hold exactly the SFT adapter's weights."""
+def verify_reference_adapter(model, adapter_dir: Path) -> None:
+    """The trainer's frozen reference adapter (TRL's DPO and GRPO trainers copy a trained adapter as "ref") must
+    hold exactly the starting adapter's weights."""
     from safetensors.torch import load_file
 
     saved = load_file(str(adapter_dir / "adapter_model.safetensors"))
@@ -514,9 +518,11 @@ def _verify_reference_adapter(model, adapter_dir: Path) -> None:
         # The file names a LoRA weight without its adapter; the trainer's copy is the adapter named "ref".
         copy = parameters.get(name.replace(".weight", ".ref.weight"))
         if copy is None:
-            raise DpoError(f"TRL's reference holds no frozen copy of the SFT adapter's {name} (peft >= 0.20 needed)")
+            raise DpoError(
+                f"TRL's reference holds no frozen copy of the starting adapter's {name} (peft >= 0.20 needed)"
+            )
         if not torch.equal(copy.detach().cpu().to(value.dtype), value):
-            raise DpoError(f"the reference model does not match the SFT adapter at {name}")
+            raise DpoError(f"the reference model does not match the starting adapter at {name}")
 
 
 def register_model(run_id: str, result: DpoResult, params: DpoParams, card: dict) -> str:

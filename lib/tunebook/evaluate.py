@@ -218,7 +218,6 @@ def summarize(
     """Per system: items, mean scores in points, corpus BLEU, stop rate, perplexity (closed-book, on the
     references), retrieval hit rate (rag) and each domain check's pass rate."""
     rows, signature = [], ""
-    check_columns = [c for c in examples.columns if c.startswith("check_") and not c.endswith("_reason")]
     for system, group in examples.groupby("system", sort=False):
         bleu, signature = metrics.corpus_bleu(group["prediction"].tolist(), group["reference"].tolist())
         row = {
@@ -235,21 +234,33 @@ def summarize(
             row["perplexity"] = round(perplexities.get(row["model"], float("nan")), 3) if closed else float("nan")
         if "hit" in group and row["condition"] == "rag":
             row["retrieval_hit_rate"] = round(group["hit"].dropna().astype(float).mean() * 100, 1)
-        for column in check_columns:
+        for column in check_columns(examples):
             row[column] = round(group[column].dropna().mean() * 100, 1)
         rows.append(row)
     return pd.DataFrame(rows), signature
+
+
+def check_columns(examples: pd.DataFrame) -> list[str]:
+    """The pass/fail columns of the domain checks (check_<name>: 1, 0, or missing where it does not apply)."""
+    return [c for c in examples.columns if c.startswith("check_") and not c.endswith("_reason")]
 
 
 # --- comparisons ------------------------------------------------------------------------------------------
 
 
 def compare(examples: pd.DataFrame, params: EvaluateParams, seed: int) -> pd.DataFrame:
-    """Every system vs the baseline (closed-book) on every score, the judge's grade included once it is
-    there: the paired-bootstrap delta (points; judge grades on their 1-10 scale), its 95% CI, and whether
-    the CI excludes 0, the only case the report calls significant."""
+    """Every system vs the baseline (closed-book) on every score, each domain check's pass rate, and the judge's
+    grade once it is there: the paired-bootstrap delta (points; judge grades on their 1-10 scale), its 95% CI, and
+    whether the CI excludes 0, the only case the report calls significant. A check is compared on the items it
+    applies to, when there are at least two."""
     scores = examples.rename(columns={"model": "_model", "system": "model"})
     tables = [stats.compare(scores, params.baseline, list(SCORES), resamples=params.resamples, seed=seed, scale=100)]
+    for column in check_columns(scores):
+        applied = scores.dropna(subset=[column])
+        if (applied["model"] == params.baseline).sum() >= 2:
+            tables.append(
+                stats.compare(applied, params.baseline, [column], resamples=params.resamples, seed=seed, scale=100)
+            )
     if "judge_score" in scores:
         # Unparsable grades are not scores: a system is compared on the items both it and the baseline got a
         # grade for, and not at all when fewer than two are left (a judge that only wrote garbage).

@@ -484,3 +484,30 @@ def failure_examples(failures: pd.DataFrame, per_label: int = 2) -> pd.DataFrame
     columns = ["model", "label", "question", "reference", "prediction"]
     labelled = failures.dropna(subset=["label"])
     return labelled.groupby("label", group_keys=False).head(per_label)[columns].sort_values(["label", "model"])
+
+
+# --- a trained stage's re-evaluation ---------------------------------------------------------------------------
+
+
+@dataclass
+class Reevaluation:
+    evaluation: Any  # evaluate.Evaluation: every answer, scored and checked, and the summary per system
+    judgement: Judgement
+    comparison: pd.DataFrame  # every system vs the baseline, each score, check and the judge's grade, with CIs
+
+
+def reevaluate(run_id: str, params: EvaluateParams, out_dir: Path, seed: int, progress: bool = True) -> Reevaluation:
+    """How DPO and RL compare their model with the others of the chain: the evaluate module on the test split
+    (greedy, params' conditions), the judge's grades, verdicts and failure labels, and every comparison with its
+    paired-bootstrap CI; written to out_dir as the evaluate stage writes its own (metrics.json, predictions.jsonl,
+    failures.jsonl)."""
+    from tunebook import evaluate
+    from tunebook.params import ChromaParams
+
+    items = evaluate.inputs(run_id, params, ChromaParams())
+    evaluation = evaluate.evaluate_models(items.items, params, run_id, None, items.train_texts, progress)
+    judgement = judge_answers(evaluation.examples, params, items.chunk_texts, progress)
+    comparison = evaluate.compare(with_grades(evaluation.examples, judgement.grades), params, seed)
+    evaluate.write_results(evaluation, comparison, judgement.summary, out_dir, {"model": params.baseline})
+    write_failures(judgement.failures, out_dir / "failures.jsonl")
+    return Reevaluation(evaluation, judgement, comparison)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-STAGES = ("ingest", "generate", "sft", "evaluate", "dpo", "export")
+STAGES = ("ingest", "generate", "sft", "evaluate", "dpo", "rl", "export")
 NOTEBOOKS = {stage: f"{i:02d}_{stage}" for i, stage in enumerate(STAGES)}
 
 

@@ -15,6 +15,7 @@ _FIXED = {
     "base": _PALETTE[7],
     "sft": _PALETTE[0],
     "dpo": _PALETTE[2],
+    "rl": _PALETTE[3],
     "base+rag": _PALETTE[8],
     "sft+rag": _PALETTE[9],
     "dpo+rag": _PALETTE[4],
@@ -171,6 +172,48 @@ def dpo_curves(history: pd.DataFrame, title: str = "DPO: reward margin and accur
         )
         ax.set_xlabel("optimizer step")
         ax.set_ylabel(f"{column} ({unit})")
+    fig.tight_layout()
+    return fig
+
+
+def rl_rewards(history: pd.DataFrame, names: list[str], title: str = "RL: each reward per step"):
+    """Each reward function's mean over the step's completions, with its standard deviation as a band."""
+    fig, ax = _figure(title)
+    for name, hue in zip(names, _PALETTE, strict=False):  # rewards are a run's own names: one colour each
+        mean, std = history.get(f"rewards/{name}/mean"), history.get(f"rewards/{name}/std")
+        if mean is None:
+            continue
+        ax.plot(history["step"], mean, marker="o", markersize=3, label=name, color=hue)
+        if std is not None:
+            ax.fill_between(history["step"], mean - std, mean + std, color=hue, alpha=0.15)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("reward (mean ± sd)")
+    ax.legend(loc="best", fontsize="small")
+    return fig
+
+
+def rl_training(
+    history: pd.DataFrame, title: str = "RL: KL to the reference, completion length, groups that learn nothing"
+):
+    """KL to the reference, the mean completion length (and the share cut at max_completion_length), and the share
+    of prompt groups whose completions all got the same reward."""
+    fig, axes = _panels(title, 3)
+    panels = (
+        (axes[0], {"kl": "KL to the reference"}, "nats per token"),
+        (axes[1], {"completions/mean_length": "mean length"}, "tokens"),
+        (
+            axes[2],
+            {"frac_reward_zero_std": "zero reward variance", "completions/clipped_ratio": "cut at max length"},
+            "share",
+        ),
+    )
+    for ax, columns, unit in panels:
+        for column, label in columns.items():
+            if column in history:
+                ax.plot(history["step"], history[column], marker="o", markersize=3, label=label)
+        ax.set_xlabel("optimizer step")
+        ax.set_ylabel(unit)
+        ax.legend(loc="best", fontsize="small")
     fig.tight_layout()
     return fig
 

@@ -26,10 +26,10 @@ def templates() -> Environment:
 
 
 def headline_metrics(run_id: str) -> dict:
-    """The headline scores per system, e.g. {'sft': {'f1': 41.2, ...}}: the evaluate stage's, and the DPO
-    model's from the DPO stage's re-evaluation."""
+    """The headline scores per system, e.g. {'sft': {'f1': 41.2, ...}}: the evaluate stage's, and the DPO and RL
+    models' from their stages' re-evaluations."""
     headline = {}
-    for stage, keep in (("evaluate", None), ("dpo/evaluation", "dpo")):
+    for stage, keep in (("evaluate", None), ("dpo/evaluation", "dpo"), ("rl/evaluation", "rl")):
         path = paths.run_dir(run_id) / stage / "metrics.json"
         if path.exists():
             result = json.loads(path.read_text(encoding="utf-8"))

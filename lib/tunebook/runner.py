@@ -57,15 +57,16 @@ PACKAGES = (
     "sentence-transformers",
     "llama-cpp-python",
 )
-# Each stage reads the outputs of these earlier stages; their hashes are part of its cache key. DPO reads
-# nothing of evaluate's: it mines its own failures on train prompts, since test failures must never train.
+# Each stage reads the outputs of these earlier stages; their hashes are part of its cache key. DPO and RL read
+# nothing of evaluate's: they train on train prompts only, since test failures must never train.
 UPSTREAM = {
     "ingest": (),
     "generate": ("ingest",),
     "sft": ("ingest", "generate"),
     "evaluate": ("ingest", "generate", "sft"),
     "dpo": ("ingest", "generate", "sft"),
-    "export": ("generate", "sft", "dpo"),
+    "rl": ("ingest", "generate", "sft", "dpo"),
+    "export": ("generate", "sft", "dpo", "rl"),
 }
 # Bulky or time-stamped by-products that are not part of a stage's output identity.
 NOT_OUTPUTS = ("checkpoints", "tensorboard", "wandb")

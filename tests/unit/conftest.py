@@ -143,6 +143,30 @@ def lora_adapter(tiny_model: str, tmp_path_factory: pytest.TempPathFactory) -> P
 
 
 @pytest.fixture
+def sft_model(tiny_model, tmp_path, workdir):
+    """A registered SFT adapter on the tiny model (run `t`): a few real steps of tunebook's SFT."""
+    from datasets import Dataset
+
+    from tunebook.params import SftParams
+    from tunebook.sft import TrainingData, register_model, train_sft
+
+    rows = [
+        {
+            "messages": [
+                {"role": "user", "content": f"question {i}?"},
+                {"role": "assistant", "content": f"good answer {i}"},
+            ]
+        }
+        for i in range(8)
+    ]
+    data = TrainingData(Dataset.from_list(rows), Dataset.from_list([]), "h", tmp_path, [])
+    trainer = {"max_steps": 2, "save_steps": 10, "logging_steps": 1, "max_length": 64}
+    params = SftParams(trainer=trainer, precision="fp32")
+    result = train_sft(params, tiny_model, data, tmp_path / "t" / "sft", seed=0, progress=False)
+    return register_model("t", result, params, data)
+
+
+@pytest.fixture
 def pickled_model(tmp_path: Path) -> Path:
     """A tiny random Llama whose only weights are a pickle (pytorch_model.bin), with a word-level tokenizer.
     transformers 5 saves safetensors whatever it is asked, so the pickle is written with torch.save."""

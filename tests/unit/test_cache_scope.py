@@ -101,12 +101,13 @@ def test_an_edit_to_plots_reuses_every_stage_and_an_edit_to_sft_reruns_sft_and_w
         "sft": False,
         "evaluate": False,
         "dpo": False,
+        "rl": False,
         "export": False,
     }
 
 
 def test_an_evaluate_param_reruns_evaluate_only():
-    """DPO mines its own failures on train prompts and reads nothing evaluate writes."""
+    """DPO and RL train on train prompts and read nothing evaluate writes."""
     completed_run(load_params(CI))
     assert reused(load_params(CI, ["evaluate.judge.fail_below=3"])) == {
         "ingest": True,
@@ -114,6 +115,7 @@ def test_an_evaluate_param_reruns_evaluate_only():
         "sft": True,
         "evaluate": False,
         "dpo": True,
+        "rl": True,
         "export": True,
     }
 
@@ -132,6 +134,7 @@ def test_a_tiny_param_reruns_the_stages_that_name_tiny_and_what_follows():
         "sft": False,
         "evaluate": False,
         "dpo": False,
+        "rl": False,
         "export": False,
     }
     extractive = ["generate.teachers=[{name: extractive, backend: extractive}]"]
@@ -148,6 +151,6 @@ def test_without_tiny_the_tiny_params_rerun_nothing():
 
 def test_dpo_starts_without_an_evaluation_but_not_without_sft():
     done = {stage: {"status": "completed"} for stage in ("ingest", "generate", "sft")}
-    runner._missing_upstream("ci", ["dpo", "export"], {"stages": done})
+    runner._missing_upstream("ci", ["dpo", "rl", "export"], {"stages": done})
     with pytest.raises(runner.RunError, match="stage dpo needs sft"):
         runner._missing_upstream("ci", ["dpo"], {"stages": {**done, "sft": {"status": "failed"}}})

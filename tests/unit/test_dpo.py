@@ -162,30 +162,6 @@ def test_the_report_shows_the_resolved_dpo_and_reward_configs_beyond_the_library
     assert set(without_reward["config"]) == {"DPOConfig"}
 
 
-@pytest.fixture
-def sft_model(tiny_model, tmp_path, workdir):
-    """A registered SFT adapter on the tiny model: a few real steps of tunebook's SFT."""
-    from datasets import Dataset
-
-    from tunebook.params import SftParams
-    from tunebook.sft import TrainingData, register_model, train_sft
-
-    rows = [
-        {
-            "messages": [
-                {"role": "user", "content": f"question {i}?"},
-                {"role": "assistant", "content": f"good answer {i}"},
-            ]
-        }
-        for i in range(8)
-    ]
-    data = TrainingData(Dataset.from_list(rows), Dataset.from_list([]), "h", tmp_path, [])
-    trainer = {"max_steps": 2, "save_steps": 10, "logging_steps": 1, "max_length": 64}
-    params = SftParams(trainer=trainer, precision="fp32")
-    result = train_sft(params, tiny_model, data, tmp_path / "t" / "sft", seed=0, progress=False)
-    return register_model("t", result, params, data)
-
-
 def test_dpo_trains_the_sft_adapter_against_a_verified_copy_of_it(sft_model, tmp_path):
     from tunebook import models
 

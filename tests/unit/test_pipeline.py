@@ -75,18 +75,20 @@ def test_index_links_every_stage_report(first_run, workdir):
 def test_second_run_reuses_every_stage(first_run, workdir, capsys):
     assert main(["plan", CI]) == 0
     out = capsys.readouterr().out
-    assert "ingest [cached], generate [cached], sft [cached], evaluate [cached], dpo [cached], export [cached]" in out
+    cached = ["ingest", "generate", "sft", "evaluate", "dpo", "rl", "export"]
+    assert ", ".join(f"{stage} [cached]" for stage in cached) in out
     assert main(["run", CI]) == 0
     manifest = json.loads((workdir / "reports" / "ci" / "run.json").read_text())
     assert {s["status"] for s in manifest["stages"].values()} == {"cached"}
 
 
 def test_changed_param_reruns_that_stage_and_downstream_only(first_run, capsys):
-    assert main(["plan", CI, "--set", "evaluate.changed_most=3"]) == 0  # DPO reads nothing of evaluate's
-    assert "sft [cached], evaluate [run], dpo [cached], export [cached]" in capsys.readouterr().out
+    assert main(["plan", CI, "--set", "evaluate.changed_most=3"]) == 0  # DPO and RL read nothing of evaluate's
+    assert "sft [cached], evaluate [run], dpo [cached], rl [cached], export [cached]" in capsys.readouterr().out
     assert main(["plan", CI, "--set", "generate.extractive_answer_chars=250"]) == 0
     assert (
-        "ingest [cached], generate [run], sft [run], evaluate [run], dpo [run], export [run]" in capsys.readouterr().out
+        "ingest [cached], generate [run], sft [run], evaluate [run], dpo [run], rl [run], export [run]"
+        in capsys.readouterr().out
     )
 
 

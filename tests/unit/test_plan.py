@@ -71,7 +71,7 @@ def test_missing_config_explains(checkout_workdir):
 
 @pytest.mark.parametrize(
     "stages,start,expected",
-    [(None, "sft", ["sft", "evaluate", "dpo", "export"]), ("generate,ingest", None, ["ingest", "generate"])],
+    [(None, "sft", ["sft", "evaluate", "dpo", "rl", "export"]), ("generate,ingest", None, ["ingest", "generate"])],
 )
 def test_stage_selection(stages, start, expected):
     from tunebook.runner import select_stages

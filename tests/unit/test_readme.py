@@ -80,6 +80,8 @@ EXERCISED = {
     "accelerate launch": ["test_sft.py::test_two_process_data_parallel_matches_one_process"],
     # DeepSpeed is installed by GPU users only; the configs it reads are checked by accelerate here.
     "pip install deepspeed": ["test_sft.py::test_the_shipped_accelerate_configs_are_valid"],
+    # vLLM needs a GPU: RL's switch to it is a GRPOConfig field, checked against TRL's config here.
+    "pip install vllm": ["test_rl.py::test_vllm_generation_is_a_trainer_switch"],
     # The serving commands are the ones the export prints; llama.cpp's server runs in tests, while vLLM and Ollama
     # cannot run on this machine (no GPU, no Go): the Modelfile they read is checked by rendering it.
     "cd data/runs/demo/export/gguf && ollama create tunebook-demo -f Modelfile && ollama run tunebook-demo": [
@@ -89,7 +91,7 @@ EXERCISED = {
     "vllm serve data/runs/demo/export/merged --served-model-name tunebook-demo --generation-config auto": [
         "here::test_the_serving_commands_are_the_ones_the_export_prints"
     ],
-    "vllm serve BASE --enable-lora --lora-modules tunebook-demo=data/runs/demo/dpo/adapter": [
+    "vllm serve BASE --enable-lora --lora-modules tunebook-demo=data/runs/demo/rl/adapter": [
         "here::test_the_serving_commands_are_the_ones_the_export_prints"
     ],
     (
@@ -176,7 +178,7 @@ def test_the_serving_commands_are_the_ones_the_export_prints():
     gguf = run / "export" / "gguf"
     printed = export.serving_commands(
         run / "export" / "merged",
-        SimpleNamespace(base_model="BASE", adapter_dir=run / "dpo" / "adapter"),
+        SimpleNamespace(base_model="BASE", adapter_dir=run / "rl" / "adapter"),
         "tunebook-demo",
         {"f16": gguf / "tunebook-demo-f16.gguf"},
         gguf / "Modelfile",

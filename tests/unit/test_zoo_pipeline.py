@@ -1,5 +1,5 @@
 """Every family of the zoo through the stages a real model goes through: SFT with its stock chat template,
-evaluate, DPO and the export's merge check, GGUF and Ollama Modelfile, through tunebook's own stage code.
+evaluate, DPO, RL and the export's merge check, GGUF and Ollama Modelfile, through tunebook's own stage code.
 
 The zoo's models are random and only a few steps trained, so nothing here is about quality: it is about
 templates, special tokens, end-of-turn ids, added vocabulary and the hand-over between stages.
@@ -15,8 +15,8 @@ from test_generate import extractive_only, run, stdlib_chunks
 from transformers import AutoTokenizer, GenerationConfig
 from zoo import FAMILIES
 
-from tunebook import chunking, dpo, evaluate, export, gguf, models, paths, registry
-from tunebook.params import ChromaParams, DpoParams, EvaluateParams, ExportParams, RewardParams, SftParams
+from tunebook import chunking, dpo, evaluate, export, gguf, models, paths, registry, rl
+from tunebook.params import ChromaParams, DpoParams, EvaluateParams, ExportParams, RewardParams, RlParams, SftParams
 from tunebook.sft import register_model, train_sft, training_data
 
 RUN = "zoo"
@@ -66,7 +66,7 @@ def sft(family_dir: Path, **overrides) -> str:
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_a_stock_model_goes_through_sft_evaluate_dpo_and_export(family, zoo, run_data, workdir):
+def test_a_stock_model_goes_through_sft_evaluate_dpo_rl_and_export(family, zoo, run_data, workdir):
     stage_inputs(run_data)
     source, loss, turn_end = STOCK[family]
     name = sft(zoo(family))
@@ -118,9 +118,21 @@ def test_a_stock_model_goes_through_sft_evaluate_dpo_and_export(family, zoo, run
     result = dpo.train_dpo(dpo_params, RUN, paths.stage_dir(RUN, "dpo"), paths.stage_dir(RUN, "dpo"), 0, False)
     dpo.register_model(RUN, result, dpo_params, card)
 
+    # RL: GRPO on the DPO adapter, its rollouts through the template and stopped at the family's end of turn
+    rl_params = RlParams(
+        prompts=8,
+        rewards=[{"name": "rouge_l", "kind": "rouge_l"}, {"name": "format", "kind": "format"}],
+        batch_size=8,
+        precision="fp32",
+        trainer={"num_generations": 4, "per_device_train_batch_size": 8, "max_completion_length": 12, "max_steps": 2},
+    )
+    trained = rl.train_rl(rl_params, RUN, rl.train_prompts(RUN, rl_params, 0), paths.stage_dir(RUN, "rl"), 0, False)
+    assert trained.history["kl"].notna().all() and len(trained.rollouts.batches) == 2
+    rl.register_model(RUN, trained, rl_params, rl.train_prompts(RUN, rl_params, 0))
+
     # export: merge checked against base + adapter, the generation config stops at every end id
     export_params = ExportParams(
-        model="dpo", verify_prompts=6, max_new_tokens=8, gguf=["f32"], modelfile="f32", min_agreement=0.8
+        model="rl", verify_prompts=6, max_new_tokens=8, gguf=["f32"], modelfile="f32", min_agreement=0.8
     )
     exported = export.inputs(RUN, export_params)
     merged, check = export.merge_and_verify(exported, export_params)
@@ -130,8 +142,9 @@ def test_a_stock_model_goes_through_sft_evaluate_dpo_and_export(family, zoo, run
         merged, exported.reference.tokenizer, out_dir / "merged", [exported.adapter_dir, exported.base_model]
     )
     export.register(RUN, exported, merged_dir, check)
-    recorded = {stage: registry.entries()[f"{RUN}:{stage}"]["chat_template"] for stage in ("sft", "dpo", "export")}
-    assert recorded["sft"] == recorded["dpo"] == recorded["export"]  # the one template, recorded with each model
+    stages = ("sft", "dpo", "rl", "export")
+    recorded = {stage: registry.entries()[f"{RUN}:{stage}"]["chat_template"] for stage in stages}
+    assert recorded["sft"] == recorded["dpo"] == recorded["rl"] == recorded["export"]  # one template, every model
     saved = GenerationConfig.from_pretrained(merged_dir).eos_token_id
     assert set(saved if isinstance(saved, list) else [saved]) == set(stops)
     assert AutoTokenizer.from_pretrained(merged_dir).chat_template == sft_tokenizer.chat_template

@@ -66,6 +66,22 @@ REWARD_TRAINER_DEFAULTS: dict[str, Any] = {  # trl.RewardConfig
     "save_strategy": "no",
 }
 REWARD_LORA_DEFAULTS: dict[str, Any] = {"r": 8, "lora_alpha": 16, "target_modules": "all-linear"}
+GRPO_TRAINER_DEFAULTS: dict[str, Any] = {  # trl.GRPOConfig
+    "learning_rate": 1e-5,  # TRL's 1e-6 is for full weights; a LoRA adapter moves with ~10x
+    # KL to the reference (the starting adapter) in the loss: TRL's default 0 would neither hold the policy nor
+    # measure how far it went
+    "beta": 0.04,
+    "num_generations": 8,  # completions a prompt: the group whose rewards are compared
+    "per_device_train_batch_size": 8,  # completions a step; a multiple of num_generations
+    "max_completion_length": 256,
+    "temperature": 1.0,
+    "num_train_epochs": 1.0,
+    "max_steps": -1,  # > 0 overrides num_train_epochs
+    "activation_checkpointing": False,
+    "logging_steps": 1,  # every step: the report's curves
+    "logging_first_step": True,
+    "save_strategy": "no",
+}
 
 # Fields of the libraries' configs that tunebook sets itself, and what to do instead.
 _TRAINER_OWNED = {
@@ -101,6 +117,13 @@ REWARD_TRAINER_OWNED = {
     "eval_strategy": "its pairwise accuracy is measured after training (set dpo.reward.held_out_fraction)",
     "model_init_kwargs": "the reward model loads in fp32 (its head's small updates would round away in bf16)",
 }
+GRPO_TRAINER_OWNED = {
+    **{key: hint.format(stage="rl") for key, hint in _TRAINER_OWNED.items()},
+    "report_to": "RL reports in its notebook",
+    "eval_strategy": "the RL stage re-evaluates on the test split after training",
+    "reward_weights": "set the weight of each rl.rewards entry instead",
+    "log_completions": "the report shows completions early and late",
+}
 SFT_LORA_OWNED = {
     "task_type": "an SFT adapter is CAUSAL_LM",
     "trainable_token_indices": "the rows of the tokens sft.chat_template adds are trained (tunebook.chat)",
@@ -116,6 +139,7 @@ SFT_BLOCKS = {
     "quantization": recipe.Block("transformers", "BitsAndBytesConfig", SFT_QUANTIZATION_DEFAULTS, {}, construct=True),
 }
 DPO_BLOCKS = {"trainer": recipe.Block("trl", "DPOConfig", DPO_TRAINER_DEFAULTS, DPO_TRAINER_OWNED)}
+RL_BLOCKS = {"trainer": recipe.Block("trl", "GRPOConfig", GRPO_TRAINER_DEFAULTS, GRPO_TRAINER_OWNED)}
 REWARD_BLOCKS = {
     "trainer": recipe.Block("trl", "RewardConfig", REWARD_TRAINER_DEFAULTS, REWARD_TRAINER_OWNED),
     "lora": recipe.Block("peft", "LoraConfig", REWARD_LORA_DEFAULTS, REWARD_LORA_OWNED),

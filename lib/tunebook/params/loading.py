@@ -234,7 +234,7 @@ def _check_corpus(params: Params, path: Path) -> None:
 def _transformers_models(params: Params) -> list[tuple[str, str]]:
     """(key, model) for each model a run loads with transformers by name: the base, hf teachers and hf judges."""
     teachers = [(f"generate.teachers.{i}.model", t) for i, t in enumerate(params.generate.teachers)]
-    judges = [(f"{stage}.judge.model", getattr(params, stage).judge) for stage in ("evaluate", "dpo")]
+    judges = [(f"{stage}.judge.model", getattr(params, stage).judge) for stage in ("evaluate", "dpo", "rl")]
     hf = [(key, spec.model) for key, spec in teachers + judges if spec.backend == "hf" and spec.model]
     return [("sft.base_model", params.sft.base_model), *hf]
 

@@ -22,7 +22,7 @@ from pydantic import (
 )
 
 from tunebook import paths, recipe
-from tunebook.params.blocks import DPO_BLOCKS, REWARD_BLOCKS, SFT_BLOCKS
+from tunebook.params.blocks import DPO_BLOCKS, REWARD_BLOCKS, RL_BLOCKS, SFT_BLOCKS
 from tunebook.params.prompts import (
     DEFAULT_ANSWER_PROMPT,
     DEFAULT_CRITIQUE_PROMPT,
@@ -286,7 +286,9 @@ class CheckParams(Strict):
     # python: what the answer's code prints (compared stripped, as text), or the value of `expression`
     expected: Any = None
     expression: str | None = None  # python: evaluated after the code runs, e.g. "add(2, 3)"; compared to expected
-    timeout_s: float = Field(5.0, gt=0)  # python: a longer run fails the check
+    timeout_s: float = Field(5.0, gt=0)  # python: a longer run (wall clock; CPU time too) fails the check
+    memory_mb: int = Field(512, ge=64)  # python: the address space of each process the code starts
+    max_processes: int = Field(32, ge=1)  # python: processes and threads the code may have at once
     applies_to: str | None = None  # a regex on the question; None = every question
 
     @field_validator("pattern", "applies_to")
@@ -486,11 +488,94 @@ class DpoParams(Strict):
         return self
 
 
+def _regex(value: str | None) -> str | None:
+    if value is not None:
+        try:
+            re.compile(value)
+        except re.error as err:
+            raise ValueError(f"not a valid regex ({err})") from None
+    return value
+
+
+class RlRewardParams(Strict):
+    """One reward of the RL stage: a named function of each completion (logged as rewards/<name>), weighted in
+    the sum GRPO ranks a group's completions by. A reward that cannot score a completion gives None: TRL leaves
+    it out of the sum, and the report counts it."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    # check: 1 pass, 0 fail; f1, rouge_l: against the train reference, 0 to 1; judge: the grade, 0 (1/10) to 1
+    # (10/10); reward_model: its score; length: 0, less per word over max_words (down to -1); format: 0, or -1
+    # when the completion does not end its turn or match `pattern`
+    kind: Literal["check", "f1", "rouge_l", "judge", "reward_model", "length", "format"]
+    weight: float = 1.0
+    # check: the name of an evaluate.checks entry, or a check of its own, shaped like one
+    check: str | CheckParams | None = None
+    max_words: int = Field(100, ge=1)  # length: the longest answer without a penalty
+    pattern: str | None = None  # format: a regex every completion must match (searched)
+    reward_model: str = "dpo"  # reward_model: the one this run's dpo stage trained, or RUN_ID:dpo for another run's
+
+    _pattern = field_validator("pattern")(classmethod(lambda cls, value: _regex(value)))
+
+    @model_validator(mode="after")
+    def _kind_fields(self) -> RlRewardParams:
+        if (self.kind == "check") != (self.check is not None):
+            raise ValueError(f"reward '{self.name}': `check` goes with kind check, and kind check needs it")
+        if not re.fullmatch(r"(?:[A-Za-z0-9][A-Za-z0-9_.-]*:)?dpo", self.reward_model):
+            raise ValueError(f"reward '{self.name}': reward_model is dpo or RUN_ID:dpo, got {self.reward_model!r}")
+        return self
+
+
+def default_rewards(checks: list[CheckParams]) -> list[RlRewardParams]:
+    """What RL rewards when params name nothing: every evaluation check, ROUGE-L against the reference, and a
+    completion that ends its turn."""
+    return [
+        *(RlRewardParams(name=check.name, kind="check", check=check.name) for check in checks),
+        RlRewardParams(name="rouge_l", kind="rouge_l"),
+        RlRewardParams(name="format", kind="format", weight=0.5),
+    ]
+
+
+class RlParams(Strict):
+    model: str = "dpo"  # the registry model RL continues (an adapter); its frozen copy is the KL's reference
+    prompts: int = Field(64, ge=0)  # train prompts to roll out; 0 = the whole train split
+    questions_matching: str | None = None  # only train prompts whose question matches this regex; None = all
+    # train prompts sharing an n-gram of this many words with a test item are left out, as DPO's are
+    decontamination_ngram: int = Field(13, ge=1)
+    # the reward functions; left out: every evaluate.checks entry, rouge_l and format (default_rewards)
+    rewards: list[RlRewardParams] = Field(default_factory=lambda: default_rewards([]), min_length=1)
+    judge: JudgeParams = JudgeParams()  # the judge reward's grader, and the re-evaluation's
+    batch_size: int = Field(16, ge=1)  # completions a generation forward pass (rollouts and the re-evaluation)
+    check_workers: int = Field(0, ge=0)  # python checks run at once in their sandboxes; 0 = one per CPU core
+    max_new_tokens: int = Field(64, ge=1)  # the re-evaluation's answer length (rollouts: trainer.max_completion_length)
+    examples: int = Field(4, ge=0)  # completions the report shows from the first and the last steps
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # as sft.precision
+    # trl.GRPOConfig fields (over GRPO_TRAINER_DEFAULTS): num_generations, beta, max_completion_length, loss_type...
+    # On a GPU, use_vllm: true (with vllm_mode colocate or server) generates with vLLM instead of transformers.
+    trainer: dict[str, Any] = _pass_through()
+
+    _blocks = _block(RL_BLOCKS)
+
+    _questions = field_validator("questions_matching")(classmethod(lambda cls, value: _regex(value)))
+
+    @model_validator(mode="after")
+    def _rewards(self) -> RlParams:
+        names = [reward.name for reward in self.rewards]
+        if len(set(names)) != len(names):
+            raise ValueError(f"reward names must be unique, got {names}")
+        generations, batch = self.trainer["num_generations"], self.trainer["per_device_train_batch_size"]
+        if generations < 2 or batch % generations:
+            raise ValueError(
+                f"trainer.per_device_train_batch_size ({batch}) must be a multiple of trainer.num_generations "
+                f"({generations}), which must be at least 2: GRPO compares the completions of one prompt"
+            )
+        return self
+
+
 GGUFType = Literal["f32", "f16", "bf16", "q8_0"]  # what llama.cpp's converter writes by itself
 
 
 class ExportParams(Strict):
-    model: str = "dpo"  # the registry model to ship: sft, dpo or RUN_ID:stage
+    model: str = "rl"  # the registry model to ship: sft, dpo, rl or RUN_ID:stage
     name: str = Field("tunebook-demo", pattern=r"^[a-z0-9][a-z0-9_.-]*$")  # the served model's name
     dtype: Literal["fp32", "bf16"] = "fp32"  # the merged model's precision (never 4-bit: see tunebook.export)
     verify_prompts: int = Field(32, ge=1)  # test prompts the merge and every GGUF are checked on
@@ -521,7 +606,23 @@ class Params(Strict):
     sft: SftParams = SftParams()
     evaluate: EvaluateParams = EvaluateParams()
     dpo: DpoParams = DpoParams()
+    rl: RlParams = RlParams()
     export: ExportParams = ExportParams()
+
+    @model_validator(mode="after")
+    def _rl_checks(self) -> Params:
+        """rl.rewards left out reward every evaluate check; a reward's check named by its name becomes that check,
+        so the stage's notebook gets the check itself."""
+        if "rewards" not in self.rl.model_fields_set:
+            self.rl.rewards = default_rewards(self.evaluate.checks)
+        checks = {check.name: check for check in self.evaluate.checks}
+        for reward in self.rl.rewards:
+            if isinstance(reward.check, str):
+                if reward.check not in checks:
+                    known = ", ".join(checks) or "none"
+                    raise ValueError(f"rl.rewards '{reward.name}': no evaluate check named '{reward.check}' ({known})")
+                reward.check = checks[reward.check]
+        return self
 
     def stage_parameters(self, stage: str) -> dict[str, Any]:
         """What papermill injects into a stage notebook's `parameters` cell: its section, then shared ones."""
