@@ -494,6 +494,7 @@ class Reevaluation:
     evaluation: Any  # evaluate.Evaluation: every answer, scored and checked, and the summary per system
     judgement: Judgement
     comparison: pd.DataFrame  # every system vs the baseline, each score, check and the judge's grade, with CIs
+    params: EvaluateParams
 
 
 def reevaluate(run_id: str, params: EvaluateParams, out_dir: Path, seed: int, progress: bool = True) -> Reevaluation:
@@ -510,4 +511,4 @@ def reevaluate(run_id: str, params: EvaluateParams, out_dir: Path, seed: int, pr
     comparison = evaluate.compare(with_grades(evaluation.examples, judgement.grades), params, seed)
     evaluate.write_results(evaluation, comparison, judgement.summary, out_dir, {"model": params.baseline})
     write_failures(judgement.failures, out_dir / "failures.jsonl")
-    return Reevaluation(evaluation, judgement, comparison)
+    return Reevaluation(evaluation, judgement, comparison, params)

@@ -195,15 +195,20 @@ def rl_rewards(history: pd.DataFrame, names: list[str], title: str = "RL: each r
 def rl_training(
     history: pd.DataFrame, title: str = "RL: KL to the reference, completion length, groups that learn nothing"
 ):
-    """KL to the reference, the mean completion length (and the share cut at max_completion_length), and the share
-    of prompt groups whose completions all got the same reward."""
+    """KL to the reference, the mean completion length, and three shares: the prompt groups whose completions all
+    got the same reward, the completions cut at max_completion_length, and the tokens whose policy ratio was
+    clipped (GRPOConfig.epsilon)."""
     fig, axes = _panels(title, 3)
     panels = (
         (axes[0], {"kl": "KL to the reference"}, "nats per token"),
         (axes[1], {"completions/mean_length": "mean length"}, "tokens"),
         (
             axes[2],
-            {"frac_reward_zero_std": "zero reward variance", "completions/clipped_ratio": "cut at max length"},
+            {
+                "frac_reward_zero_std": "zero reward variance",
+                "completions/clipped_ratio": "cut at max length",
+                "clip_ratio/region_mean": "policy ratio clipped",
+            },
             "share",
         ),
     )

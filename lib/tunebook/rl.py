@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from tunebook import checks, dataset, dpo, judge, metrics, models, paths, recipe, registry, stats
+from tunebook import checks, dataset, dpo, evaluate, judge, metrics, models, paths, recipe, registry, stats
 from tunebook.files import hash_tree, jsonl_text, sha256_text, write_atomic
 from tunebook.params import EvaluateParams, RlParams, RlRewardParams
 
@@ -421,6 +421,32 @@ def reevaluation_params(params: RlParams, run_id: str) -> EvaluateParams:
         checks=list(rewarded.values()),
         judge=params.judge,
     )
+
+
+def check_pass_rates(reevaluation, params: RlParams, seed: int) -> pd.DataFrame:
+    """Per rewarded check: its test-split pass rate for every re-evaluated model, and rl's difference from sft and
+    from the starting model, each with its paired-bootstrap 95% CI (on the items the check applies to)."""
+    examples = judge.with_grades(reevaluation.evaluation.examples, reevaluation.judgement.grades)
+    evaluated = reevaluation.evaluation.summary.set_index("system")
+    baselines = list(dict.fromkeys(["sft", params.model]))
+    comparisons = {
+        baseline: reevaluation.comparison
+        if baseline == params.model
+        else evaluate.compare(examples, reevaluation.params.model_copy(update={"baseline": baseline}), seed)
+        for baseline in baselines
+        if baseline in evaluated.index
+    }
+    rows = []
+    for reward in params.rewards:
+        column = f"check_{reward.check.name}" if reward.kind == "check" else None
+        if column is None or column not in evaluated:
+            continue
+        row = {"check": reward.check.name, **{f"{m} pass %": evaluated.loc[m, column] for m in evaluated.index}}
+        for baseline, comparison in comparisons.items():
+            found = comparison[(comparison["system"] == "rl") & (comparison["metric"] == column)]
+            row[f"rl vs {baseline}"] = stats.format_ci(found.iloc[0]) if not found.empty else "too few items"
+        rows.append(row)
+    return pd.DataFrame(rows)
 
 
 def hacking_guard(history: pd.DataFrame, comparison: pd.DataFrame, params: RlParams) -> pd.DataFrame:

@@ -225,3 +225,37 @@ def test_the_guard_flags_a_train_reward_that_rises_while_its_held_out_pass_rate_
     )
     assert rl.verdict(comparison(+12.0), params) == "RL helped: significantly above dpo on check_signature."
     assert rl.mean_reward(rising, "first") == 0.5 and rl.mean_reward(rising, "last") == 6.5
+
+
+def test_check_pass_rates_compare_rl_with_sft_and_with_the_model_it_started_from():
+    from types import SimpleNamespace
+
+    from tunebook import evaluate
+    from tunebook.params import EvaluateParams
+
+    passes = {"base": [0] * 8, "sft": [1, 0, 0, 0, 1, 0, 0, 0], "dpo": [1, 1, 0, 0, 1, 0, 0, 0], "rl": [1] * 8}
+    rows = [
+        {"system": m, "model": m, "condition": "closed_book", "id": f"q{i}", "exact_match": 0.0, "f1": 0.5}
+        | {"rouge_l": 0.5, "check_signature": float(p), "prediction": "x(", "reference": "x()", "stopped": True}
+        for m, passed in passes.items()
+        for i, p in enumerate(passed)
+    ]
+    examples = pd.DataFrame(rows)
+    params = RlParams(rewards=[RlRewardParams(name="signature", kind="check", check=SIGNATURE)])
+    evaluated = EvaluateParams(models=list(passes), baseline="dpo", conditions=["closed_book"], checks=[SIGNATURE])
+    grades = examples[["system", "id"]].rename(columns={"system": "model"}).assign(score=5)
+    summary, _ = evaluate.summarize(examples)
+    reevaluation = SimpleNamespace(
+        evaluation=SimpleNamespace(examples=examples, summary=summary),
+        judgement=SimpleNamespace(grades=grades),
+        comparison=evaluate.compare(examples, evaluated, seed=0),
+        params=evaluated,
+    )
+    table = rl.check_pass_rates(reevaluation, params, seed=0).iloc[0]
+    assert (table["check"], table["sft pass %"], table["dpo pass %"], table["rl pass %"]) == (
+        "signature",
+        25,
+        37.5,
+        100,
+    )
+    assert table["rl vs sft"].startswith("+75.0 [") and table["rl vs dpo"].startswith("+62.5 [")
