@@ -9,7 +9,7 @@ import pytest
 from tunebook import models, paths, registry, rl
 from tunebook.params import CheckParams, Params, RlParams, RlRewardParams, load_params
 
-SIGNATURE = CheckParams(name="signature", kind="regex", pattern=r"^[\w.]+\(.*\)", applies_to="signature")
+SIGNATURE = CheckParams(name="signature", kind="regex", pattern=r"^[\w.]+\(.*\)$", applies_to="signature")
 
 
 def call(reward: rl.Reward, questions: list[str], texts: list[str], ids=None, references=None) -> list:
