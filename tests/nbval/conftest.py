@@ -1,4 +1,4 @@
-"""nbval re-executes the reference notebooks in order (00 -> 05), each reading the previous one's
+"""nbval re-executes the reference notebooks in order (00 -> 06), each reading the previous one's
 artifacts, so they share one scratch workdir. It is set here, at collection, before any kernel starts."""
 
 import os
