@@ -33,7 +33,9 @@ RUN = "bench"
 def starting_model(scratch: Path, demo) -> None:
     """The demo dataset as run `bench`'s generate stage, and a short SFT adapter on the tiny model, registered."""
     dataset_dir = demo_dataset(scratch, demo.ingest.stdlib_modules)
-    shutil.copytree(dataset_dir, paths.stage_dir(RUN, "generate"), dirs_exist_ok=True)
+    for path in dataset_dir.iterdir():  # the splits and the card (the run directories live below it too)
+        if path.is_file():
+            shutil.copy(path, paths.stage_dir(RUN, "generate"))
     texts = [d.text for d in documents.read_documents(scratch / "corpus", [".md"])[0]]
     model_dir = str(build_tiny(texts, scratch / "models", demo.tiny, progress=False))
     sft_params = demo.sft.model_copy(update={"base_model": model_dir, "trainer": {**demo.sft.trainer, "max_steps": 60}})

@@ -475,21 +475,14 @@ def _dpo_config(params: DpoParams, out_dir: Path, seed: int, has_val: bool, prog
     """dpo.trainer (tunebook's defaults under the params' own keys), and what tunebook sets itself."""
     from trl import DPOConfig
 
-    from tunebook.sft import precision
+    from tunebook.sft import trainer_fields
 
-    dtype = precision(params.precision)
     # Evaluation batches as large as the training ones, unless the block sets them.
     trainer = {"per_device_eval_batch_size": params.trainer["per_device_train_batch_size"], **params.trainer}
     return DPOConfig(
         **trainer,
-        output_dir=str(out_dir / "checkpoints"),
+        **trainer_fields(params.precision, out_dir, seed, progress),
         eval_strategy="epoch" if has_val else "no",
-        report_to="none",
-        seed=seed,
-        disable_tqdm=not progress,
-        bf16=dtype == "bf16",
-        fp16=dtype == "fp16",
-        use_cpu=not torch.cuda.is_available(),
     )
 
 
@@ -526,20 +519,9 @@ def verify_reference_adapter(model, adapter_dir: Path) -> None:
 
 
 def register_model(run_id: str, result: DpoResult, params: DpoParams, card: dict) -> str:
-    entry = registry.entry(params.model, run_id)
-    record = {
-        "base_model": entry["base_model"],
-        "base_hash": entry.get("base_hash"),
-        "adapter": str(result.adapter_dir),
-        "model_dir": None,
-        "chat_template": entry.get("chat_template"),  # DPO trains the SFT model's template further
-        "dataset_hash": card["pairs_hash"],
-        "reference": result.reference,
-        "params": params.model_dump(),
-        "metrics": result.metrics,
-        "output_hash": hash_tree(result.adapter_dir),
-    }
-    return registry.register(run_id, "dpo", record)
+    return registry.register_continued(
+        run_id, "dpo", params.model, result.adapter_dir, card["pairs_hash"], result.reference, params, result.metrics
+    )
 
 
 def reevaluation_params(params: DpoParams) -> EvaluateParams:

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 
 from tunebook import paths
-from tunebook.files import write_atomic
+from tunebook.files import hash_tree, write_atomic
 
 
 class RegistryError(LookupError):
@@ -41,6 +41,28 @@ def register(run_id: str, stage: str, entry: dict) -> str:
         models[name] = {"name": name, "run_id": run_id, "stage": stage, **entry}
         write_atomic(path, json.dumps(models, indent=2, sort_keys=True) + "\n")
     return name
+
+
+def register_continued(
+    run_id: str, stage: str, start: str, adapter_dir: Path, dataset_hash: str, reference: str, params, metrics: dict
+) -> str:
+    """Record the adapter of a stage that trains a registered adapter further (DPO, RL): its base and chat
+    template are the starting model's (`start`, also its reference), its identity the hash of what it saved."""
+    started = entry(start, run_id)
+    return register(
+        run_id,
+        stage,
+        {
+            **{key: started.get(key) for key in ("base_model", "base_hash", "chat_template")},
+            "adapter": str(adapter_dir),
+            "model_dir": None,
+            "output_hash": hash_tree(adapter_dir),
+            "dataset_hash": dataset_hash,
+            "reference": reference,
+            "params": params.model_dump(),
+            "metrics": metrics,
+        },
+    )
 
 
 def entry(name: str, run_id: str) -> dict:

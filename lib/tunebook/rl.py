@@ -25,7 +25,7 @@ import pandas as pd
 import torch
 
 from tunebook import checks, dataset, dpo, evaluate, judge, metrics, models, paths, recipe, registry, stats
-from tunebook.files import hash_tree, jsonl_text, sha256_text, write_atomic
+from tunebook.files import jsonl_text, sha256_text, write_atomic
 from tunebook.params import EvaluateParams, RlParams, RlRewardParams
 
 ROLLOUTS_FILE = "rollouts.jsonl"
@@ -328,19 +328,12 @@ def grpo_config(params: RlParams, out_dir: Path, seed: int, progress: bool = Tru
     """rl.trainer (tunebook's defaults under the params' own keys), and what tunebook sets itself."""
     from trl import GRPOConfig
 
-    from tunebook.sft import precision
+    from tunebook.sft import trainer_fields
 
-    dtype = precision(params.precision)
     return GRPOConfig(
         **params.trainer,
+        **trainer_fields(params.precision, out_dir, seed, progress),
         reward_weights=[reward.weight for reward in params.rewards],
-        output_dir=str(out_dir / "checkpoints"),
-        report_to="none",
-        seed=seed,
-        disable_tqdm=not progress,
-        bf16=dtype == "bf16",
-        fp16=dtype == "fp16",
-        use_cpu=not torch.cuda.is_available(),
     )
 
 
@@ -387,20 +380,16 @@ def examples(log: RolloutLog, n: int) -> pd.DataFrame:
 
 
 def register_model(run_id: str, result: RlResult, params: RlParams, prompts: pd.DataFrame) -> str:
-    entry = registry.entry(params.model, run_id)
-    record = {
-        "base_model": entry["base_model"],
-        "base_hash": entry.get("base_hash"),
-        "adapter": str(result.adapter_dir),
-        "model_dir": None,
-        "chat_template": entry.get("chat_template"),  # RL trains the starting model's template further
-        "dataset_hash": sha256_text(jsonl_text(prompts.to_dict("records"))),
-        "reference": result.reference,
-        "params": params.model_dump(),
-        "metrics": result.metrics,
-        "output_hash": hash_tree(result.adapter_dir),
-    }
-    return registry.register(run_id, "rl", record)
+    return registry.register_continued(
+        run_id,
+        "rl",
+        params.model,
+        result.adapter_dir,
+        sha256_text(jsonl_text(prompts.to_dict("records"))),
+        result.reference,
+        params,
+        result.metrics,
+    )
 
 
 # --- re-evaluation ----------------------------------------------------------------------------------------------

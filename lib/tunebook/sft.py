@@ -501,30 +501,38 @@ def precision(setting: str) -> str:
     return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
 
 
+def trainer_fields(precision_setting: str, out_dir: Path, seed: int, progress: bool) -> dict:
+    """The fields tunebook sets itself in every TRL config it trains with (the params' blocks may not set them)."""
+    dtype = precision(precision_setting)
+    return {
+        "output_dir": str(out_dir / "checkpoints"),
+        "bf16": dtype == "bf16",
+        "fp16": dtype == "fp16",
+        "use_cpu": not torch.cuda.is_available(),
+        "seed": seed,
+        "report_to": "none",
+        "disable_tqdm": not progress,
+    }
+
+
 def _sft_config(
     params: SftParams, out_dir: Path, seed: int, has_val: bool, progress: bool, template: chat.ChatTemplate | None
 ) -> SFTConfig:
     """sft.trainer (tunebook's defaults under the params' own keys), and what tunebook sets itself."""
-    dtype = precision(params.precision)
     # Evaluation batches as large as the training ones, unless the block sets them.
     trainer = {"per_device_eval_batch_size": params.trainer["per_device_train_batch_size"], **params.trainer}
     return SFTConfig(
         **trainer,
-        output_dir=str(out_dir / "checkpoints"),
+        **trainer_fields(params.precision, out_dir, seed, progress)
+        # TensorBoard is attached explicitly so that its logs land in the run directory.
+        | {"report_to": ["wandb"] if params.wandb_project else "none"},
         # The loss the chat template allows (see tunebook.chat); continued pre-training (no template) trains all.
         assistant_only_loss=template is not None and template.loss == "assistant",
         completion_only_loss=template is not None and template.loss == "completion",
         include_num_input_tokens_seen="non_padding",
         logging_nan_inf_filter=False,  # a NaN must reach StopOnNonFinite, not be averaged away
         eval_strategy="steps" if has_val else "no",
-        bf16=dtype == "bf16",
-        fp16=dtype == "fp16",
-        use_cpu=not torch.cuda.is_available(),
-        seed=seed,
-        # TensorBoard is attached explicitly so that its logs land in the run directory.
-        report_to=["wandb"] if params.wandb_project else "none",
         run_name=out_dir.parent.name,
-        disable_tqdm=not progress,
     )
 
 

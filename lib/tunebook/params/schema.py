@@ -275,6 +275,15 @@ def accelerate_config_path(sft: SftParams) -> Path:
     return path if path.is_absolute() else paths.project_root() / path
 
 
+def _regex(value: str | None) -> str | None:
+    if value is not None:
+        try:
+            re.compile(value)
+        except re.error as err:
+            raise ValueError(f"not a valid regex ({err})") from None
+    return value
+
+
 class CheckParams(Strict):
     """A domain check on every evaluated answer: it matches a regex, contains a string, or is code that runs."""
 
@@ -291,15 +300,7 @@ class CheckParams(Strict):
     max_processes: int = Field(32, ge=1)  # python: processes and threads the code may have at once
     applies_to: str | None = None  # a regex on the question; None = every question
 
-    @field_validator("pattern", "applies_to")
-    @classmethod
-    def _compiles(cls, value: str | None) -> str | None:
-        if value is not None:
-            try:
-                re.compile(value)
-            except re.error as err:
-                raise ValueError(f"not a valid regex ({err})") from None
-        return value
+    _regexes = field_validator("pattern", "applies_to")(classmethod(lambda cls, value: _regex(value)))
 
     @model_validator(mode="after")
     def _kind_fields(self) -> CheckParams:
@@ -486,15 +487,6 @@ class DpoParams(Strict):
         except (KeyError, IndexError, ValueError) as err:
             raise ValueError(f"critique_prompt: its fields are label, question, reference, answer ({err})") from None
         return self
-
-
-def _regex(value: str | None) -> str | None:
-    if value is not None:
-        try:
-            re.compile(value)
-        except re.error as err:
-            raise ValueError(f"not a valid regex ({err})") from None
-    return value
 
 
 class RlRewardParams(Strict):
