@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from tunebook import checks, chunking, dataset, ingest, llm, metrics, models, paths, quality, registry, stats
+from tunebook import checks, chunking, dataset, general, ingest, llm, metrics, models, paths, quality, registry, stats
 from tunebook.files import jsonl_text, write_atomic
 from tunebook.llm import generations
 from tunebook.params import ChromaParams, EndpointParams, EvaluateParams
@@ -118,6 +118,7 @@ class Evaluation:
     models: pd.DataFrame  # one row per model: where it came from and the chat template it answered with
     bleu_signature: str
     decoding: dict  # the decoding every model used
+    general_nll: pd.DataFrame  # per model and general text: nll, tokens (empty without evaluate.forgetting.text)
 
 
 def evaluate_models(
@@ -130,7 +131,8 @@ def evaluate_models(
 ) -> Evaluation:
     """Every model answers every item under every condition (greedy, the same max_new_tokens); each
     answer is scored against its reference, checked, and flagged by its item's overlap with train_texts."""
-    frames, model_rows, perplexities = [], [], {}
+    frames, model_rows, perplexities, general_rows = [], [], {}, []
+    texts = general.read_texts(params.forgetting.text) if params.forgetting.text else None
     conditions = {c: conversations(items, retrieved if c == "rag" else None, params) for c in params.conditions}
     # Perplexity is measured on the references answering the bare questions, the same for every model.
     questions = conversations(items, None, params)
@@ -158,6 +160,9 @@ def evaluate_models(
         )
         nll, tokens = models.reference_nll(loaded, references, params.batch_size, progress)
         perplexities[name] = models.perplexity(nll, tokens)
+        if texts is not None:
+            scored = general.text_nll(loaded, texts["text"].tolist(), params.batch_size)
+            general_rows.append(scored.assign(model=name, id=texts["id"].to_numpy()))
         del loaded
     for endpoint in params.endpoints:
         model_rows.append({"model": endpoint.name, "source": endpoint.base_url, "chat template": "the server's"})
@@ -165,7 +170,8 @@ def evaluate_models(
             texts, stopped = _ask_endpoint(endpoint, asked, params.max_new_tokens, progress)
             frames.append(_answers(items, endpoint.name, condition, texts, stopped))
     examples = _score(pd.concat(frames, ignore_index=True), params, retrieved, train_texts or [])
-    summary, signature = summarize(examples, perplexities, retrieved)
+    general_nll = pd.concat(general_rows, ignore_index=True) if general_rows else pd.DataFrame()
+    summary, signature = summarize(examples, perplexities, retrieved, general_nll)
     decoding = {
         "decoding": "greedy",
         "max_new_tokens": params.max_new_tokens,
@@ -173,7 +179,7 @@ def evaluate_models(
         "conditions": params.conditions,
         "rag_k": params.rag_k,
     }
-    return Evaluation(examples, summary, pd.DataFrame(model_rows), signature, decoding)
+    return Evaluation(examples, summary, pd.DataFrame(model_rows), signature, decoding, general_nll)
 
 
 def template_id(template: str | None) -> str:
@@ -213,10 +219,17 @@ def _score(
 
 
 def summarize(
-    examples: pd.DataFrame, perplexities: dict[str, float] | None = None, retrieved: pd.DataFrame | None = None
+    examples: pd.DataFrame,
+    perplexities: dict[str, float] | None = None,
+    retrieved: pd.DataFrame | None = None,
+    general_nll: pd.DataFrame | None = None,
 ) -> tuple[pd.DataFrame, str]:
     """Per system: items, mean scores in points, corpus BLEU, stop rate, perplexity (closed-book, on the
-    references), retrieval hit rate (rag) and each domain check's pass rate."""
+    references) and on the general text, retrieval hit rate (rag) and each domain check's pass rate."""
+    general_ppl = {}
+    if general_nll is not None and not general_nll.empty:
+        sums = general_nll.groupby("model")[["nll", "tokens"]].sum()
+        general_ppl = {model: models.perplexity(row.nll, row.tokens) for model, row in sums.iterrows()}
     rows, signature = [], ""
     for system, group in examples.groupby("system", sort=False):
         bleu, signature = metrics.corpus_bleu(group["prediction"].tolist(), group["reference"].tolist())
@@ -232,6 +245,11 @@ def summarize(
         if perplexities is not None:
             closed = row["condition"] == "closed_book"
             row["perplexity"] = round(perplexities.get(row["model"], float("nan")), 3) if closed else float("nan")
+        if general_ppl:
+            closed = row["condition"] == "closed_book"
+            row["general_perplexity"] = (
+                round(general_ppl.get(row["model"], float("nan")), 3) if closed else float("nan")
+            )
         if "hit" in group and row["condition"] == "rag":
             row["retrieval_hit_rate"] = round(group["hit"].dropna().astype(float).mean() * 100, 1)
         for column in check_columns(examples):

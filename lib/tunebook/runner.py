@@ -249,8 +249,8 @@ def stage_parameters(params: Params, stage: str) -> dict:
 
 def input_hashes(params: Params, stage: str, manifest_stages: dict) -> dict[str, str | None]:
     """Content hashes of what a stage reads: upstream outputs, for ingest the corpus itself, for evaluate
-    the user's benchmark file and human ratings, for export the llama.cpp it converts and serves with, and
-    the build key of the tiny model its params name."""
+    the user's benchmark file, human ratings and general-ability files, for export the llama.cpp it converts and
+    serves with, and the build key of the tiny model its params name."""
     from tunebook import tiny
 
     hashes = {up: manifest_stages.get(up, {}).get("outputs_hash") for up in UPSTREAM[stage]}
@@ -267,6 +267,13 @@ def input_hashes(params: Params, stage: str, manifest_stages: dict) -> dict[str,
         for name in ("benchmark_file", "human_ratings"):
             if path := getattr(params.evaluate, name):
                 hashes[name] = hash_tree(paths.resolve(path)) if paths.resolve(path).is_file() else None
+        # the general text, and each task file with the data beside it
+        forgetting = params.evaluate.forgetting
+        for name in [forgetting.text or "", *forgetting.tasks]:
+            for found in (paths.resolve(name), paths.project_root() / name):
+                if name.endswith((".jsonl", ".yaml", ".yml")) and found.is_file():
+                    hashes[name] = hash_tree(found.parent if name.endswith((".yaml", ".yml")) else found)
+                    break
     return hashes
 
 

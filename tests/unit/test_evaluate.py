@@ -52,6 +52,10 @@ def test_a_served_model_and_the_same_model_loaded_locally_answer_alike(openai_se
     answers = evaluation.examples.pivot(index="id", columns="system", values="prediction")
     assert (answers["sft"] == answers["served"]).mean() >= 5 / 6
     assert set(evaluation.summary["system"]) == {"sft", "served"}
+    # perplexity on the general text (params/general/) for the model tunebook loads; a served one has none
+    general = evaluation.summary.set_index("system")["general_perplexity"]
+    assert general["sft"] > 1 and pd.isna(general["served"])
+    assert evaluation.general_nll["model"].unique().tolist() == ["sft"] and (evaluation.general_nll["tokens"] > 0).all()
     assert evaluation.models.set_index("model").loc["served", "chat template"] == "the server's"
     assert evaluation.decoding["decoding"] == "greedy" and evaluation.decoding["max_new_tokens"] == 24
 

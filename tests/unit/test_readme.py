@@ -82,6 +82,10 @@ EXERCISED = {
     "pip install deepspeed": ["test_sft.py::test_the_shipped_accelerate_configs_are_valid"],
     # vLLM needs a GPU: RL's switch to it is a GRPOConfig field, checked against TRL's config here.
     "pip install vllm": ["test_rl.py::test_vllm_generation_is_a_trainer_switch"],
+    # lm-eval's vLLM backend needs a GPU: the same task files run through its HF model class here.
+    'pip install "lm-eval[vllm]"': [
+        "test_general.py::test_lm_eval_runs_offline_on_the_shipped_task_for_base_and_adapter_and_equals_a_direct_call"
+    ],
     # The serving commands are the ones the export prints; llama.cpp's server runs in tests, while vLLM and Ollama
     # cannot run on this machine (no GPU, no Go): the Modelfile they read is checked by rendering it.
     "cd data/runs/demo/export/gguf && ollama create tunebook-demo -f Modelfile && ollama run tunebook-demo": [

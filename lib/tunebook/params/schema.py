@@ -399,6 +399,18 @@ class EndpointParams(NoSecrets):
         )
 
 
+class ForgettingParams(Strict):
+    """What a fine-tune may have lost beside its domain: perplexity on general text for every model, and
+    lm-evaluation-harness tasks (tunebook.general)."""
+
+    text: str | None = "params/general/stdlib_text.jsonl"  # a JSONL of {"id", "text"}; None: no general perplexity
+    tasks: list[str] = []  # lm-eval task names (arc_easy, mmlu... with the hub) or task YAML files
+    limit: int = Field(0, ge=0)  # items per task; 0 = all
+    chat_template: bool = True  # lm-eval prompts each model through its chat template (for chat tasks)
+    # a loss against the baseline beyond this is flagged: points on an lm-eval metric, percent on general perplexity
+    max_drop: float = Field(2.0, ge=0)
+
+
 class EvaluateParams(Strict):
     models: list[str] = ["base", "sft"]  # registry names: base, sft, dpo or RUN_ID:stage
     endpoints: list[EndpointParams] = []  # served models to evaluate beside them
@@ -421,6 +433,7 @@ class EvaluateParams(Strict):
     benchmark_file: str | None = None
     judge: JudgeParams = JudgeParams()  # LLM-as-judge (see tunebook.judge); `reference` runs offline
     human_ratings: str | None = None  # a filled blind sheet (human/sheet.csv) to measure the judge against
+    forgetting: ForgettingParams = ForgettingParams()  # general ability beside the domain (tunebook.general)
 
     @model_validator(mode="after")
     def _names(self) -> EvaluateParams:
