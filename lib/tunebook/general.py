@@ -27,7 +27,7 @@ from tunebook.params import EvaluateParams
 
 def read_texts(path: str | Path) -> pd.DataFrame:
     """The general text: id and text per line of a JSONL file (relative paths from the workdir, then the checkout)."""
-    found = _located(path)
+    found = located(path)
     rows = read_complete_lines(found)
     if not rows or any(not isinstance(row.get("text"), str) for row in rows):
         raise ValueError(f"{found}: expected JSONL lines with a text field")
@@ -36,7 +36,8 @@ def read_texts(path: str | Path) -> pd.DataFrame:
     )
 
 
-def _located(path: str | Path) -> Path:
+def located(path: str | Path) -> Path:
+    """A file params name: relative to the workdir first, then the checkout (params/general/ ships there)."""
     for candidate in (paths.resolve(path), paths.project_root() / path):
         if candidate.is_file():
             return candidate
@@ -68,7 +69,7 @@ def task_config(task: str) -> str | dict:
     read next to the file."""
     if not task.endswith((".yaml", ".yml")):
         return task
-    path = _located(task)
+    path = located(task)
     config = yaml.safe_load(path.read_text(encoding="utf-8"))
     files = config.get("dataset_kwargs", {}).get("data_files", {})
     for split, name in files.items():

@@ -248,9 +248,9 @@ def stage_parameters(params: Params, stage: str) -> dict:
 
 
 def input_hashes(params: Params, stage: str, manifest_stages: dict) -> dict[str, str | None]:
-    """Content hashes of what a stage reads: upstream outputs, for ingest the corpus itself, for evaluate
-    the user's benchmark file, human ratings and general-ability files, for export the llama.cpp it converts and
-    serves with, and the build key of the tiny model its params name."""
+    """Content hashes of what a stage reads: upstream outputs, for ingest the corpus itself, for sft the general
+    data mixed in, for evaluate the user's benchmark file, human ratings and general-ability files, for export the
+    llama.cpp it converts and serves with, and the build key of the tiny model its params name."""
     from tunebook import tiny
 
     hashes = {up: manifest_stages.get(up, {}).get("outputs_hash") for up in UPSTREAM[stage]}
@@ -263,17 +263,27 @@ def input_hashes(params: Params, stage: str, manifest_stages: dict) -> dict[str,
         hashes["corpus"] = sys.version if generated else hash_tree(corpus) if corpus.is_dir() else None
     if stage == "export":  # its GGUF converter and llama.cpp come with this version
         hashes["llama-cpp-python"] = _version("llama-cpp-python")
+    if stage == "sft":  # the general data mixed in, and what it is decontaminated against
+        for name in [*(source.path for source in params.sft.mix), *(params.sft.mix_against or [])]:
+            hashes.update(_file_hashes([name]))
     if stage == "evaluate":
         for name in ("benchmark_file", "human_ratings"):
             if path := getattr(params.evaluate, name):
                 hashes[name] = hash_tree(paths.resolve(path)) if paths.resolve(path).is_file() else None
-        # the general text, and each task file with the data beside it
         forgetting = params.evaluate.forgetting
-        for name in [forgetting.text or "", *forgetting.tasks]:
-            for found in (paths.resolve(name), paths.project_root() / name):
-                if name.endswith((".jsonl", ".yaml", ".yml")) and found.is_file():
-                    hashes[name] = hash_tree(found.parent if name.endswith((".yaml", ".yml")) else found)
-                    break
+        hashes.update(_file_hashes([forgetting.text or "", *forgetting.tasks]))
+    return hashes
+
+
+def _file_hashes(names: list[str]) -> dict[str, str]:
+    """The local files among names (a hub id or task name is none): a JSONL's content, a task YAML's with the data
+    beside it; relative to the workdir, then the checkout."""
+    hashes = {}
+    for name in names:
+        for found in (paths.resolve(name), paths.project_root() / name):
+            if name.endswith((".jsonl", ".parquet", ".yaml", ".yml")) and found.is_file():
+                hashes[name] = hash_tree(found.parent if name.endswith((".yaml", ".yml")) else found)
+                break
     return hashes
 
 

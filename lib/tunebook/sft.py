@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 import warnings
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -31,7 +32,7 @@ from transformers.integrations import TensorBoardCallback
 from transformers.trainer_utils import get_last_checkpoint
 from trl import SFTConfig, SFTTrainer
 
-from tunebook import chat, plan, recipe, registry
+from tunebook import chat, mix, plan, quality, recipe, registry
 from tunebook.chunking import Chunk
 from tunebook.dataset import read_card, read_split
 from tunebook.files import hash_tree, sha256_text, write_atomic
@@ -153,24 +154,32 @@ class TrainingData:
     dataset_dir: Path
     chunks: list[Chunk]
     warnings: list[str] = field(default_factory=list)  # the dataset card's, e.g. thin data, for the SFT report
+    mixture: mix.Mixture | None = None  # with sft.mix: where each train row came from
 
 
-def training_data(params: SftParams, dataset_dir: Path, chunks: list[Chunk]) -> TrainingData:
+def training_data(params: SftParams, dataset_dir: Path, chunks: list[Chunk], seed: int = 0) -> TrainingData:
     """`chat`: the generate stage's rows in TRL's `messages` format. `text`: continued pre-training on the
-    corpus chunks, 1 in 20 (by a hash of the chunk id, so stably) held out to evaluate on."""
+    corpus chunks, 1 in 20 (by a hash of the chunk id, so stably) held out to evaluate on. With `sft.mix`, the
+    train rows get their share of general rows (tunebook.mix), seeded."""
     if params.task == "chat":
-        splits = {
-            split: Dataset.from_list([{"messages": row["messages"]} for row in read_split(dataset_dir, split)])
-            for split in ("train", "val")
-        }
+        train_rows = [{"messages": row["messages"]} for row in read_split(dataset_dir, "train")]
+        val = Dataset.from_list([{"messages": row["messages"]} for row in read_split(dataset_dir, "val")])
         card = read_card(dataset_dir)
         warnings = card.get("warnings", [])  # a card written before cards had warnings has none
-        return TrainingData(splits["train"], splits["val"], card["dataset_hash"], dataset_dir, chunks, warnings)
-    held_out = [int(sha256_text(chunk.id)[:8], 16) % 20 == 0 for chunk in chunks]
-    train = [{"text": c.text} for c, out in zip(chunks, held_out, strict=True) if not out]
-    val = [{"text": c.text} for c, out in zip(chunks, held_out, strict=True) if out]
-    data_hash = sha256_text("".join(chunk.id for chunk in chunks))
-    return TrainingData(Dataset.from_list(train), Dataset.from_list(val), data_hash, dataset_dir, chunks)
+        data_hash = card["dataset_hash"]
+    else:
+        held_out = [int(sha256_text(chunk.id)[:8], 16) % 20 == 0 for chunk in chunks]
+        train_rows = [{"text": c.text} for c, out in zip(chunks, held_out, strict=True) if not out]
+        val = Dataset.from_list([{"text": c.text} for c, out in zip(chunks, held_out, strict=True) if out])
+        warnings, data_hash = [], sha256_text("".join(chunk.id for chunk in chunks))
+    if not params.mix:
+        return TrainingData(Dataset.from_list(train_rows), val, data_hash, dataset_dir, chunks, warnings)
+    test = [quality.conversation_text(row) for row in read_split(dataset_dir, "test")] if params.task == "chat" else []
+    against = test + mix.evaluation_texts(params.mix_against or [])
+    shape = "messages" if params.task == "chat" else "text"
+    mixture = mix.mix(train_rows, params.mix, shape, against, params.decontamination_ngram, seed)
+    mixed_hash = sha256_text(data_hash + mixture.data_hash)
+    return TrainingData(mix.dataset(mixture), val, mixed_hash, dataset_dir, chunks, warnings, mixture)
 
 
 def train_sft(
@@ -292,7 +301,7 @@ def _worker(spec_path: str) -> None:
     """One worker process (`python -m tunebook.sft launch.json` under accelerate launch)."""
     spec = json.loads(Path(spec_path).read_text(encoding="utf-8"))
     params = SftParams.model_validate(spec["params"])
-    data = training_data(params, Path(spec["dataset_dir"]), [Chunk(**c) for c in spec["chunks"]])
+    data = training_data(params, Path(spec["dataset_dir"]), [Chunk(**c) for c in spec["chunks"]], spec["seed"])
     out_dir = Path(spec["out_dir"])
     result = train_sft(params, spec["base_model"], data, out_dir, spec["seed"], progress=False)
     if PartialState().is_main_process:
@@ -389,6 +398,15 @@ def template_check(
     return prepare_template(tokenizer, params.chat_template, data.train[:TEMPLATE_CHECKS]["messages"])
 
 
+def mixture_table(data: TrainingData, result: SftResult) -> pd.DataFrame | None:
+    """With sft.mix, the train rows by source: rows, share, tokens through the chat template the model trained
+    with, and the rows left out for sharing an n-gram with a test or evaluation text."""
+    if data.mixture is None:
+        return None
+    tokenizer = AutoTokenizer.from_pretrained(result.output_dir, **pretrained_options(weights=False))
+    return mix.table(data.mixture, tokenizer)
+
+
 def register_model(run_id: str, result: SftResult, params: SftParams, data: TrainingData) -> str:
     """Write the model card and record the model in the registry as RUN_ID:sft."""
     full = params.method == "full"
@@ -402,6 +420,8 @@ def register_model(run_id: str, result: SftResult, params: SftParams, data: Trai
         "metrics": result.metrics,
         "trainable_params": result.trainable_params,
         "chat_template": result.chat_template,
+        # with sft.mix: the train rows by source
+        "mixture": dict(Counter(data.mixture.sources)) if data.mixture else None,
     }
     write_atomic(result.output_dir / "README.md", _model_card(run_id, entry))
     entry["output_hash"] = hash_tree(result.output_dir)

@@ -1,6 +1,8 @@
 """Writes the offline general-ability set next to this file, from the documentation of Python standard-library
 modules outside the demo's domain (so nothing the demo trains on): held-out text for perplexity, and a small
-multiple-choice task for lm-evaluation-harness (which function a description belongs to).
+multiple-choice task for lm-evaluation-harness (which function a description belongs to). Beside them, a general
+instruction set from yet other modules, for `sft.mix`: general data to train on that shares nothing with the set
+it is measured on.
 
     .venv/bin/python params/general/make_general.py
 
@@ -20,15 +22,17 @@ from tunebook.ingest import _public_members
 
 # Not among params/demo.yaml's ingest.stdlib_modules, and documented in plain English.
 MODULES = ["itertools", "calendar", "fractions", "ipaddress", "uuid", "zipfile", "hashlib", "secrets", "enum"]
+# The general instructions to mix into SFT: neither the demo's domain nor the evaluation set's modules.
+MIX_MODULES = ["queue", "sched", "gzip", "tarfile", "colorsys", "plistlib", "graphlib", "contextlib", "zlib", "wave"]
 HERE = Path(__file__).parent
 # Short enough that a question and any choice fit the tiny model's 256 positions, whatever its vocabulary.
 MAX_CHARS = 160
 
 
-def descriptions() -> list[tuple[str, str]]:
+def descriptions(modules: list[str]) -> list[tuple[str, str]]:
     """(qualified name, the first paragraph of its docstring) for each public function and class."""
     found = []
-    for name in MODULES:
+    for name in modules:
         module = importlib.import_module(name)
         for member_name, member in _public_members(module):
             # Its own docstring: an inherited one (an exception's) describes its base.
@@ -41,7 +45,7 @@ def descriptions() -> list[tuple[str, str]]:
 
 def main() -> None:
     rng = random.Random(0)
-    found = descriptions()
+    found = descriptions(MODULES)
     texts = [{"id": sha256_text(qualname)[:12], "title": qualname, "text": doc} for qualname, doc in found]
     items = []
     for qualname, doc in found:
@@ -52,9 +56,19 @@ def main() -> None:
         items.append(
             {"id": sha256_text(question)[:12], "question": question, "choices": choices, "answer": choices.index(doc)}
         )
-    for file, rows in (("stdlib_text.jsonl", texts), ("stdlib_mc.jsonl", items)):
+    instructions = [
+        {
+            "id": sha256_text(qualname)[:12],
+            "messages": [
+                {"role": "user", "content": f"What does `{qualname}` do?"},
+                {"role": "assistant", "content": doc},
+            ],
+        }
+        for qualname, doc in descriptions(MIX_MODULES)
+    ]
+    for file, rows in (("stdlib_text.jsonl", texts), ("stdlib_mc.jsonl", items), ("stdlib_chat.jsonl", instructions)):
         (HERE / file).write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
-    print(f"{len(texts)} passages, {len(items)} questions from {', '.join(MODULES)}")
+    print(f"{len(texts)} passages, {len(items)} questions from {', '.join(MODULES)}; {len(instructions)} instructions")
 
 
 if __name__ == "__main__":

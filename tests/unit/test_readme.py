@@ -58,6 +58,12 @@ EXERCISED = {
         "test_secrets.py::test_a_canary_key_used_by_a_campaign_and_an_evaluation_is_written_nowhere",
         "test_pipeline.py::test_changed_param_reruns_that_stage_and_downstream_only",
     ],
+    'tunebook run params/demo.yaml --set run.id=nomix --set "sft.mix=[]"': [
+        "test_mix.py::test_the_demo_runs_without_the_mix_by_one_override"
+    ],
+    "tunebook compare demo nomix": [
+        "test_compare.py::test_compare_diffs_params_and_sets_the_runs_side_by_side_with_paired_cis"
+    ],
     "tunebook run params/demo.yaml --from evaluate": [
         "test_pipeline.py::test_failure_names_stage_and_cell_then_from_resumes"
     ],

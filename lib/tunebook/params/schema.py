@@ -232,6 +232,16 @@ def _pass_through() -> Any:
     return Field(default_factory=dict, validate_default=True)
 
 
+class MixSourceParams(Strict):
+    """General data mixed into SFT (tunebook.mix): rows shaped like the domain's (`messages`, or `text` for
+    continued pre-training), `ratio` of them per domain row."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # its row in the mixture table
+    path: str  # a local .jsonl or .parquet, or on a machine with the hub a dataset id
+    split: str = "train"  # a hub dataset's split
+    ratio: float = Field(gt=0)  # general rows per domain row: 1.0 as many, 0.2 one in five
+
+
 class SftParams(Strict):
     base_model: str = TINY
     base_config: str | None = None  # a config.json to plan with when the base is not on this machine
@@ -251,6 +261,11 @@ class SftParams(Strict):
     accelerate_config: str = "params/accelerate/ddp.yaml"
     # auto: bf16 on a GPU that has it, fp32 elsewhere (TRL by itself would turn bf16 on even on a CPU)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    mix: list[MixSourceParams] = []  # general data mixed in, each with its ratio to the domain rows
+    # the texts mixed rows must not share an n-gram with, beside the domain's test split (JSONL or task YAML files);
+    # left out: evaluate.forgetting's text and tasks
+    mix_against: list[str] | None = None
+    decontamination_ngram: int = Field(13, ge=1)
     # TensorBoard always logs into the run directory; a project name also logs to Weights & Biases
     # (with WANDB_MODE=offline, into the run directory without an account)
     wandb_project: str | None = None
@@ -613,6 +628,14 @@ class Params(Strict):
     dpo: DpoParams = DpoParams()
     rl: RlParams = RlParams()
     export: ExportParams = ExportParams()
+
+    @model_validator(mode="after")
+    def _mix_against(self) -> Params:
+        """What sft.mix is decontaminated against, left out: the general evaluation set."""
+        if self.sft.mix_against is None:
+            forgetting = self.evaluate.forgetting
+            self.sft.mix_against = [*([forgetting.text] if forgetting.text else []), *forgetting.tasks]
+        return self
 
     @model_validator(mode="after")
     def _rl_checks(self) -> Params:
