@@ -149,12 +149,31 @@ def task_scores(params: EvaluateParams, run_id: str) -> pd.DataFrame:
     )
 
 
-def forgetting(general_nll: pd.DataFrame, scores: pd.DataFrame, params: EvaluateParams, seed: int) -> pd.DataFrame:
-    """Per model other than the baseline, what it lost on general ability: its general perplexity against the
-    baseline's, as the paired-bootstrap difference of mean log-perplexity per text (nats per token; above 0 is
-    worse), and each lm-eval metric's difference in points with the two stderrs combined into a 95% interval.
-    `flagged` when a drop exceeds `forgetting.max_drop`: points on a task, percent on perplexity."""
+def forgetting(
+    general_nll: pd.DataFrame,
+    scores: pd.DataFrame,
+    params: EvaluateParams,
+    seed: int,
+    comparison: pd.DataFrame | None = None,
+) -> pd.DataFrame:
+    """Per model other than the baseline, its domain gain beside what it lost on general ability: its domain F1
+    against the baseline's (closed-book, from the evaluation's comparison, with its CI), its general perplexity
+    against the baseline's, as the paired-bootstrap difference of mean log-perplexity per text (nats per token;
+    above 0 is worse), and each lm-eval metric's difference in points with the two stderrs combined into a 95%
+    interval. `flagged` when a drop exceeds `forgetting.max_drop`: points on a task, percent on perplexity."""
     rows = []
+    if comparison is not None:
+        gains = comparison[(comparison["metric"] == "f1") & comparison["system"].isin(params.models)]
+        for row in gains.itertuples():
+            rows.append(
+                {
+                    "model": row.system,
+                    "measure": "domain f1",
+                    "change": f"{row.delta:+.1f} points",
+                    "95% CI": f"[{row.ci_low:+.1f}, {row.ci_high:+.1f}]",
+                    "flagged": False,
+                }
+            )
     if not general_nll.empty and params.baseline in set(general_nll["model"]):
         per_text = general_nll.assign(log_ppl=general_nll["nll"] / general_nll["tokens"].clip(lower=1))
         compared = stats.compare(per_text, params.baseline, ["log_ppl"], resamples=params.resamples, seed=seed)

@@ -287,6 +287,22 @@ def runs_headline(scores: pd.DataFrame, title: str = "Headline metrics across ru
     return fig
 
 
+def gain_vs_loss(points: pd.DataFrame, title: str = "Domain gain against general loss, one point per run"):
+    """Each run's final model (reports.tradeoff's rows): its F1 gain over base against its general perplexity's
+    rise over base's. Up is better on the domain; right is more forgotten."""
+    fig, ax = _figure(title)
+    x, y = "general loss (perplexity %)", "domain gain (F1 points)"
+    for point in points.to_dict("records"):
+        ax.scatter(point[x], point[y], color=color(point["model"]), s=40)
+        label = f"{point['run']} ({point['model']})"
+        ax.annotate(label, (point[x], point[y]), fontsize=8, xytext=(4, 4), textcoords="offset points")
+    ax.axhline(0, color="grey", linewidth=0.8)
+    ax.axvline(0, color="grey", linewidth=0.8)
+    ax.set_xlabel(x)
+    ax.set_ylabel(y)
+    return fig
+
+
 def data_uri(fig) -> str:
     """The figure as an inline PNG, for pages that must work from the file system alone."""
     buffer = io.BytesIO()

@@ -120,9 +120,44 @@ def headline_plot(runs: list[dict]) -> str | None:
     return plots.data_uri(plots.runs_headline(pd.DataFrame(rows)))
 
 
+# Where a run's final model was last evaluated beside the base, latest stage first.
+REEVALUATIONS = (("rl/evaluation", "rl"), ("dpo/evaluation", "dpo"), ("evaluate", None))
+
+
+def tradeoff(run_id: str) -> dict | None:
+    """A run's final model: its domain gain (F1 points over base) and its general loss (general perplexity, percent
+    over base's), from the latest evaluation that scored both; None when none did."""
+    for stage, model in REEVALUATIONS:
+        path = paths.run_dir(run_id) / stage / "metrics.json"
+        if not path.exists():
+            continue
+        scored = json.loads(path.read_text(encoding="utf-8"))["models"]
+        trained = model or next((name for name in reversed(list(scored)) if "+" not in name), None)
+        base, final = scored.get(BASELINE, {}), scored.get(trained, {})
+        if base.get("general_perplexity") and final.get("general_perplexity") and trained != BASELINE:
+            return {
+                "run": run_id,
+                "model": trained,
+                "domain gain (F1 points)": final["f1"] - base["f1"],
+                "general loss (perplexity %)": (final["general_perplexity"] / base["general_perplexity"] - 1) * 100,
+            }
+    return None
+
+
+def tradeoff_plot(runs: list[dict]) -> str | None:
+    """Domain gain against general loss, one point per run, as an inline PNG; None before any run has both."""
+    points = [point for run in runs if (point := tradeoff(run["run_id"]))]
+    if not points:
+        return None
+    from tunebook import plots
+
+    return plots.data_uri(plots.gain_vs_loss(pd.DataFrame(points)))
+
+
 def write_index() -> Path:
     """reports/index.html: every run, its status (and where it failed), headline metrics with their deltas vs
-    base, links to its stage reports, and a plot of the metrics across runs. The table sorts by any column
+    base, links to its stage reports, a plot of the metrics across runs, and one of domain gain against general
+    loss. The table sorts by any column
     with a click, and the page needs no server: its script, style and plot are inline."""
     runs = []
     for manifest in manifests():
@@ -147,7 +182,11 @@ def write_index() -> Path:
                 ],
             }
         )
-    html = templates().get_template("index.html.j2").render(runs=runs, stages=paths.STAGES, plot=headline_plot(runs))
+    html = (
+        templates()
+        .get_template("index.html.j2")
+        .render(runs=runs, stages=paths.STAGES, plot=headline_plot(runs), tradeoff=tradeoff_plot(runs))
+    )
     path = paths.reports_dir() / "index.html"
     write_atomic(path, html)
     return path

@@ -127,6 +127,19 @@ def test_forgetting_compares_general_perplexity_per_text_and_task_scores_with_th
     assert lost.loc["general perplexity", "flagged"] and lost.loc["mc acc", "flagged"]
     assert lost.loc["mc acc", "change"] == "-10.0 points" and lost.loc["mc acc", "95% CI"] == "[-12.8, -7.2]"
     assert "other acc" not in lost.index
+    comparison = pd.DataFrame(
+        [{"system": "sft", "metric": "f1", "delta": 9.0, "ci_low": 4.9, "ci_high": 13.4}]
+        + [{"system": "sft+rag", "metric": "f1", "delta": 1.0, "ci_low": 0.0, "ci_high": 2.0}]
+    )
+    beside = general.forgetting(nll, scores, params, seed=0, comparison=comparison)
+    assert beside.iloc[0].to_dict() == {
+        "model": "sft",
+        "measure": "domain f1",
+        "change": "+9.0 points",
+        "95% CI": "[+4.9, +13.4]",
+        "flagged": False,
+    }
+    assert len(beside) == len(lost) + 1  # the closed-book system only
     kept = general.forgetting(
         nll, scores, EvaluateParams(models=["base", "sft"], forgetting={"max_drop": 80.0}), seed=0
     )

@@ -147,3 +147,29 @@ def test_the_summary_box_opens_the_report_and_links_relative_to_it(workdir, tmp_
     nbformat.write(nbformat.v4.new_notebook(cells=cells), path)
     html = reports.render_html(path).read_text()
     assert html.index("<h1") < html.index("tunebook-summary") < html.index("BODY-7f3a")
+
+
+def test_the_index_plots_each_runs_domain_gain_against_its_general_loss(workdir):
+    import json
+
+    from tunebook import paths, reports
+    from tunebook.files import write_atomic
+
+    def metrics(run: str, stage: str, systems: dict) -> None:
+        write_atomic(paths.run_dir(run) / stage / "metrics.json", json.dumps({"models": systems, "headline": ["f1"]}))
+
+    base = {"f1": 10.0, "general_perplexity": 100.0}
+    metrics("a", "evaluate", {"base": base, "base+rag": base, "sft": {"f1": 30.0, "general_perplexity": 150.0}})
+    metrics("b", "evaluate", {"base": base, "sft": {"f1": 25.0, "general_perplexity": 120.0}})
+    metrics("b", "rl/evaluation", {"base": base, "rl": {"f1": 28.0, "general_perplexity": 110.0}})
+    metrics("c", "evaluate", {"base": {"f1": 10.0}, "sft": {"f1": 20.0}})  # evaluated before general perplexity
+    assert reports.tradeoff("a") == {
+        "run": "a",
+        "model": "sft",
+        "domain gain (F1 points)": 20.0,
+        "general loss (perplexity %)": 50.0,
+    }
+    assert reports.tradeoff("b")["model"] == "rl" and round(reports.tradeoff("b")["general loss (perplexity %)"]) == 10
+    assert reports.tradeoff("c") is None
+    assert reports.tradeoff_plot([{"run_id": r} for r in "abc"]).startswith("data:image/png;base64,")
+    assert reports.tradeoff_plot([{"run_id": "c"}]) is None
