@@ -1,6 +1,6 @@
 """`tunebook compare RUN_A RUN_B`: one HTML page with what differs between two runs' params, and their
 evaluations side by side, with paired-bootstrap CIs for run B minus run A wherever both runs answered the
-same test items."""
+same test items, and on general text (what each model forgot) wherever both measured it."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from tunebook import evaluate, paths, plots, reports, stats
 from tunebook.files import read_complete_lines, write_atomic
 from tunebook.params import ParamsError
 
-SCORES = [*evaluate.SCORES, "bleu"]
+SCORES = [*evaluate.SCORES, "bleu", "general_perplexity"]
 
 
 def compare_runs(run_a: str, run_b: str, resamples: int = 1000, seed: int = 0) -> Path:
@@ -91,7 +91,24 @@ def paired_deltas(run_a: str, run_b: str, resamples: int, seed: int) -> pd.DataF
     if not shared:
         return pd.DataFrame()
     both = both[both["id"].isin(shared) & both["system"].isin(set(frames[0]["system"]) & set(frames[1]["system"]))]
-    return stats.compare(both, run_a, list(evaluate.SCORES), by=["system"], resamples=resamples, seed=seed, scale=100)
+    scores = stats.compare(both, run_a, list(evaluate.SCORES), by=["system"], resamples=resamples, seed=seed, scale=100)
+    return pd.concat([scores, general_deltas(run_a, run_b, resamples, seed)], ignore_index=True)
+
+
+def general_deltas(run_a: str, run_b: str, resamples: int, seed: int) -> pd.DataFrame:
+    """Run B minus run A per model on general text: the mean log-perplexity per text (nats per token; above 0, B
+    forgot more), paired by text; empty unless both runs measured it."""
+    files = [paths.run_dir(run) / "evaluate" / evaluate.GENERAL_FILE for run in (run_a, run_b)]
+    if not all(path.is_file() for path in files):
+        return pd.DataFrame()
+    frames = [
+        pd.DataFrame(read_complete_lines(path)).assign(run=run) for path, run in zip(files, (run_a, run_b), strict=True)
+    ]
+    both = pd.concat(frames, ignore_index=True)
+    both = both.assign(general_log_ppl=both["nll"] / both["tokens"].clip(lower=1), system=both["model"])
+    shared = set(frames[0]["model"]) & set(frames[1]["model"])
+    both = both[both["system"].isin(shared)].drop(columns=["model"]).rename(columns={"run": "model"})
+    return stats.compare(both, run_a, ["general_log_ppl"], by=["system"], resamples=resamples, seed=seed)
 
 
 def _paired_table(paired: pd.DataFrame, run_a: str, run_b: str) -> pd.DataFrame:

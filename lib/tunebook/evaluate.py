@@ -23,6 +23,7 @@ from tunebook.params import ChromaParams, EndpointParams, EvaluateParams
 
 SCORES = ("exact_match", "f1", "rouge_l")  # per example in [0, 1]; reported in points (x100)
 HEADLINE = ("f1", "rouge_l")
+GENERAL_FILE = "general.jsonl"
 RAG = "+rag"
 
 
@@ -330,7 +331,8 @@ def write_results(
     evaluation: Evaluation, comparison: pd.DataFrame, judged: pd.DataFrame, out_dir: Path, extra: dict
 ) -> None:
     """metrics.json (read by the runs index and `tunebook compare`; judged is the judge's summary per system,
-    `judge.Judgement.summary`) and predictions.jsonl (every answer)."""
+    `judge.Judgement.summary`), predictions.jsonl (every answer) and general.jsonl (each model's NLL per general
+    text)."""
     summary = evaluation.summary.set_index("system")
     result = {
         "models": json.loads(summary.to_json(orient="index")),
@@ -344,3 +346,5 @@ def write_results(
     write_atomic(out_dir / "metrics.json", json.dumps(result, indent=2, sort_keys=True) + "\n")
     predictions = evaluation.examples.drop(columns=["check"]).to_dict("records")
     write_atomic(out_dir / "predictions.jsonl", jsonl_text(predictions))
+    if not evaluation.general_nll.empty:  # per model and general text, for `tunebook compare`'s paired CIs
+        write_atomic(out_dir / GENERAL_FILE, jsonl_text(evaluation.general_nll.to_dict("records")))

@@ -66,3 +66,27 @@ def test_a_full_disk_is_one_line_and_leaves_no_page_behind(capsys, monkeypatch):
     page = paths.reports_dir() / "compare" / "a_vs_b.html"
     assert capsys.readouterr().err == f"tunebook: compare failed (ENOSPC: No space left on device, {page})\n"
     assert list(page.parent.iterdir()) == []
+
+
+def test_compare_pairs_each_models_general_perplexity_by_text_when_both_runs_measured_it():
+    from tunebook import compare
+
+    fake_run("a", 8, ["no idea"] * 6)
+    fake_run("b", 16, [answer for _, answer in QA])
+    assert compare.general_deltas("a", "b", 1000, 0).empty  # neither measured it
+
+    def general(run: str, sft_nll: float) -> None:
+        rows = [
+            {"model": model, "id": f"t{i}", "nll": (sft_nll if model == "sft" else 20.0) + i % 3, "tokens": 10}
+            for model in ("base", "sft")
+            for i in range(12)
+        ]
+        write_atomic(paths.run_dir(run) / "evaluate" / evaluate.GENERAL_FILE, jsonl_text(rows))
+
+    general("a", 30.0)  # a forgot more: its sft's general text is less likely
+    general("b", 22.0)
+    found = compare.general_deltas("a", "b", 1000, 0).set_index("system")
+    assert found.loc["base", "delta"] == 0 and round(found.loc["sft", "delta"], 2) == -0.8
+    assert found.loc["sft", "ci_high"] < 0 and found.loc["sft", "significant"]
+    assert main(["compare", "a", "b"]) == 0
+    assert "general_log_ppl" in (paths.reports_dir() / "compare" / "a_vs_b.html").read_text()
