@@ -142,9 +142,8 @@ def lora_adapter(tiny_model: str, tmp_path_factory: pytest.TempPathFactory) -> P
     return train_sft(params, tiny_model, data, out / "sft", seed=0, progress=False).output_dir
 
 
-@pytest.fixture
-def sft_model(tiny_model, tmp_path, workdir):
-    """A registered SFT adapter on the tiny model (run `t`): a few real steps of tunebook's SFT."""
+def registered_sft(base_model: str, out: Path, learning_rate: float = 2e-4) -> str:
+    """A LoRA adapter on base_model, a few real steps of tunebook's SFT, registered as run `t`'s sft."""
     from datasets import Dataset
 
     from tunebook.params import SftParams
@@ -159,11 +158,17 @@ def sft_model(tiny_model, tmp_path, workdir):
         }
         for i in range(8)
     ]
-    data = TrainingData(Dataset.from_list(rows), Dataset.from_list([]), "h", tmp_path, [])
-    trainer = {"max_steps": 2, "save_steps": 10, "logging_steps": 1, "max_length": 64}
-    params = SftParams(trainer=trainer, precision="fp32")
-    result = train_sft(params, tiny_model, data, tmp_path / "t" / "sft", seed=0, progress=False)
+    data = TrainingData(Dataset.from_list(rows), Dataset.from_list([]), "h", out, [])
+    trainer = {"max_steps": 2, "learning_rate": learning_rate, "save_steps": 10, "logging_steps": 1, "max_length": 64}
+    params = SftParams(base_model=base_model, trainer=trainer, precision="fp32")
+    result = train_sft(params, base_model, data, out / "t" / "sft", seed=0, progress=False)
     return register_model("t", result, params, data)
+
+
+@pytest.fixture
+def sft_model(tiny_model, tmp_path, workdir):
+    """A registered SFT adapter on the tiny model (run `t`)."""
+    return registered_sft(tiny_model, tmp_path)
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from tunebook import general, models, registry
-from tunebook.params import SftParams
 
 TASK = "params/general/tunebook_stdlib_mc.yaml"
 
@@ -49,28 +48,10 @@ def test_a_bad_general_text_is_one_line(tmp_path):
 
 @pytest.fixture
 def zoo_sft(zoo, tmp_path, workdir):
-    """A registered SFT adapter (run `t`) on the zoo's Llama 3, a few steps of tunebook's SFT."""
-    from datasets import Dataset
+    """A registered SFT adapter (run `t`) on the zoo's Llama 3, whose 512 positions fit the task's items."""
+    from conftest import registered_sft
 
-    from tunebook.sft import TrainingData, register_model, train_sft
-
-    rows = [
-        {
-            "messages": [
-                {"role": "user", "content": f"What is item {i}?"},
-                {"role": "assistant", "content": f"Item {i}."},
-            ]
-        }
-        for i in range(8)
-    ]
-    data = TrainingData(Dataset.from_list(rows), Dataset.from_list([]), "h", tmp_path, [])
-    params = SftParams(
-        base_model=str(zoo("llama3")),
-        trainer={"max_steps": 2, "learning_rate": 1e-2, "save_steps": 10, "logging_steps": 1, "max_length": 64},
-        precision="fp32",
-    )
-    result = train_sft(params, params.base_model, data, tmp_path / "t" / "sft", seed=0, progress=False)
-    return register_model("t", result, params, data)
+    return registered_sft(str(zoo("llama3")), tmp_path, learning_rate=1e-2)
 
 
 def test_lm_eval_runs_offline_on_the_shipped_task_for_base_and_adapter_and_equals_a_direct_call(zoo_sft):
