@@ -448,6 +448,8 @@ def _model_card(run_id: str, entry: dict) -> str:
         if template
         else "as continued pre-training on the corpus text"
     )
+    mixed = entry.get("mixture")
+    mixture = f"; train rows by source: {', '.join(f'{k} {v}' for k, v in mixed.items())}" if mixed else ""
     return f"""---
 library_name: {"transformers" if params["method"] == "full" else "peft"}
 tags: [{params["method"]}, sft, trl, tunebook]
@@ -457,7 +459,7 @@ tags: [{params["method"]}, sft, trl, tunebook]
 Trained by tunebook with TRL's SFTTrainer {task}.
 
 - Base model: `{entry["base_model"]}` (content hash `{entry["base_hash"]}`)
-- Dataset hash: `{entry["dataset_hash"]}`
+- Dataset hash: `{entry["dataset_hash"]}`{mixture}
 - Method: {params["method"]}{adapter}; {entry["trainable_params"]:,} trainable parameters
 - Optimisation: lr {trainer["learning_rate"]} ({trainer["lr_scheduler_type"]}), batch
   {trainer["per_device_train_batch_size"]} x {trainer["gradient_accumulation_steps"]} accumulation,

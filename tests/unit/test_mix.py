@@ -106,3 +106,20 @@ def test_the_demo_runs_without_the_mix_by_one_override(checkout_workdir):
     assert [source.name for source in demo.sft.mix] == ["stdlib-general"]
     unmixed = load_params(checkout_workdir / "params" / "demo.yaml", ["run.id=nomix", "sft.mix=[]"])
     assert unmixed.sft.mix == [] and unmixed.run.id == "nomix"
+
+
+def test_the_model_card_says_where_the_train_rows_came_from():
+    from tunebook.sft import _model_card
+
+    entry = {
+        "params": SftParams().model_dump(),
+        "metrics": {},
+        "chat_template": None,
+        "base_model": "b",
+        "base_hash": "h",
+        "dataset_hash": "d",
+        "trainable_params": 1,
+        "mixture": {"domain": 20, "stdlib-general": 4},
+    }
+    assert "train rows by source: domain 20, stdlib-general 4" in _model_card("r", entry)
+    assert "train rows by source" not in _model_card("r", {**entry, "mixture": None})
