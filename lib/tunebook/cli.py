@@ -56,9 +56,8 @@ def _parser() -> argparse.ArgumentParser:
     runs = sub.add_parser("runs", help="list runs with status, stage reached and headline metrics")
     runs.set_defaults(command=_runs)
 
-    compare = sub.add_parser("compare", help="an HTML diff of two runs: params, and metrics side by side with CIs")
-    compare.add_argument("run_a", help="the run to compare against (A)")
-    compare.add_argument("run_b", help="the other run (B)")
+    compare = sub.add_parser("compare", help="an HTML diff of runs: params, and metrics side by side with CIs")
+    compare.add_argument("runs", nargs="+", metavar="RUN", help="two or more runs; the first is the one compared with")
     compare.set_defaults(command=_compare)
     return parser
 
@@ -125,7 +124,7 @@ def _runs(args: argparse.Namespace) -> int:
 def _compare(args: argparse.Namespace) -> int:
     from tunebook.compare import compare_runs
 
-    print(f"comparison: {compare_runs(args.run_a, args.run_b)}")
+    print(f"comparison: {compare_runs(args.runs)}")
     return 0
 
 

@@ -1,6 +1,7 @@
-"""`tunebook compare RUN_A RUN_B`: one HTML page with what differs between two runs' params, and their
-evaluations side by side, with paired-bootstrap CIs for run B minus run A wherever both runs answered the
-same test items, and on general text (what each model forgot) wherever both measured it."""
+"""`tunebook compare RUN_A RUN_B [RUN ...]`: one HTML page with what differs between the runs' params, and their
+evaluations side by side, with paired-bootstrap CIs for every other run minus the first wherever both answered the
+same test items, and on general text (what each model forgot) wherever both measured it. With more than one
+comparison, each p-value is also given Holm-corrected across all of them (statsmodels), and the page says so."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import json
 from pathlib import Path
 
 import pandas as pd
+from statsmodels.stats.multitest import multipletests
 
 from tunebook import evaluate, paths, plots, reports, stats
 from tunebook.files import read_complete_lines, write_atomic
@@ -16,24 +18,26 @@ from tunebook.params import ParamsError
 SCORES = [*evaluate.SCORES, "bleu", "general_perplexity"]
 
 
-def compare_runs(run_a: str, run_b: str, resamples: int = 1000, seed: int = 0) -> Path:
-    """reports/compare/RUN_A_vs_RUN_B.html; a run without a manifest or an evaluation is a one-line error."""
-    manifests = {run: _read(paths.reports_dir() / run / "run.json", run) for run in (run_a, run_b)}
-    evaluations = {run: _read(paths.run_dir(run) / "evaluate" / "metrics.json", run) for run in (run_a, run_b)}
+def compare_runs(runs: list[str], resamples: int = 1000, seed: int = 0) -> Path:
+    """reports/compare/RUN_vs_RUN[_vs_RUN...].html, the first run the baseline of every paired comparison; a run
+    without a manifest or an evaluation is a one-line error."""
+    if len(runs) < 2 or len(set(runs)) != len(runs):
+        raise ParamsError(f"compare takes two or more different runs, got {' '.join(runs)}")
+    manifests = {run: _read(paths.reports_dir() / run / "run.json", run) for run in runs}
+    evaluations = {run: _read(paths.run_dir(run) / "evaluate" / "metrics.json", run) for run in runs}
     page = {
-        "run_a": run_a,
-        "run_b": run_b,
-        "params": params_diff(manifests[run_a]["params"], manifests[run_b]["params"]),
-        "scores": side_by_side(evaluations[run_a], evaluations[run_b], run_a, run_b),
-        "deltas": {run: _deltas(evaluations[run]) for run in (run_a, run_b)},
+        "runs": runs,
+        "params": params_diff({run: manifest["params"] for run, manifest in manifests.items()}),
+        "scores": side_by_side(evaluations),
+        "deltas": {run: _deltas(evaluations[run]) for run in runs},
     }
-    paired = paired_deltas(run_a, run_b, resamples, seed)
-    page["paired"] = _paired_table(paired, run_a, run_b)
-    title = f"{run_b} minus {run_a}, paired by test item, with 95% CIs"
-    plot = plots.data_uri(plots.deltas(paired, title, "B minus A (points)")) if len(paired) else None
+    paired = paired_deltas(runs, resamples, seed)
+    page["paired"] = _paired_table(paired)
+    title = f"Each run minus {runs[0]}, paired by test item, with 95% CIs"
+    plot = plots.data_uri(plots.deltas(paired, title, f"run minus {runs[0]} (points)")) if len(paired) else None
     tables = {k: _html(v) for k, v in page.items() if isinstance(v, pd.DataFrame)}
     html = reports.templates().get_template("compare.html.j2").render(**page, tables=tables, plot=plot)
-    out = paths.reports_dir() / "compare" / f"{run_a}_vs_{run_b}.html"
+    out = paths.reports_dir() / "compare" / f"{'_vs_'.join(runs)}.html"
     write_atomic(out, html)
     return out
 
@@ -44,13 +48,16 @@ def _read(path: Path, run: str) -> dict:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def params_diff(a: dict, b: dict) -> pd.DataFrame:
-    """The params keys (dotted) whose values differ between two runs."""
-    flat_a, flat_b = _flatten(a), _flatten(b)
-    keys = sorted(set(flat_a) | set(flat_b))
-    differ = [k for k in keys if flat_a.get(k) != flat_b.get(k)]
-    rows = [{"key": k, "A": flat_a.get(k, "-"), "B": flat_b.get(k, "-")} for k in differ]
-    return pd.DataFrame(rows, columns=["key", "A", "B"])
+def params_diff(params: dict[str, dict]) -> pd.DataFrame:
+    """The params keys (dotted) whose values differ between runs: a column per run."""
+    flat = {run: _flatten(tree) for run, tree in params.items()}
+    keys = sorted(set().union(*flat.values()))
+    rows = [
+        {"key": key, **{run: values.get(key, "-") for run, values in flat.items()}}
+        for key in keys
+        if len({values.get(key) for values in flat.values()}) > 1
+    ]
+    return pd.DataFrame(rows, columns=["key", *params])
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict[str, str]:
@@ -63,12 +70,12 @@ def _flatten(tree: dict, prefix: str = "") -> dict[str, str]:
     return flat
 
 
-def side_by_side(a: dict, b: dict, run_a: str, run_b: str) -> pd.DataFrame:
-    """Each system's mean scores in both runs (points)."""
-    frames = []
-    for run, result in ((run_a, a), (run_b, b)):
-        table = pd.DataFrame(result["models"]).T.reindex(columns=SCORES)
-        frames.append(table.add_prefix(f"{run} "))
+def side_by_side(evaluations: dict[str, dict]) -> pd.DataFrame:
+    """Each system's mean scores in every run (points)."""
+    frames = [
+        pd.DataFrame(result["models"]).T.reindex(columns=SCORES).add_prefix(f"{run} ")
+        for run, result in evaluations.items()
+    ]
     return pd.concat(frames, axis=1).rename_axis("system").reset_index()
 
 
@@ -80,43 +87,51 @@ def _deltas(result: dict) -> pd.DataFrame:
     return table[["system", "baseline", "metric", "delta [95% CI]", "significant"]]
 
 
-def paired_deltas(run_a: str, run_b: str, resamples: int, seed: int) -> pd.DataFrame:
-    """Run B minus run A per system and score, paired by test item (empty when no item is shared)."""
-    frames = []
-    for run in (run_a, run_b):
-        rows = read_complete_lines(paths.run_dir(run) / "evaluate" / "predictions.jsonl")
-        frames.append(pd.DataFrame(rows).assign(model=run))
-    both = pd.concat(frames, ignore_index=True)
-    shared = set(frames[0]["id"]) & set(frames[1]["id"])
-    if not shared:
-        return pd.DataFrame()
-    both = both[both["id"].isin(shared) & both["system"].isin(set(frames[0]["system"]) & set(frames[1]["system"]))]
-    scores = stats.compare(both, run_a, list(evaluate.SCORES), by=["system"], resamples=resamples, seed=seed, scale=100)
-    return pd.concat([scores, general_deltas(run_a, run_b, resamples, seed)], ignore_index=True)
-
-
-def general_deltas(run_a: str, run_b: str, resamples: int, seed: int) -> pd.DataFrame:
-    """Run B minus run A per model on general text: the mean log-perplexity per text (nats per token; above 0, B
-    forgot more), paired by text; empty unless both runs measured it."""
-    files = [paths.run_dir(run) / "evaluate" / evaluate.GENERAL_FILE for run in (run_a, run_b)]
-    if not all(path.is_file() for path in files):
-        return pd.DataFrame()
+def paired_deltas(runs: list[str], resamples: int, seed: int) -> pd.DataFrame:
+    """Every other run minus the first, per system and score, paired by test item; then on general text. Each
+    row's p-value is also Holm-corrected across every row (empty when no item is shared)."""
     frames = [
-        pd.DataFrame(read_complete_lines(path)).assign(run=run) for path, run in zip(files, (run_a, run_b), strict=True)
+        pd.DataFrame(read_complete_lines(paths.run_dir(run) / "evaluate" / "predictions.jsonl")).assign(model=run)
+        for run in runs
     ]
     both = pd.concat(frames, ignore_index=True)
+    baseline = frames[0]
+    both = both[both["id"].isin(set(baseline["id"])) & both["system"].isin(set(baseline["system"]))]
+    tables = []
+    if both["model"].nunique() > 1:
+        metrics = list(evaluate.SCORES)
+        tables.append(stats.compare(both, runs[0], metrics, by=["system"], resamples=resamples, seed=seed, scale=100))
+    tables.append(general_deltas(runs, resamples, seed))
+    table = (
+        pd.concat([t for t in tables if len(t)], ignore_index=True) if any(len(t) for t in tables) else pd.DataFrame()
+    )
+    if len(table):
+        table["p_holm"] = multipletests(table["p_value"], method="holm")[1]
+    return table
+
+
+def general_deltas(runs: list[str], resamples: int, seed: int) -> pd.DataFrame:
+    """Every other run minus the first per model on general text: the mean log-perplexity per text (nats per
+    token; above 0, that run forgot more), paired by text; only the runs that measured it."""
+    files = {run: paths.run_dir(run) / "evaluate" / evaluate.GENERAL_FILE for run in runs}
+    if not files[runs[0]].is_file():
+        return pd.DataFrame()
+    frames = [pd.DataFrame(read_complete_lines(path)).assign(run=run) for run, path in files.items() if path.is_file()]
+    if len(frames) < 2:
+        return pd.DataFrame()
+    both = pd.concat(frames, ignore_index=True)
     both = both.assign(general_log_ppl=both["nll"] / both["tokens"].clip(lower=1), system=both["model"])
-    shared = set(frames[0]["model"]) & set(frames[1]["model"])
-    both = both[both["system"].isin(shared)].drop(columns=["model"]).rename(columns={"run": "model"})
-    return stats.compare(both, run_a, ["general_log_ppl"], by=["system"], resamples=resamples, seed=seed)
+    both = both[both["system"].isin(set(frames[0]["model"]))].drop(columns=["model"]).rename(columns={"run": "model"})
+    return stats.compare(both, runs[0], ["general_log_ppl"], by=["system"], resamples=resamples, seed=seed)
 
 
-def _paired_table(paired: pd.DataFrame, run_a: str, run_b: str) -> pd.DataFrame:
+def _paired_table(paired: pd.DataFrame) -> pd.DataFrame:
     if paired.empty:
         return paired
-    table = paired.assign(**{"B - A [95% CI]": paired.apply(stats.format_ci, axis=1)})
-    return table[["system", "metric", "mean_baseline", "mean_model", "B - A [95% CI]", "significant", "n"]].rename(
-        columns={"mean_baseline": run_a, "mean_model": run_b}
+    table = paired.assign(**{"difference [95% CI]": paired.apply(stats.format_ci, axis=1)})
+    columns = ["model", "system", "metric", "mean_baseline", "mean_model", "difference [95% CI]", "significant"]
+    return table[[*columns, "p_value", "p_holm", "n"]].rename(
+        columns={"model": "run", "mean_baseline": "first run", "mean_model": "this run"}
     )
 
 

@@ -41,7 +41,8 @@ def test_compare_diffs_params_and_sets_the_runs_side_by_side_with_paired_cis(cap
     assert main(["compare", "a", "b"]) == 0
     page = (paths.reports_dir() / "compare" / "a_vs_b.html").read_text()
     assert "sft.lora_r" in page and "sft.method" not in page  # only what differs
-    assert "B minus A, paired by test item" in page and "[+" in page  # B's sft is better: a positive CI
+    assert "Each run minus a, paired by test item" in page and "[+" in page  # b's sft is better: a positive CI
+    assert "Holm" not in page  # one comparison: nothing to correct
     assert '<img src="data:image/png;base64,' in page  # and the same deltas as a plot
     assert "a: each system vs its baseline" in page and "b: each system vs its baseline" in page
     assert "a_vs_b.html" in capsys.readouterr().out
@@ -73,7 +74,7 @@ def test_compare_pairs_each_models_general_perplexity_by_text_when_both_runs_mea
 
     fake_run("a", 8, ["no idea"] * 6)
     fake_run("b", 16, [answer for _, answer in QA])
-    assert compare.general_deltas("a", "b", 1000, 0).empty  # neither measured it
+    assert compare.general_deltas(["a", "b"], 1000, 0).empty  # neither measured it
 
     def general(run: str, sft_nll: float) -> None:
         rows = [
@@ -85,8 +86,24 @@ def test_compare_pairs_each_models_general_perplexity_by_text_when_both_runs_mea
 
     general("a", 30.0)  # a forgot more: its sft's general text is less likely
     general("b", 22.0)
-    found = compare.general_deltas("a", "b", 1000, 0).set_index("system")
+    found = compare.general_deltas(["a", "b"], 1000, 0).set_index("system")
     assert found.loc["base", "delta"] == 0 and round(found.loc["sft", "delta"], 2) == -0.8
     assert found.loc["sft", "ci_high"] < 0 and found.loc["sft", "significant"]
     assert main(["compare", "a", "b"]) == 0
     assert "general_log_ppl" in (paths.reports_dir() / "compare" / "a_vs_b.html").read_text()
+
+
+def test_compare_takes_n_runs_each_against_the_first_with_holm_corrected_p_values(capsys):
+    from tunebook import compare
+
+    fake_run("a", 8, ["no idea"] * 6)
+    fake_run("b", 16, [answer for _, answer in QA])
+    fake_run("c", 32, [answer for _, answer in QA[:3]] + ["no idea"] * 3)
+    assert main(["compare", "a", "b", "c"]) == 0
+    page = (paths.reports_dir() / "compare" / "a_vs_b_vs_c.html").read_text()
+    assert "Holm" in page and "p_holm" in page and "sft.lora_r" in page
+    paired = compare.paired_deltas(["a", "b", "c"], 1000, 0)
+    assert set(paired["model"]) == {"b", "c"} and (paired["p_holm"] >= paired["p_value"]).all()
+    table = compare.params_diff({"a": {"x": 1, "y": 2}, "b": {"x": 1, "y": 3}, "c": {"x": 1}})
+    assert table.to_dict("records") == [{"key": "y", "a": "2", "b": "3", "c": "-"}]
+    assert main(["compare", "a"]) == 2 and "two or more different runs" in capsys.readouterr().err

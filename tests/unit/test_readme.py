@@ -61,6 +61,9 @@ EXERCISED = {
     'tunebook run params/demo.yaml --set run.id=nomix --set "sft.mix=[]"': [
         "test_mix.py::test_the_demo_runs_without_the_mix_by_one_override"
     ],
+    "tunebook compare demo r8 r16": [
+        "test_compare.py::test_compare_takes_n_runs_each_against_the_first_with_holm_corrected_p_values"
+    ],
     "tunebook compare demo nomix": [
         "test_compare.py::test_compare_diffs_params_and_sets_the_runs_side_by_side_with_paired_cis"
     ],
