@@ -79,10 +79,7 @@ def _prepare(args: argparse.Namespace):
     # The offline tiny model is built by the run, so it is planned from its params: its config and pre-training.
     estimate = plan.estimate(params, args.params, *tiny.plan_inputs(params))
     stages = runner.plan_stages(params, selected, getattr(args, "force", False))
-    print(
-        f"run {params.run.id} ({args.params}): "
-        + ", ".join(f"{s.stage} [{'cached' if s.cached else 'run'}]" for s in stages)
-    )
+    print(f"run {params.run.id} ({args.params}): " + ", ".join(f"{s.stage} [{s.label}]" for s in stages))
     print(plan.format_plan(estimate))
     return params, selected, estimate
 

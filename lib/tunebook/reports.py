@@ -25,6 +25,10 @@ def templates() -> Environment:
     return Environment(loader=PackageLoader("tunebook"), autoescape=select_autoescape(["html", "j2"]))
 
 
+# What a stage's record says once its outputs are there: run, reused from the run's last time, or shared by another.
+DONE = ("completed", "cached", "shared")
+
+
 def headline_metrics(run_id: str) -> dict:
     """The headline scores per system, e.g. {'sft': {'f1': 41.2, ...}}: the evaluate stage's, and the DPO and RL
     models' from their stages' re-evaluations."""
@@ -52,7 +56,7 @@ def manifests() -> list[dict]:
 
 
 def stage_reached(manifest: dict) -> str:
-    done = [s for s in paths.STAGES if manifest.get("stages", {}).get(s, {}).get("status") in ("completed", "cached")]
+    done = [s for s in paths.STAGES if manifest.get("stages", {}).get(s, {}).get("status") in DONE]
     return done[-1] if done else "-"
 
 

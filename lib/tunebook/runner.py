@@ -4,7 +4,8 @@ Each stage notebook is executed with its params section injected, saved as repor
 (the record of the run) and rendered to HTML. A stage is reused instead of re-run when its notebook, its
 params section, its inputs (upstream outputs, files it reads) and the source of the tunebook modules it runs
 (the import closure of its notebook's imports, less the report-drawing `plots` and `reports`) are unchanged,
-no stage it reads re-ran, and its outputs are still on disk.
+no stage it reads re-ran, and its outputs are still on disk. The key leaves the run's name out: an ingest or
+generate stage another run completed with the same key is shared, its outputs and report copied, not redone.
 
 A model named `tiny` never reaches a stage: before a stage whose params name it runs, the offline model is built
 (or reused) from the run's chunks, and the stage is given its directory (see tunebook.tiny), with the build's
@@ -18,6 +19,7 @@ import fcntl
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import threading
@@ -70,6 +72,9 @@ UPSTREAM = {
 }
 # Bulky or time-stamped by-products that are not part of a stage's output identity.
 NOT_OUTPUTS = ("checkpoints", "tensorboard", "wandb")
+# Stages another run may hand over whole when its cache key is this run's: their outputs are files alone (no
+# registry entry names them), so copying them is doing the work. Runs of one sweep ingest and generate once.
+SHAREABLE = ("ingest", "generate")
 # The installed package, whose modules' source is part of the cache keys of the stages that run them.
 PACKAGE = Path(tunebook.__file__).parent
 # Modules that only draw a stage's report (figures, the summary box). A notebook's own imports of them stay out
@@ -87,6 +92,11 @@ class StagePlan:
     stage: str
     cache_key: str
     cached: bool
+    shared_from: str | None = None  # another run whose completed stage has this cache key, to copy instead
+
+    @property
+    def label(self) -> str:
+        return "cached" if self.cached else f"shared from {self.shared_from}" if self.shared_from else "run"
 
 
 def select_stages(stages: list[str] | None = None, from_stage: str | None = None) -> list[str]:
@@ -133,29 +143,54 @@ def read_manifest(run_id: str) -> dict:
 
 def plan_stages(params: Params, selected: list[str], force: bool = False) -> list[StagePlan]:
     """Which selected stages would run and which would be reused from the previous run with this id."""
-    previous = read_manifest(params.run.id).get("stages", {})
+    previous = dict(read_manifest(params.run.id).get("stages", {}))
     plans, upstream_changed = [], set()
+    reading = params  # whose files the next stage's inputs are: another run's once this run is to share its work
     for stage in selected:
-        key = cache_key(params, stage, previous)
+        key = cache_key(reading, stage, previous)
         before = previous.get(stage, {})
         cached = (
             not force
             and not upstream_changed.intersection(UPSTREAM[stage])
-            and before.get("status") in ("completed", "cached")
+            and before.get("status") in reports.DONE
             and before.get("cache_key") == key
             and before.get("outputs_hash") == outputs_hash(params.run.id, stage)
         )
+        donor = None if cached or force or stage not in SHAREABLE else donor_run(params.run.id, stage, key)
+        if donor:  # the stages after it will read the donor's outputs (its chunks, for the tiny model's key)
+            previous[stage] = {"outputs_hash": outputs_hash(donor, stage)}
+            reading = params.model_copy(update={"run": params.run.model_copy(update={"id": donor})})
         if not cached:
             upstream_changed.add(stage)
-        plans.append(StagePlan(stage, key, cached))
+        plans.append(StagePlan(stage, key, cached, donor))
     return plans
 
 
+def donor_run(run_id: str, stage: str, key: str) -> str | None:
+    """Another run whose stage completed with this cache key and whose outputs are still as it left them."""
+    for manifest in reports.manifests():
+        other = manifest.get("run_id")
+        record = manifest.get("stages", {}).get(stage, {})
+        if (
+            other != run_id
+            and record.get("status") in reports.DONE
+            and record.get("cache_key") == key
+            and record.get("outputs_hash") == outputs_hash(other, stage)
+        ):
+            return other
+    return None
+
+
 def cache_key(params: Params, stage: str, manifest_stages: dict) -> str:
+    """What decides a stage's outputs, without the run's own name: two runs whose stage has one key would write
+    the same outputs (each under its own directory), so one may share them with the other."""
+    parameters = {key: value for key, value in stage_parameters(params, stage).items() if key != "run_id"}
+    # The run's directory appears in the paths it is given (its tiny model's link): one name for every run.
+    named = json.dumps(parameters, sort_keys=True, default=str).replace(f"runs/{params.run.id}/", "runs/RUN/")
     parts = {
         "notebook": hash_tree(paths.notebook_path(stage)),
         "code": code_hash(stage, PACKAGE),
-        "params": stage_parameters(params, stage),
+        "params": named,
         "inputs": input_hashes(params, stage, manifest_stages),
     }
     return sha256_text(json.dumps(parts, sort_keys=True, default=str))
@@ -337,11 +372,29 @@ def _run_stages(
                 reports.render_html(executed, show_code)  # --show-code (or its absence) applies to reused reports too
                 record["code_shown"] = show_code
             continue
-        # Cache keys depend on upstream outputs, which a re-run stage may just have changed.
+        # Cache keys depend on upstream outputs, which a re-run or shared stage may just have changed; whether
+        # another run did this work is asked again now.
+        key = cache_key(params, stage, manifest["stages"])
+        donor = None if force or stage not in SHAREABLE else donor_run(run_id, stage, key)
+        if donor:
+            _share(donor, run_id, stage)
+            record.pop("error", None)
+            record.update(
+                status="shared",
+                shared_from=donor,
+                cache_key=key,
+                inputs=input_hashes(params, stage, manifest["stages"]),
+                outputs_hash=outputs_hash(run_id, stage),
+                report=f"{paths.NOTEBOOKS[stage]}.html",
+                seconds=0.0,
+            )
+            _log(f"[{stage}] the same work as run {donor}'s: its outputs and report copied")
+            _save(manifest)
+            continue
         record.pop("error", None)
         record.update(
             status="running",
-            cache_key=cache_key(params, stage, manifest["stages"]),
+            cache_key=key,
             inputs=input_hashes(params, stage, manifest["stages"]),
             modules=list(stage_modules(stage, PACKAGE)),  # the code its key covers, for a reader asking why it ran
             started=_now(),
@@ -387,6 +440,17 @@ def _run_stages(
     return manifest
 
 
+def _share(donor: str, run_id: str, stage: str) -> None:
+    """Copy another run's stage outputs (and its executed notebook and report) into this run, replacing any."""
+    target = paths.run_dir(run_id) / stage
+    shutil.rmtree(target, ignore_errors=True)
+    shutil.copytree(paths.run_dir(donor) / stage, target, symlinks=True)
+    for suffix in (".ipynb", ".html"):
+        report = paths.reports_dir() / donor / f"{paths.NOTEBOOKS[stage]}{suffix}"
+        if report.exists():
+            shutil.copy2(report, paths.reports_dir() / run_id / report.name)
+
+
 def _stage_failed(
     manifest: dict, stage: str, error: dict, started: float, executed: Path, show_code: bool, what: str
 ) -> RunError:
@@ -425,7 +489,7 @@ def _mark_dead_cell(executed: Path, why: str) -> int | None:
 def _missing_upstream(run_id: str, selected: list[str], manifest: dict) -> None:
     first = selected[0] if selected else None
     for up in UPSTREAM.get(first, ()):
-        if up not in selected and manifest["stages"].get(up, {}).get("status") not in ("completed", "cached"):
+        if up not in selected and manifest["stages"].get(up, {}).get("status") not in reports.DONE:
             raise RunError(f"stage {first} needs {up}, which has not completed for run {run_id}: run it first")
 
 

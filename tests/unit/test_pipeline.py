@@ -10,7 +10,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from tunebook import paths, reports
+from tunebook import paths, reports, runner
 from tunebook.cli import main
 
 CI = str(paths.project_root() / "params" / "ci.yaml")
@@ -134,6 +134,33 @@ def test_the_same_params_and_seed_give_the_same_dataset_and_metrics(first_run, t
     scores = [json.loads((run / "evaluate" / "metrics.json").read_text()) for run in runs]
     for key in ("headline", "deltas", "judge"):
         assert scores[0][key] == scores[1][key], key
+
+
+def test_another_run_with_the_same_ingest_and_generate_params_shares_their_outputs(first_run, workdir, capsys):
+    """The work of a sweep's variants that differ only after generate is done once: their cache keys leave the
+    run's name out, so another run copies a completed run's ingest and generate instead of redoing them."""
+    assert main(["plan", CI, "--set", "run.id=ci-other"]) == 0
+    out = capsys.readouterr().out
+    assert "ingest [shared from ci], generate [shared from ci], sft [run]" in out
+    assert main(["run", CI, "--set", "run.id=ci-other", "--stages", "ingest,generate"]) == 0
+    manifest = json.loads((workdir / "reports" / "ci-other" / "run.json").read_text())
+    original = json.loads((workdir / "reports" / "ci" / "run.json").read_text())
+    for stage in ("ingest", "generate"):
+        record = manifest["stages"][stage]
+        assert record["status"] == "shared" and record["shared_from"] == "ci"
+        assert (
+            record["outputs_hash"]
+            == original["stages"][stage]["outputs_hash"]
+            == runner.outputs_hash("ci-other", stage)
+        )
+        assert (workdir / "reports" / "ci-other" / f"{paths.NOTEBOOKS[stage]}.html").is_file()
+    assert "[ingest] the same work as run ci's" in capsys.readouterr().err
+    # Shared once, the stages are this run's own: reused next time, and what follows runs here.
+    assert main(["plan", CI, "--set", "run.id=ci-other"]) == 0
+    assert "ingest [cached], generate [cached], sft [run]" in capsys.readouterr().out
+    # A changed generate param shares ingest only.
+    assert main(["plan", CI, "--set", "run.id=ci-third", "--set", "generate.extractive_answer_chars=250"]) == 0
+    assert re.search(r"ingest \[shared from ci(-other)?\], generate \[run\]", capsys.readouterr().out)
 
 
 def test_plain_papermill_runs_a_stage_notebook(first_run, workdir, tmp_path):
