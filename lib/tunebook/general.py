@@ -12,7 +12,6 @@ Two measures for every registry model the evaluate stage scores:
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -21,7 +20,7 @@ import torch
 import yaml
 
 from tunebook import models, paths, registry, stats
-from tunebook.files import read_complete_lines, write_atomic
+from tunebook.files import read_complete_lines
 from tunebook.params import EvaluateParams
 
 
@@ -124,10 +123,6 @@ def scores_table(model: str, results: dict) -> pd.DataFrame:
 
 def _number(value) -> float | None:
     return float(value) if isinstance(value, int | float) else None
-
-
-def write_scores(table: pd.DataFrame, path: Path) -> None:
-    write_atomic(path, json.dumps(table.to_dict("records"), indent=1) + "\n")
 
 
 def task_scores(params: EvaluateParams, run_id: str) -> pd.DataFrame:
