@@ -52,7 +52,7 @@ def run_checks(answers: pd.DataFrame, checks: list[CheckParams]) -> pd.DataFrame
             applicable.append(own)
         answer = prediction if isinstance(prediction, str) else ""
         for check in applicable:
-            if check.applies_to is None or re.search(check.applies_to, str(question)):
+            if applies(check, question):
                 jobs.append((index, check, answer))
     outcomes: dict[str, dict] = {check.name: {} for check in checks}
     verdicts = _check_all([(check, answer) for _, check, answer in jobs])
@@ -63,6 +63,11 @@ def run_checks(answers: pd.DataFrame, checks: list[CheckParams]) -> pd.DataFrame
         columns[f"check_{name}"] = pd.Series({i: float(v.passed) for i, v in by_index.items()}, dtype=float)
         columns[f"check_{name}_reason"] = pd.Series({i: v.reason or None for i, v in by_index.items()})
     return pd.DataFrame(columns, index=answers.index)
+
+
+def applies(check: CheckParams, question: str) -> bool:
+    """Whether a check scores the answer to this question: its applies_to regex is found in it, or it has none."""
+    return check.applies_to is None or re.search(check.applies_to, str(question)) is not None
 
 
 def check_answers(check: CheckParams, answers: list[str], workers: int | None = None) -> list[Verdict]:

@@ -36,10 +36,9 @@ def read_texts(path: str | Path) -> pd.DataFrame:
 
 
 def located(path: str | Path) -> Path:
-    """A file params name: relative to the workdir first, then the checkout (params/general/ ships there)."""
-    for candidate in (paths.resolve(path), paths.project_root() / path):
-        if candidate.is_file():
-            return candidate
+    """A file params name (paths.locate), or a one-line error naming where it was looked for."""
+    if found := paths.locate(path):
+        return found
     raise ValueError(f"{path}: no such file (looked in {paths.workdir()} and {paths.project_root()})")
 
 

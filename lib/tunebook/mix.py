@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
-from datasets import Dataset
 
 from tunebook import paths, quality
 from tunebook.files import jsonl_text, read_complete_lines, sha256_text
@@ -36,11 +35,8 @@ class Mixture:
 
 def read_source(source: MixSourceParams) -> list[dict]:
     """A source's rows: a local .jsonl or .parquet (relative to the workdir, then the checkout), or a hub id."""
-    for candidate in (paths.resolve(source.path), paths.project_root() / source.path):
-        if candidate.is_file():
-            if candidate.suffix == ".parquet":
-                return pd.read_parquet(candidate).to_dict("records")
-            return read_complete_lines(candidate)
+    if found := paths.locate(source.path):
+        return pd.read_parquet(found).to_dict("records") if found.suffix == ".parquet" else read_complete_lines(found)
     from datasets import load_dataset  # a hub dataset id, on a connected machine
 
     return list(load_dataset(source.path, split=source.split))
@@ -83,10 +79,6 @@ def mix(
     order = list(range(len(rows)))
     rng.shuffle(order)
     return Mixture([rows[i] for i in order], [names[i] for i in order], removed)
-
-
-def dataset(mixture: Mixture) -> Dataset:
-    return Dataset.from_list(mixture.rows)
 
 
 def table(mixture: Mixture, tokenizer=None) -> pd.DataFrame:

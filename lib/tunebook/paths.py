@@ -29,6 +29,12 @@ def resolve(path: str | Path) -> Path:
     return path if path.is_absolute() else workdir() / path
 
 
+def locate(path: str | Path) -> Path | None:
+    """A file params name, relative to the workdir first, then to the checkout (which ships params/general/);
+    None when neither holds it (a hub id, a task name)."""
+    return next((found for found in (resolve(path), project_root() / path) if found.is_file()), None)
+
+
 def model_source(name: str) -> str:
     """A model as params name it, as transformers loads it: a local directory (relative to the workdir) by its
     real path, so that a link (the run's tiny model) is pinned to the build it points at; else a hub id."""

@@ -29,11 +29,16 @@ def templates() -> Environment:
 DONE = ("completed", "cached", "shared")
 
 
+# Where a run's models are scored beside the base, in the order the stages run: a stage's own model is kept from
+# its re-evaluation (None: every model of the evaluate stage).
+EVALUATIONS = (("evaluate", None), ("dpo/evaluation", "dpo"), ("rl/evaluation", "rl"))
+
+
 def headline_metrics(run_id: str) -> dict:
     """The headline scores per system, e.g. {'sft': {'f1': 41.2, ...}}: the evaluate stage's, and the DPO and RL
     models' from their stages' re-evaluations."""
     headline = {}
-    for stage, keep in (("evaluate", None), ("dpo/evaluation", "dpo"), ("rl/evaluation", "rl")):
+    for stage, keep in EVALUATIONS:
         path = paths.run_dir(run_id) / stage / "metrics.json"
         if path.exists():
             result = json.loads(path.read_text(encoding="utf-8"))
@@ -124,14 +129,10 @@ def headline_plot(runs: list[dict]) -> str | None:
     return plots.data_uri(plots.runs_headline(pd.DataFrame(rows)))
 
 
-# Where a run's final model was last evaluated beside the base, latest stage first.
-REEVALUATIONS = (("rl/evaluation", "rl"), ("dpo/evaluation", "dpo"), ("evaluate", None))
-
-
 def tradeoff(run_id: str) -> dict | None:
     """A run's final model: its domain gain (F1 points over base) and its general loss (general perplexity, percent
     over base's), from the latest evaluation that scored both; None when none did."""
-    for stage, model in REEVALUATIONS:
+    for stage, model in reversed(EVALUATIONS):  # the latest stage's model first
         path = paths.run_dir(run_id) / stage / "metrics.json"
         if not path.exists():
             continue
@@ -161,8 +162,8 @@ def tradeoff_plot(runs: list[dict]) -> str | None:
 def write_index() -> Path:
     """reports/index.html: every run, its status (and where it failed), headline metrics with their deltas vs
     base, links to its stage reports, a plot of the metrics across runs, and one of domain gain against general
-    loss. The table sorts by any column
-    with a click, and the page needs no server: its script, style and plot are inline."""
+    loss. The table sorts by any column with a click, and the page needs no server: its script, style and plots
+    are inline."""
     runs = []
     for manifest in manifests():
         stages = manifest.get("stages", {})

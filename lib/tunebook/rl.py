@@ -157,7 +157,7 @@ def _well_formed(text: str, tokens: list[int], pattern: str | None, end_ids: lis
 def check_rewards(check, questions: list[str], texts: list[str], params: RlParams) -> Scored:
     """1 pass, 0 fail; None where the check does not apply (no reason), or where its code did not run to its end
     (the sandbox's reason: a crash, the timeout, a memory, CPU or process limit)."""
-    applies = [check.applies_to is None or re.search(check.applies_to, q) is not None for q in questions]
+    applies = [checks.applies(check, question) for question in questions]
     checked = [text for text, applied in zip(texts, applies, strict=True) if applied]
     verdicts = iter(checks.check_answers(check, checked, params.check_workers or None))
     values: list[float | None] = [None] * len(texts)

@@ -299,8 +299,7 @@ def input_hashes(params: Params, stage: str, manifest_stages: dict) -> dict[str,
     if stage == "export":  # its GGUF converter and llama.cpp come with this version
         hashes["llama-cpp-python"] = _version("llama-cpp-python")
     if stage == "sft":  # the general data mixed in, and what it is decontaminated against
-        for name in [*(source.path for source in params.sft.mix), *(params.sft.mix_against or [])]:
-            hashes.update(_file_hashes([name]))
+        hashes.update(_file_hashes([*(source.path for source in params.sft.mix), *(params.sft.mix_against or [])]))
     if stage == "evaluate":
         for name in ("benchmark_file", "human_ratings"):
             if path := getattr(params.evaluate, name):
@@ -315,10 +314,8 @@ def _file_hashes(names: list[str]) -> dict[str, str]:
     beside it; relative to the workdir, then the checkout."""
     hashes = {}
     for name in names:
-        for found in (paths.resolve(name), paths.project_root() / name):
-            if name.endswith((".jsonl", ".parquet", ".yaml", ".yml")) and found.is_file():
-                hashes[name] = hash_tree(found.parent if name.endswith((".yaml", ".yml")) else found)
-                break
+        if name.endswith((".jsonl", ".parquet", ".yaml", ".yml")) and (found := paths.locate(name)):
+            hashes[name] = hash_tree(found.parent if name.endswith((".yaml", ".yml")) else found)
     return hashes
 
 

@@ -179,7 +179,7 @@ def training_data(params: SftParams, dataset_dir: Path, chunks: list[Chunk], see
     shape = "messages" if params.task == "chat" else "text"
     mixture = mix.mix(train_rows, params.mix, shape, against, params.decontamination_ngram, seed)
     mixed_hash = sha256_text(data_hash + mixture.data_hash)
-    return TrainingData(mix.dataset(mixture), val, mixed_hash, dataset_dir, chunks, warnings, mixture)
+    return TrainingData(Dataset.from_list(mixture.rows), val, mixed_hash, dataset_dir, chunks, warnings, mixture)
 
 
 def train_sft(
