@@ -97,17 +97,17 @@ def paired_deltas(runs: list[str], resamples: int, seed: int) -> pd.DataFrame:
     both = pd.concat(frames, ignore_index=True)
     baseline = frames[0]
     both = both[both["id"].isin(set(baseline["id"])) & both["system"].isin(set(baseline["system"]))]
-    tables = []
-    if both["model"].nunique() > 1:
-        metrics = list(evaluate.SCORES)
-        tables.append(stats.compare(both, runs[0], metrics, by=["system"], resamples=resamples, seed=seed, scale=100))
-    tables.append(general_deltas(runs, resamples, seed))
-    table = (
-        pd.concat([t for t in tables if len(t)], ignore_index=True) if any(len(t) for t in tables) else pd.DataFrame()
+    scores = (
+        stats.compare(both, runs[0], list(evaluate.SCORES), by=["system"], resamples=resamples, seed=seed, scale=100)
+        if both["model"].nunique() > 1
+        else pd.DataFrame()
     )
-    if len(table):
-        table["p_holm"] = multipletests(table["p_value"], method="holm")[1]
-    return table
+    tables = [table for table in (scores, general_deltas(runs, resamples, seed)) if len(table)]
+    if not tables:
+        return pd.DataFrame()
+    paired = pd.concat(tables, ignore_index=True)
+    paired["p_holm"] = multipletests(paired["p_value"], method="holm")[1]
+    return paired
 
 
 def general_deltas(runs: list[str], resamples: int, seed: int) -> pd.DataFrame:

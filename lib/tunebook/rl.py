@@ -443,14 +443,13 @@ def hacking_guard(history: pd.DataFrame, comparison: pd.DataFrame, params: RlPar
     over the first and the last quarter of the training steps, and the test-split delta of rl vs the starting model
     with its CI. Flagged when one rises while the other falls: the policy may be gaming the reward."""
     rows = []
-    quarter = max(1, len(history) // 4)
     for reward in params.rewards:
         column = f"rewards/{reward.name}/mean"
         measure = f"check_{reward.check.name}" if reward.kind == "check" else HELD_OUT.get(reward.kind)
         found = comparison[(comparison["system"] == "rl") & (comparison["metric"] == measure)]
         if measure is None or column not in history or found.empty:
             continue
-        early, late = history[column].head(quarter).mean(), history[column].tail(quarter).mean()
+        early, late = _quarter_means(history[column])
         test = found.iloc[0]
         train_change = late - early
         opposite = (train_change > 0 and test["delta"] < 0) or (train_change < 0 and test["delta"] > 0)
@@ -485,6 +484,11 @@ def verdict(comparison: pd.DataFrame, params: RlParams) -> str:
 
 def mean_reward(history: pd.DataFrame, part: str) -> float:
     """The total reward's mean over the first or last quarter of the steps."""
-    quarter = max(1, len(history) // 4)
-    rows = history["reward"].head(quarter) if part == "first" else history["reward"].tail(quarter)
-    return float(np.round(rows.mean(), 3))
+    early, late = _quarter_means(history["reward"])
+    return float(np.round(early if part == "first" else late, 3))
+
+
+def _quarter_means(values: pd.Series) -> tuple[float, float]:
+    """A per-step series' mean over its first and its last quarter (at least one step each)."""
+    quarter = max(1, len(values) // 4)
+    return values.head(quarter).mean(), values.tail(quarter).mean()
