@@ -51,7 +51,19 @@ def _parser() -> argparse.ArgumentParser:
 
     dry = sub.add_parser("plan", help="validate, list stages and cache hits, estimate cost; runs nothing")
     _params_args(dry)
+    _sweep_args(dry)
+    dry.add_argument("--sweep", action="store_true", help="plan the sweep of the params' sweep: section")
     dry.set_defaults(command=_plan)
+
+    sweep = sub.add_parser("sweep", help="run variants of a params file (a grid, or a search), locally or on Ray")
+    _params_args(sweep)
+    _sweep_args(sweep)
+    sweep.add_argument("--jobs", type=int, default=1, metavar="N", help="variants at a time (default 1)")
+    sweep.add_argument("--ray", metavar="ADDRESS", help="run the variants on a Ray cluster: auto, or host:port")
+    sweep.add_argument("--resume", action="store_true", help="re-run only the variants that did not complete")
+    sweep.add_argument("--confirm", action="store_true", help="run even if the total plan exceeds run.budget")
+    sweep.add_argument("--show-code", action="store_true", help="include code cells in the HTML reports")
+    sweep.set_defaults(command=_sweep)
 
     runs = sub.add_parser("runs", help="list runs with status, stage reached and headline metrics")
     runs.set_defaults(command=_runs)
@@ -71,6 +83,29 @@ def _params_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _sweep_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--grid", action="append", default=[], metavar="KEY.PATH=V1,V2", help="sweep a key over values (repeatable)"
+    )
+    parser.add_argument("--trials", type=int, metavar="N", help="draw N variants from sweep.search's ranges")
+    parser.add_argument("--sampler", choices=["random", "optuna"], help="how trials are drawn (default random)")
+    parser.add_argument("--metric", help="the target metric: SCORE of the final model, or SYSTEM.SCORE (default f1)")
+    parser.add_argument("--id", dest="sweep_id", help="the sweep's id, which its variants' ids start with (run.id)")
+
+
+def _prepare_sweep(args: argparse.Namespace):
+    from tunebook import runner, sweep
+
+    selected = runner.select_stages(args.stages.split(",") if args.stages else None, args.from_stage)
+    spec = sweep.load_sweep(
+        args.params, args.overrides, selected, args.grid, args.trials, args.sampler, args.metric, args.sweep_id
+    )
+    todo, record = sweep.to_run(spec, getattr(args, "resume", False))
+    sweep_plan = sweep.plan_sweep(spec, todo)
+    print(sweep_plan.format(spec, getattr(args, "jobs", 1)))
+    return spec, todo, record, sweep_plan
+
+
 def _prepare(args: argparse.Namespace):
     from tunebook import plan, runner, tiny
 
@@ -85,8 +120,33 @@ def _prepare(args: argparse.Namespace):
 
 
 def _plan(args: argparse.Namespace) -> int:
-    _prepare(args)
+    if args.sweep or args.grid or args.trials:
+        _prepare_sweep(args)
+    else:
+        _prepare(args)
     return 0
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from tunebook import sweep
+
+    if args.jobs < 1:
+        raise ParamsError(f"--jobs {args.jobs}: give 1 or more")
+    spec, todo, record, sweep_plan = _prepare_sweep(args)
+    if sweep_plan.total.over_budget and not args.confirm:
+        print(
+            "tunebook: the sweep's total estimate exceeds run.budget; re-run with --confirm to go ahead",
+            file=sys.stderr,
+        )
+        return EXIT_OVER_BUDGET
+    record = sweep.run_sweep(spec, todo, record, sweep_plan, args.jobs, args.ray, args.show_code)
+    failed = [entry["id"] for entry in record["variants"] if entry["status"] != "completed"]
+    done = len(record["variants"]) - len(failed)
+    print(f"sweep {spec.id}: {done} completed, {len(failed)} failed" + (f" ({', '.join(failed)})" if failed else ""))
+    print(f"report: {record['page']}")
+    if failed:
+        print(f"tunebook: re-run the failed variants with `tunebook sweep {args.params} ... --resume`", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -87,22 +87,29 @@ def _deltas(result: dict) -> pd.DataFrame:
     return table[["system", "baseline", "metric", "delta [95% CI]", "significant"]]
 
 
-def paired_deltas(runs: list[str], resamples: int, seed: int) -> pd.DataFrame:
-    """Every other run minus the first, per system and score, paired by test item; then on general text. Each
+def paired_deltas(
+    runs: list[str], resamples: int, seed: int, systems: list[str] | None = None, scores: list[str] | None = None
+) -> pd.DataFrame:
+    """Every other run minus the first, per system and score (all of the evaluate stage's, or these systems from
+    the evaluation that scored each, on these per-item scores), paired by test item; then on general text. Each
     row's p-value is also Holm-corrected across every row (empty when no item is shared)."""
-    frames = [
-        pd.DataFrame(read_complete_lines(paths.run_dir(run) / "evaluate" / "predictions.jsonl")).assign(model=run)
-        for run in runs
-    ]
+    if systems is None:
+        frames = [
+            pd.DataFrame(read_complete_lines(paths.run_dir(run) / "evaluate" / "predictions.jsonl")).assign(model=run)
+            for run in runs
+        ]
+    else:
+        frames = [pd.concat([reports.item_scores(run, system) for system in systems]).assign(model=run) for run in runs]
     both = pd.concat(frames, ignore_index=True)
     baseline = frames[0]
     both = both[both["id"].isin(set(baseline["id"])) & both["system"].isin(set(baseline["system"]))]
-    scores = (
-        stats.compare(both, runs[0], list(evaluate.SCORES), by=["system"], resamples=resamples, seed=seed, scale=100)
+    metrics = scores or list(evaluate.SCORES)
+    items = (
+        stats.compare(both, runs[0], metrics, by=["system"], resamples=resamples, seed=seed, scale=100)
         if both["model"].nunique() > 1
         else pd.DataFrame()
     )
-    tables = [table for table in (scores, general_deltas(runs, resamples, seed)) if len(table)]
+    tables = [table for table in (items, general_deltas(runs, resamples, seed, systems)) if len(table)]
     if not tables:
         return pd.DataFrame()
     paired = pd.concat(tables, ignore_index=True)
@@ -110,9 +117,9 @@ def paired_deltas(runs: list[str], resamples: int, seed: int) -> pd.DataFrame:
     return paired
 
 
-def general_deltas(runs: list[str], resamples: int, seed: int) -> pd.DataFrame:
-    """Every other run minus the first per model on general text: the mean log-perplexity per text (nats per
-    token; above 0, that run forgot more), paired by text; only the runs that measured it."""
+def general_deltas(runs: list[str], resamples: int, seed: int, systems: list[str] | None = None) -> pd.DataFrame:
+    """Every other run minus the first per model (or these) on general text: the mean log-perplexity per text (nats
+    per token; above 0, that run forgot more), paired by text; only the runs that measured it."""
     files = {run: paths.run_dir(run) / "evaluate" / evaluate.GENERAL_FILE for run in runs}
     if not files[runs[0]].is_file():
         return pd.DataFrame()
@@ -121,7 +128,10 @@ def general_deltas(runs: list[str], resamples: int, seed: int) -> pd.DataFrame:
         return pd.DataFrame()
     both = pd.concat(frames, ignore_index=True)
     both = both.assign(general_log_ppl=both["nll"] / both["tokens"].clip(lower=1), system=both["model"])
-    both = both[both["system"].isin(set(frames[0]["model"]))].drop(columns=["model"]).rename(columns={"run": "model"})
+    both = both[both["system"].isin(set(frames[0]["model"]) & set(systems or frames[0]["model"]))]
+    both = both.drop(columns=["model"]).rename(columns={"run": "model"})
+    if runs[0] not in set(both["model"]) or both["model"].nunique() < 2:
+        return pd.DataFrame()
     return stats.compare(both, runs[0], ["general_log_ppl"], by=["system"], resamples=resamples, seed=seed)
 
 
@@ -137,3 +147,95 @@ def _paired_table(paired: pd.DataFrame) -> pd.DataFrame:
 
 def _html(table: pd.DataFrame) -> str:
     return table.to_html(index=False, float_format=lambda v: f"{v:.2f}", na_rep="-", border=0) if len(table) else ""
+
+
+def sweep_page(record: dict, resamples: int = 1000, seed: int = 0) -> Path:
+    """reports/sweeps/<id>.html: every variant's settings, status and scores with CIs; each variant minus the baseline
+    (the first) paired by test item, Holm-corrected across the page; the best variant on the target metric and the
+    share of item resamples in which it stays the best; each score against each swept key; the params diff."""
+    entries = record["variants"]
+    completed = [entry["id"] for entry in entries if entry["status"] == "completed"]
+    system, _, score = record["spec"]["metric"].rpartition(".")
+    system = system or (reports.final_model(list(reports.evaluated_models(completed[0]))) if completed else None)
+    items = {run: reports.item_scores(run, system) for run in completed}
+    scored = [run for run in completed if len(items[run])]
+    metrics = list(dict.fromkeys([score, *evaluate.SCORES[1:]]))  # the target first, then f1 and rouge_l
+    summary = _variant_scores(items, scored, metrics, resamples, seed)
+    baseline = entries[0]["id"]
+    page = {
+        "record": record,
+        "system": system,
+        "score": score,
+        "baseline": baseline,
+        "keys": list(record["spec"]["grid"] or record["spec"]["search"]),
+        "rows": _variant_rows(entries, summary, metrics),
+        "metrics": metrics,
+        "best": _best(items, scored, score, record["spec"]["direction"], resamples, seed),
+    }
+    runs = [baseline, *(run for run in scored if run != baseline)] if baseline in scored else []
+    paired = paired_deltas(runs, resamples, seed, [system], metrics) if len(runs) > 1 else pd.DataFrame()
+    page["comparisons"] = len(paired)
+    page["paired"] = _html(_paired_table(paired).rename(columns={"run": "variant", "first run": baseline}))
+    if page["best"] and len(paired):
+        vs = paired[(paired["model"] == page["best"]["variant"]) & (paired["metric"] == score)]
+        page["best"]["vs_baseline"] = vs.iloc[0].to_dict() if len(vs) else None
+    manifests = {run: _read(paths.reports_dir() / run / "run.json", run) for run in completed}
+    diff = params_diff({run: manifest["params"] for run, manifest in manifests.items()}) if manifests else None
+    page["params"] = _html(diff[diff["key"] != "run.id"]) if diff is not None else ""
+    points = summary.merge(pd.DataFrame([{"variant": e["id"], **e["settings"]} for e in entries]), on="variant")
+    figure = (
+        plots.sweep_scores(points, page["keys"], metrics, f"{system}: each score against each swept key")
+        if len(points)
+        else None
+    )
+    page["plot"] = plots.data_uri(figure) if figure else None
+    html = reports.templates().get_template("sweep.html.j2").render(**page)
+    out = paths.reports_dir() / "sweeps" / f"{record['sweep_id']}.html"
+    write_atomic(out, html)
+    return out
+
+
+def _variant_scores(items: dict, runs: list[str], metrics: list[str], resamples: int, seed: int) -> pd.DataFrame:
+    """Each variant's mean per metric (points) with its bootstrap CI over the test items (long: variant, metric)."""
+    rows = []
+    for run in runs:
+        for metric in metrics:
+            mean, low, high = stats.mean_ci(items[run][metric].astype(float) * 100, resamples, seed)
+            rows.append({"variant": run, "metric": metric, "mean": mean, "low": low, "high": high})
+    return pd.DataFrame(rows, columns=["variant", "metric", "mean", "low", "high"])
+
+
+def _variant_rows(entries: list[dict], summary: pd.DataFrame, metrics: list[str]) -> list[dict]:
+    """Each variant's record, with its scores and a link to the last stage report it has."""
+    scores = {(row["variant"], row["metric"]): row for row in summary.to_dict("records")}
+    rows = []
+    for entry in entries:
+        manifest = runner_manifest(entry["id"])
+        reached = reports.stage_reached(manifest) if manifest else "-"
+        report = f"../{entry['id']}/{paths.NOTEBOOKS[reached]}.html" if reached in paths.NOTEBOOKS else None
+        rows.append({**entry, "report": report, "scores": [scores.get((entry["id"], metric)) for metric in metrics]})
+    return rows
+
+
+def runner_manifest(run_id: str) -> dict:
+    path = paths.reports_dir() / run_id / "run.json"
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
+def _best(items: dict, runs: list[str], score: str, direction: str, resamples: int, seed: int) -> dict | None:
+    """The best variant on the target score, and its share of resamples of the items all variants answered in
+    which it stays the best."""
+    if not runs:
+        return None
+    wide = pd.concat({run: items[run].set_index("id")[score].astype(float) for run in runs}, axis=1).dropna()
+    means = wide.mean() * 100
+    best = means.idxmax() if direction == "maximize" else means.idxmin()
+    shares = stats.best_probability(wide, resamples, seed, direction == "maximize") if len(wide) > 1 else None
+    return {
+        "variant": best,
+        "mean": float(means[best]),
+        "share": float(shares[best]) if shares is not None else None,
+        "n_items": len(wide),
+        "resamples": resamples,
+        "shares": shares.sort_values(ascending=False).to_dict() if shares is not None else {},
+    }

@@ -176,16 +176,17 @@ def _gpu() -> bool:
 
 
 def format_plan(plan: Plan) -> str:
-    lines = [f"{'stage':<8}{'params':>12}{'trainable':>12}{'tokens':>12}{'memory':>10}{'time':>10}"]
+    width = max([8, *(len(e.stage) + 2 for e in plan.estimates)])  # a sweep's rows are named by variant
+    lines = [f"{'stage':<{width}}{'params':>12}{'trainable':>12}{'tokens':>12}{'memory':>10}{'time':>10}"]
     for e in plan.estimates:
         lines.append(
-            f"{e.stage:<8}{_human(e.params):>12}{_human(e.trainable):>12}{_human(e.train_tokens):>12}"
+            f"{e.stage:<{width}}{_human(e.params):>12}{_human(e.trainable):>12}{_human(e.train_tokens):>12}"
             f"{e.memory_gb:>8.1f}GB{_duration(e.hours):>10}"
         )
     if plan.note:
         lines.append(plan.note)
     lines += [f"warning: {warning}" for warning in plan.warnings]
-    verdict = "OVER BUDGET: `tunebook run` stops here unless --confirm" if plan.over_budget else "within budget"
+    verdict = "OVER BUDGET: stops here unless --confirm" if plan.over_budget else "within budget"
     lines.append(
         f"total: {_duration(plan.hours)}, peak {plan.memory_gb:.1f} GB; budget {_duration(plan.max_hours)},"
         f" {plan.max_memory_gb:.0f} GB: {verdict}"

@@ -303,6 +303,36 @@ def gain_vs_loss(points: pd.DataFrame, title: str = "Domain gain against general
     return fig
 
 
+def sweep_scores(points: pd.DataFrame, keys: list[str], metrics: list[str], title: str):
+    """A panel per (score, swept key): each variant's mean with its 95% CI against the key's value; variants that
+    agree on the other keys are joined by a line, so a trend in one key reads apart from the others."""
+    sns.set_theme(style="whitegrid", context="notebook")
+    fig, axes = plt.subplots(
+        len(metrics), len(keys), figsize=(4.5 * len(keys), 3 * len(metrics)), dpi=80, squeeze=False
+    )
+    fig.suptitle(title)
+    for row, metric in enumerate(metrics):
+        subset = points[points["metric"] == metric]
+        for column, key in enumerate(keys):
+            ax = axes[row][column]
+            values = sorted(subset[key].dropna().unique(), key=lambda v: (isinstance(v, str), v))
+            others = [other for other in keys if other != key]
+            groups = subset.groupby(others, dropna=False, sort=False) if others else [((), subset)]
+            for group, found in groups:
+                found = found.dropna(subset=[key]).sort_values(key, key=lambda c: c.map(values.index))
+                x = [values.index(value) for value in found[key]]
+                error = [found["mean"] - found["low"], found["high"] - found["mean"]]
+                label = ", ".join(f"{o}={g}" for o, g in zip(others, group if others else (), strict=True)) or None
+                ax.errorbar(x, found["mean"], yerr=error, marker="o", capsize=3, label=label)
+            ax.set_xticks(range(len(values)), [str(value) for value in values])
+            ax.set_xlabel(key)
+            ax.set_ylabel(f"{metric} (points)")
+            if others and row == 0 and column == len(keys) - 1:
+                ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1, 1))
+    fig.tight_layout()
+    return fig
+
+
 def data_uri(fig) -> str:
     """The figure as an inline PNG, for pages that must work from the file system alone."""
     buffer = io.BytesIO()

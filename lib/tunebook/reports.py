@@ -37,17 +37,43 @@ EVALUATIONS = (("evaluate", None), ("dpo/evaluation", "dpo"), ("rl/evaluation", 
 def headline_metrics(run_id: str) -> dict:
     """The headline scores per system, e.g. {'sft': {'f1': 41.2, ...}}: the evaluate stage's, and the DPO and RL
     models' from their stages' re-evaluations."""
-    headline = {}
+    return {system: {k: scores[k] for k in headline} for system, (scores, headline) in _evaluated(run_id).items()}
+
+
+def evaluated_models(run_id: str) -> dict[str, dict]:
+    """Every score of each system, from the evaluation that scored it (as headline_metrics), in the stages' order:
+    the last system without `+rag` is the run's final model."""
+    return {system: scores for system, (scores, _) in _evaluated(run_id).items()}
+
+
+def _evaluated(run_id: str) -> dict[str, tuple[dict, list[str]]]:
+    found = {}
     for stage, keep in EVALUATIONS:
         path = paths.run_dir(run_id) / stage / "metrics.json"
         if path.exists():
             result = json.loads(path.read_text(encoding="utf-8"))
-            headline |= {
-                system: {k: scores[k] for k in result["headline"]}
+            found |= {
+                system: (scores, result["headline"])
                 for system, scores in result["models"].items()
                 if keep in (None, system)
             }
-    return headline
+    return found
+
+
+def final_model(systems: list[str]) -> str | None:
+    """The trained model a run ends with, among the systems its evaluations scored (in the stages' order)."""
+    return next((name for name in reversed(systems) if "+" not in name and name != BASELINE), None)
+
+
+def item_scores(run_id: str, system: str) -> pd.DataFrame:
+    """One row per test item that `system` answered in the evaluation that scored it: id and per-item scores."""
+    for stage, keep in reversed(EVALUATIONS):
+        path = paths.run_dir(run_id) / stage / "predictions.jsonl"
+        if keep in (None, system) and path.exists():
+            rows = pd.read_json(path, lines=True)
+            if len(found := rows[rows["system"] == system]):
+                return found.reset_index(drop=True)
+    return pd.DataFrame()
 
 
 def manifests() -> list[dict]:
@@ -80,10 +106,11 @@ def runs_table() -> pd.DataFrame:
                 "status": manifest["status"] + (f" ({failed['stage']}, cell {failed['cell']})" if failed else ""),
                 "stage": _running(manifest["run_id"], running[0]) if running else stage_reached(manifest),
                 "started": (manifest.get("started") or "")[:16].replace("T", " "),
+                "sweep": (manifest.get("sweep") or {}).get("id", "-"),
                 "metrics": metrics or "-",
             }
         )
-    return pd.DataFrame(rows, columns=["run", "status", "stage", "started", "metrics"])
+    return pd.DataFrame(rows, columns=["run", "status", "stage", "started", "sweep", "metrics"])
 
 
 def _running(run_id: str, stage: str) -> str:
@@ -137,7 +164,7 @@ def tradeoff(run_id: str) -> dict | None:
         if not path.exists():
             continue
         scored = json.loads(path.read_text(encoding="utf-8"))["models"]
-        trained = model or next((name for name in reversed(list(scored)) if "+" not in name), None)
+        trained = model or final_model(list(scored))
         base, final = scored.get(BASELINE, {}), scored.get(trained, {})
         if base.get("general_perplexity") and final.get("general_perplexity") and trained != BASELINE:
             return {
@@ -190,11 +217,28 @@ def write_index() -> Path:
     html = (
         templates()
         .get_template("index.html.j2")
-        .render(runs=runs, stages=paths.STAGES, plot=headline_plot(runs), tradeoff=tradeoff_plot(runs))
+        .render(
+            runs=runs,
+            sweeps=sweep_records(),
+            stages=paths.STAGES,
+            plot=headline_plot(runs),
+            tradeoff=tradeoff_plot(runs),
+        )
     )
     path = paths.reports_dir() / "index.html"
     write_atomic(path, html)
     return path
+
+
+def sweep_records() -> list[dict]:
+    """The sweeps' records (reports/sweeps/<id>.json, tunebook.sweep), newest first."""
+    found = []
+    for path in (paths.reports_dir() / "sweeps").glob("*.json"):
+        try:
+            found.append(json.loads(path.read_text(encoding="utf-8")))
+        except json.JSONDecodeError:
+            continue  # being replaced right now
+    return sorted(found, key=lambda record: record.get("started") or "", reverse=True)
 
 
 SUMMARY_TAG = "summary"  # the cell whose output opens the stage's HTML report

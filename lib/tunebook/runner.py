@@ -119,9 +119,15 @@ def lock_path(run_id: str) -> Path:
 
 @contextmanager
 def run_lock(run_id: str) -> Iterator[None]:
-    """Held for a whole run: two runs on one id would write the same manifest and stage directories.
-    An flock dies with its process, so a run killed with -9 leaves no lock behind to clean up."""
-    path = lock_path(run_id)
+    """Held for a whole run: two runs on one id would write the same manifest and stage directories."""
+    with exclusive(lock_path(run_id), f"run {run_id}"):
+        yield
+
+
+@contextmanager
+def exclusive(path: Path, what: str) -> Iterator[None]:
+    """An flock on `path`, or a RunError naming `what` and its holder. An flock dies with its process, so a run
+    killed with -9 leaves no lock behind to clean up."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a+", encoding="utf-8") as lock:
         try:
@@ -129,7 +135,7 @@ def run_lock(run_id: str) -> Iterator[None]:
         except BlockingIOError:
             lock.seek(0)
             holder = lock.read().strip() or "pid unknown"  # empty while the holder is still writing it
-            raise RunError(f"run {run_id} is already running ({holder}); wait for it or stop it") from None
+            raise RunError(f"{what} is already running ({holder}); wait for it or stop it") from None
         lock.truncate(0)
         lock.write(f"pid {os.getpid()}, since {_now()}")
         lock.flush()
@@ -334,11 +340,12 @@ def run_pipeline(
     show_code: bool = False,
     progress: bool = True,
     overrides: list[str] = (),
+    sweep: dict | None = None,
 ) -> dict:
     """Execute (or reuse) the selected stages in order; returns the final manifest, which records the
-    `--set` overrides on top of the params file."""
+    `--set` overrides on top of the params file, and for a sweep's variant its sweep and settings."""
     with run_lock(params.run.id):
-        return _run_stages(params, params_file, selected, force, show_code, progress, list(overrides))
+        return _run_stages(params, params_file, selected, force, show_code, progress, list(overrides), sweep)
 
 
 def _run_stages(
@@ -349,13 +356,14 @@ def _run_stages(
     show_code: bool,
     progress: bool,
     overrides: list[str],
+    sweep: dict | None,
 ) -> dict:
     run_id = params.run.id
     report_dir = paths.reports_dir() / run_id
     report_dir.mkdir(parents=True, exist_ok=True)
     _ensure_kernel()
     previous = read_manifest(run_id)
-    manifest = _new_manifest(params, params_file, overrides, previous)
+    manifest = _new_manifest(params, params_file, overrides, previous, sweep)
     plans = {plan.stage: plan for plan in plan_stages(params, selected, force)}
     _missing_upstream(run_id, selected, manifest)
     for stage in selected:
@@ -571,7 +579,7 @@ def _ensure_kernel() -> None:
     install(kernel_name=KERNEL, display_name="Python (tunebook)", prefix=sys.prefix)
 
 
-def _new_manifest(params: Params, params_file: Path, overrides: list[str], previous: dict) -> dict:
+def _new_manifest(params: Params, params_file: Path, overrides: list[str], previous: dict, sweep: dict | None) -> dict:
     return {
         "run_id": params.run.id,
         "name": params.name,
@@ -588,6 +596,8 @@ def _new_manifest(params: Params, params_file: Path, overrides: list[str], previ
         "tunebook": tunebook.__version__,
         "stages": previous.get("stages", {}),
         "headline": previous.get("headline", {}),
+        # a variant re-run on its own (tunebook run --set run.id=VARIANT) stays in its sweep
+        "sweep": sweep or previous.get("sweep"),
     }
 
 

@@ -173,3 +173,36 @@ def format_ci(delta_row: Delta | Mapping | pd.Series, digits: int = 1) -> str:
     """A delta and its CI for a table, e.g. "+3.2 [+1.1, +5.4]"."""
     values = asdict(delta_row) if isinstance(delta_row, Delta) else delta_row
     return f"{values['delta']:+.{digits}f} [{values['ci_low']:+.{digits}f}, {values['ci_high']:+.{digits}f}]"
+
+
+def mean_ci(values: np.ndarray | pd.Series, resamples: int = 1000, seed: int = 0, confidence: float = 0.95) -> tuple:
+    """The mean of per-item scores with its percentile bootstrap CI over items: (mean, low, high); NaNs dropped,
+    and with fewer than 2 scores the interval is the mean itself."""
+    scores = np.asarray(values, dtype=float)
+    scores = scores[~np.isnan(scores)]
+    if len(scores) < 2:
+        mean = float(scores.mean()) if len(scores) else float("nan")
+        return mean, mean, mean
+    result = stats.bootstrap(
+        (scores,),
+        np.mean,
+        n_resamples=resamples,
+        vectorized=True,
+        confidence_level=confidence,
+        method="percentile",
+        rng=np.random.default_rng(seed),
+    )
+    return float(scores.mean()), float(result.confidence_interval.low), float(result.confidence_interval.high)
+
+
+def best_probability(scores: pd.DataFrame, resamples: int = 1000, seed: int = 0, maximize: bool = True) -> pd.Series:
+    """How sure we are of the best: `scores` has one column per candidate and one row per item they all answered;
+    the test items are resampled together, and each candidate's share of resamples in which its mean is the best
+    (ties split) is returned. A candidate best on the full set in 55% of resamples is hardly known to be best."""
+    values = scores.to_numpy(dtype=float)
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, len(values), size=(resamples, len(values)))
+    means = values[draws].mean(axis=1)  # resamples x candidates
+    best = means.max(axis=1, keepdims=True) if maximize else means.min(axis=1, keepdims=True)
+    winners = means == best
+    return pd.Series((winners / winners.sum(axis=1, keepdims=True)).mean(axis=0), index=scores.columns)

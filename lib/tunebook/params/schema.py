@@ -615,6 +615,49 @@ class ExportParams(Strict):
         return self
 
 
+class SearchRangeParams(Strict):
+    """One searched key of a sweep (`--trials`): a range, on a log scale or whole numbers if asked, or choices."""
+
+    low: float | None = None
+    high: float | None = None
+    log: bool = False  # sample the exponent uniformly: learning rates, betas
+    integer: bool = False  # whole numbers: ranks, steps
+    choices: list[Any] | None = None
+
+    @model_validator(mode="after")
+    def _range_or_choices(self) -> SearchRangeParams:
+        if self.choices is not None:
+            if not self.choices or self.low is not None or self.high is not None:
+                raise ValueError("give choices (a non-empty list) or low and high, not both")
+        elif self.low is None or self.high is None or self.low >= self.high:
+            raise ValueError("give low < high, or choices")
+        elif self.log and self.low <= 0:
+            raise ValueError("a log range needs low > 0")
+        return self
+
+
+class SweepParams(Strict):
+    """`tunebook sweep`: variants of this params file, each a run of its own (tunebook.sweep). The first value of each
+    grid key (with trials: the params as written) is the baseline variant that the others are compared with."""
+
+    id: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # None: run.id
+    grid: dict[str, list[Any]] = {}  # key.path: [values], every combination a variant (--grid key.path=v1,v2)
+    search: dict[str, SearchRangeParams] = {}  # key.path: a range, sampled `trials` times (--trials N)
+    trials: int = Field(0, ge=0)
+    sampler: Literal["random", "optuna"] = "random"  # optuna: TPE on `metric`, each trial asked as a slot frees
+    metric: str = "f1"  # SCORE of the run's final model, or SYSTEM.SCORE (sft.rouge_l): the best variant's measure
+    direction: Literal["maximize", "minimize"] = "maximize"
+    seed: int = 0
+
+    @field_validator("grid")
+    @classmethod
+    def _grid_values(cls, grid: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        for key, values in grid.items():
+            if not values or len({repr(value) for value in values}) != len(values):
+                raise ValueError(f"grid key {key}: give one or more different values")
+        return grid
+
+
 class Params(Strict):
     name: str = "demo"
     seed: int = 0
@@ -628,6 +671,7 @@ class Params(Strict):
     dpo: DpoParams = DpoParams()
     rl: RlParams = RlParams()
     export: ExportParams = ExportParams()
+    sweep: SweepParams = SweepParams()
 
     @model_validator(mode="after")
     def _mix_against(self) -> Params:
