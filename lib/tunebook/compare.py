@@ -210,16 +210,11 @@ def _variant_rows(entries: list[dict], summary: pd.DataFrame, metrics: list[str]
     scores = {(row["variant"], row["metric"]): row for row in summary.to_dict("records")}
     rows = []
     for entry in entries:
-        manifest = runner_manifest(entry["id"])
+        manifest = reports.read_manifest(entry["id"])
         reached = reports.stage_reached(manifest) if manifest else "-"
         report = f"../{entry['id']}/{paths.NOTEBOOKS[reached]}.html" if reached in paths.NOTEBOOKS else None
         rows.append({**entry, "report": report, "scores": [scores.get((entry["id"], metric)) for metric in metrics]})
     return rows
-
-
-def runner_manifest(run_id: str) -> dict:
-    path = paths.reports_dir() / run_id / "run.json"
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
 
 def _best(items: dict, runs: list[str], score: str, direction: str, resamples: int, seed: int) -> dict | None:

@@ -76,6 +76,12 @@ def item_scores(run_id: str, system: str) -> pd.DataFrame:
     return pd.DataFrame()
 
 
+def read_manifest(run_id: str) -> dict:
+    """A run's manifest (reports/<run>/run.json), or {} before it has one."""
+    path = paths.reports_dir() / run_id / "run.json"
+    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+
+
 def manifests() -> list[dict]:
     found = []
     for path in sorted(paths.reports_dir().glob("*/run.json")):

@@ -143,8 +143,7 @@ def exclusive(path: Path, what: str) -> Iterator[None]:
 
 
 def read_manifest(run_id: str) -> dict:
-    path = manifest_path(run_id)
-    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+    return reports.read_manifest(run_id)
 
 
 def plan_stages(params: Params, selected: list[str], force: bool = False) -> list[StagePlan]:

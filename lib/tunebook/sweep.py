@@ -25,6 +25,7 @@ import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -164,11 +165,19 @@ def variants(sweep: Sweep) -> list[Variant]:
 def short_names(keys: list[str]) -> dict[str, str]:
     """Each key's last part, or as many parts as tell it from the others (`sft_trainer_learning_rate` only when
     `dpo.trainer.learning_rate` is swept too)."""
-    for depth in range(1, max(len(key.split(".")) for key in keys) + 1):
-        names = {key: "_".join(key.split(".")[-depth:]) for key in keys}
-        if len(set(names.values())) == len(keys):
-            return names
-    return {key: key.replace(".", "_") for key in keys}
+
+    def suffix(key: str, depth: int) -> str:
+        return "_".join(key.split(".")[-depth:])
+
+    names = {}
+    for key in keys:
+        depth = 1
+        while depth < key.count(".") + 1 and any(
+            suffix(other, depth) == suffix(key, depth) for other in keys if other != key
+        ):
+            depth += 1
+        names[key] = suffix(key, depth)
+    return names
 
 
 def variant_id(sweep_id: str, names: dict[str, str], settings: dict[str, Any], prefix: str = "") -> str:
@@ -206,7 +215,10 @@ def variant_params(sweep: Sweep, variant: Variant) -> Params:
     try:
         return load_params(sweep.params_file, [*sweep.overrides, *variant.overrides()])
     except ParamsError as err:
-        raise ParamsError(f"sweep {sweep.id}, variant {variant.id}: {err}") from None
+        message = str(err)
+        for key in variant.settings:  # the key was swept, not --set
+            message = message.replace(f"--set {key}", f"--grid {key}" if sweep.spec.grid else f"sweep.search.{key}")
+        raise ParamsError(f"sweep {sweep.id}, variant {variant.id}: {message}") from None
 
 
 # --- where the next variant comes from ---------------------------------------------------------------------------
@@ -386,8 +398,8 @@ def execute(task: Task) -> dict:
             outcome["status"] = "completed"
         except (ParamsError, runner.RunError, OSError) as err:
             print(f"tunebook: {err}", flush=True)
-            manifest = runner.read_manifest(task.run_id)
-            failed = manifest.get("failed") if manifest.get("status") == "failed" else None
+            stage_failed = isinstance(err, runner.RunError) and str(err).startswith("stage ")
+            failed = runner.read_manifest(task.run_id).get("failed") if stage_failed else None
             outcome.update(status="failed", error=str(err).splitlines()[0][:400], failed=failed)
     outcome["seconds"] = round(time.monotonic() - started, 1)
     return outcome
@@ -515,8 +527,8 @@ def run_sweep(
         capacity = jobs if jobs > 1 or not ray_address else executor.capacity
         try:
             leaders = {v.id: sweep_plan.leaders[v.id] for v in todo if v.id in sweep_plan.leaders}
-            first = Queue([v for v in todo if v.id in leaders])
-            _run(sweep, first, executor, record, capacity, show_code, leaders)
+            if leaders:
+                _run(sweep, Queue([v for v in todo if v.id in leaders]), executor, record, capacity, show_code, leaders)
             earlier = [v for v in record["variants"] if v["id"] != f"{sweep.id}-{BASE}"]
             told = [
                 (v["settings"], v["value"]) for v in earlier if v["status"] == "completed" and v["value"] is not None
@@ -524,7 +536,7 @@ def run_sweep(
             _run(sweep, Search(sweep, todo, asked=len(earlier), told=told), executor, record, capacity, show_code)
         finally:
             executor.close()
-        record.update(finished=runner._now(), status=_status(record))
+        record.update(finished=_now(), status=_status(record))
         _save(record)
     from tunebook import compare
 
@@ -545,7 +557,7 @@ def _run(sweep, search, executor, record, capacity, show_code, leaders: dict[str
             stages = leaders[variant.id] if leaders else sweep.stages
             task = _task(sweep, variant, stages, show_code)
             entry = _entry(record, variant)
-            entry.update(status="running", started=runner._now(), log=os.path.relpath(task.log, sweeps_dir()))
+            entry.update(status="running", started=_now(), log=os.path.relpath(task.log, sweeps_dir()))
             _save(record)
             running[executor.submit(task)] = (variant, task)
         handle, outcome = executor.wait({h: t for h, (_, t) in running.items()})
@@ -583,7 +595,7 @@ def _new_record(sweep: Sweep, todo: list[Variant], previous: dict, ray_address: 
         "overrides": sweep.overrides,
         "spec": sweep.spec.model_dump(),
         "stages": sweep.stages,
-        "started": runner._now(),
+        "started": _now(),
         "finished": None,
         "status": "running",
         "executor": f"ray {ray_address}" if ray_address else f"local, {jobs} at a time",
@@ -618,6 +630,10 @@ def _value_of(sweep: Sweep, run_id: str) -> float | None:
     scored = reports.evaluated_models(run_id)
     system = system or reports.final_model(list(scored))
     return scored.get(system, {}).get(score)
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def _outcome_line(run_id: str, entry: dict) -> str:

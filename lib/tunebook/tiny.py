@@ -23,6 +23,7 @@ injects that directory instead (`staged`); a stage whose params name it keys on 
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import io
 import json
@@ -69,8 +70,16 @@ def build_tiny(texts: list[str], models_dir: Path, cfg: TinyParams, progress: bo
         return model_dir
     if cfg.hidden_size % cfg.num_heads:
         raise ValueError(f"tiny.hidden_size ({cfg.hidden_size}) must be a multiple of tiny.num_heads")
-
     models_dir.mkdir(parents=True, exist_ok=True)
+    # A sweep's variants may ask for one build at once: the first builds it, the others wait for it and reuse it.
+    with open(models_dir / f".{model_dir.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if is_complete(model_dir):
+            return model_dir
+        return _build(texts, key, model_dir, models_dir, cfg, progress)
+
+
+def _build(texts: list[str], key: str, model_dir: Path, models_dir: Path, cfg: TinyParams, progress: bool) -> Path:
     staging = Path(tempfile.mkdtemp(prefix=f".{model_dir.name}-", dir=models_dir))
     try:
         tokenizer = train_tokenizer(texts, staging, cfg)

@@ -61,6 +61,27 @@ EXERCISED = {
     'tunebook run params/demo.yaml --set run.id=nomix --set "sft.mix=[]"': [
         "test_mix.py::test_the_demo_runs_without_the_mix_by_one_override"
     ],
+    "tunebook sweep": ["test_sweep_runs.py::test_a_4_variant_grid_runs_ingest_and_generate_once"],
+    "tunebook plan params/demo.yaml --grid sft.lora.r=8,16 --grid sft.trainer.learning_rate=1e-4,2e-4": [
+        "test_sweep.py::test_the_plan_counts_shared_work_once_and_the_gate_applies_to_the_total"
+    ],
+    "tunebook sweep params/demo.yaml --grid sft.lora.r=8,16 --grid sft.trainer.learning_rate=1e-4,2e-4 --jobs 2": [
+        "test_sweep_runs.py::test_a_4_variant_grid_runs_ingest_and_generate_once"
+    ],
+    "tunebook sweep params/demo.yaml --trials 8 --sampler optuna --metric sft.f1": [
+        "test_sweep_runs.py::test_an_optuna_search_asks_each_trial_as_a_slot_frees",
+        "test_sweep.py::test_the_demo_params_declare_a_search",
+    ],
+    "tunebook sweep params/demo.yaml --grid sft.lora.r=8,16 --ray auto": [
+        "test_sweep_runs.py::test_a_sweep_on_a_ray_cluster_runs_a_variant_on_each_worker"
+    ],
+    "tunebook sweep params/demo.yaml --grid sft.lora.r=8,16 --resume": [
+        "test_sweep_runs.py::test_a_failed_variant_is_recorded_at_its_stage_and_cell_and_resume_reruns_it_alone"
+    ],
+    "tunebook plan PARAMS --sweep": ["test_sweep.py::test_the_demo_params_declare_a_search"],
+    "tunebook compare A B C ...": [
+        "test_compare.py::test_compare_takes_n_runs_each_against_the_first_with_holm_corrected_p_values"
+    ],
     "tunebook compare demo r8 r16": [
         "test_compare.py::test_compare_takes_n_runs_each_against_the_first_with_holm_corrected_p_values"
     ],

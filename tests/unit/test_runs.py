@@ -51,6 +51,22 @@ for _ in range(20):
         cache.put(request_key("hf", "tiny", [{"role": "user", "content": key}], {}), Reply(sys.argv[1] * 50_000))
 """
 
+# Two variants of a sweep asking for one tiny model at once: each says whether it trained it.
+BUILD_TINY = """
+import sys, time
+from pathlib import Path
+from tunebook import tiny
+from tunebook.params import TinyParams
+trained = tiny.pretrain
+tiny.pretrain = lambda *args: print("trained", flush=True) or trained(*args)
+while not Path(sys.argv[2]).exists():
+    time.sleep(0.001)
+texts = ["\\n".join(" ".join(f"word{(n * i + j) % 97}" for j in range(12)) for i in range(40)) for n in range(30)]
+cfg = TinyParams(vocab_size=300, hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32, context_length=32,
+                 steps=30, batch_size=4)
+print(tiny.build_tiny(texts, Path(sys.argv[1]), cfg, progress=False), flush=True)
+"""
+
 
 def python(code: str, *args: str, **popen) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-c", code, *args], **popen)
@@ -140,6 +156,18 @@ def test_concurrent_cache_writers_leave_only_whole_responses(tmp_path):
     cache = ResponseCache(directory)
     for file in files:
         assert cache.get(json.loads(file.read_text())["key"]).text in ("a" * 50_000, "b" * 50_000)
+
+
+def test_concurrent_builds_of_one_tiny_model_train_it_once(tmp_path):
+    go, models = tmp_path / "go", tmp_path / "models"
+    builders = [python(BUILD_TINY, str(models), str(go), stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    time.sleep(1)
+    go.touch()
+    outputs = [builder.communicate(timeout=300)[0].split() for builder in builders]
+    assert [builder.returncode for builder in builders] == [0, 0]
+    assert sorted(len(output) for output in outputs) == [1, 2]  # one trained it, the other waited and reused it
+    assert outputs[0][-1] == outputs[1][-1] and (Path(outputs[0][-1]) / "tiny.json").is_file()
+    assert [path.name for path in models.iterdir() if not path.name.startswith(".")] == [Path(outputs[0][-1]).name]
 
 
 def test_dead_kernel_fails_the_stage_at_its_cell_and_from_resumes(workdir, stage_notebooks, capsys):

@@ -214,3 +214,25 @@ def test_format_ci_for_tables():
     row = pd.Series({"delta": -3.21, "ci_low": -5.44, "ci_high": 1.06})
     assert stats.format_ci(row) == "-3.2 [-5.4, +1.1]"
     assert stats.format_ci(dataclasses.replace(delta, delta=3.2, ci_low=1.1, ci_high=5.4)) == "+3.2 [+1.1, +5.4]"
+
+
+def test_mean_ci_brackets_the_mean_and_narrows_with_more_items():
+    rng = np.random.default_rng(0)
+    few, many = rng.normal(50, 10, 20), rng.normal(50, 10, 2000)
+    for values in (few, many):
+        mean, low, high = stats.mean_ci(values)
+        assert low < mean < high and mean == pytest.approx(values.mean())
+    assert np.ptp(stats.mean_ci(many)[1:]) < np.ptp(stats.mean_ci(few)[1:]) / 5
+    assert stats.mean_ci([3.0, np.nan]) == (3.0, 3.0, 3.0)  # one score: no interval to draw
+
+
+def test_best_probability_is_sure_of_a_clear_winner_and_split_between_twins():
+    rng = np.random.default_rng(0)
+    base = rng.uniform(0, 1, 200)
+    scores = pd.DataFrame({"a": base, "twin": base.copy(), "worse": base - 0.3})
+    shares = stats.best_probability(scores)
+    assert shares["worse"] == 0 and shares["a"] == shares["twin"] == pytest.approx(0.5)
+    assert stats.best_probability(scores, maximize=False)["worse"] == 1
+    noisy = pd.DataFrame({"a": rng.uniform(0, 1, 10), "b": rng.uniform(0, 1, 10)})
+    shares = stats.best_probability(noisy)
+    assert shares.sum() == pytest.approx(1) and 0.05 < shares.max() < 0.95  # ten items do not settle it
