@@ -217,3 +217,29 @@ def offline(monkeypatch: pytest.MonkeyPatch) -> None:
         raise AssertionError(f"network access attempted: {address}")
 
     monkeypatch.setattr(socket.socket, "connect", refuse)
+
+
+@pytest.fixture
+def chromium_page():
+    """A page of Debian's chromium, headless, 1280 px wide, driven by playwright: how reports are checked for real.
+    No background traffic: this machine's network is closed, and chromium would retry its hosts at every start."""
+    import shutil
+
+    from playwright.sync_api import sync_playwright
+
+    args = [
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+    ]
+    with sync_playwright() as playwright:
+        executable = shutil.which("chromium") or "/usr/bin/chromium"
+        browser = playwright.chromium.launch(executable_path=executable, args=args, headless=True)
+        try:
+            yield browser.new_page(viewport={"width": 1280, "height": 900})
+        finally:
+            browser.close()

@@ -2,23 +2,10 @@
 file system as a researcher opens it: the table holds the runs, a header sorts it, and it fits 1280 px."""
 
 import json
-import shutil
 
 import pytest
 
 from tunebook import reports
-
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-# No background traffic: this machine's network is closed, and chromium would retry its hosts at every start.
-ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 
 RUNS = [  # run id, started, status, failed, headline
     (
@@ -66,27 +53,22 @@ def index(workdir):
     return reports.write_index()
 
 
-def test_the_runs_index_sorts_and_fits_1280_px_in_chromium(index, tmp_path):
-    from playwright.sync_api import sync_playwright
+def test_the_runs_index_sorts_and_fits_1280_px_in_chromium(index, chromium_page, tmp_path):
+    page = chromium_page
+    page.goto(index.as_uri())
+    ids = page.locator("#runs tbody tr td:first-child")
+    assert ids.all_inner_texts() == [run[0] for run in reversed(RUNS)]  # newest first
+    assert "failed: sft, cell 7" in page.locator("#runs tbody tr").first.inner_text()
+    assert "sft f1 20.1 (+15.7)" in page.locator("#runs").inner_text()
 
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
-        page = browser.new_page(viewport={"width": 1280, "height": 900})
-        page.goto(index.as_uri())
-        ids = page.locator("#runs tbody tr td:first-child")
-        assert ids.all_inner_texts() == [run[0] for run in reversed(RUNS)]  # newest first
-        assert "failed: sft, cell 7" in page.locator("#runs tbody tr").first.inner_text()
-        assert "sft f1 20.1 (+15.7)" in page.locator("#runs").inner_text()
+    page.get_by_role("button", name="headline metrics").click()  # by the trained model's first score
+    assert ids.all_inner_texts() == ["broken", RUNS[0][0], "demo"]
+    page.get_by_role("button", name="headline metrics").click()
+    assert ids.all_inner_texts() == ["demo", RUNS[0][0], "broken"]
+    page.get_by_role("button", name="run", exact=True).click()
+    assert ids.all_inner_texts() == sorted(run[0] for run in RUNS)
 
-        page.get_by_role("button", name="headline metrics").click()  # by the trained model's first score
-        assert ids.all_inner_texts() == ["broken", RUNS[0][0], "demo"]
-        page.get_by_role("button", name="headline metrics").click()
-        assert ids.all_inner_texts() == ["demo", RUNS[0][0], "broken"]
-        page.get_by_role("button", name="run", exact=True).click()
-        assert ids.all_inner_texts() == sorted(run[0] for run in RUNS)
-
-        assert page.evaluate("document.querySelector('img').naturalWidth") > 0  # the inline plot loads
-        assert page.evaluate("document.documentElement.scrollWidth") <= 1280  # no horizontal overflow
-        screenshot = page.screenshot(path=str(tmp_path / "index.png"), full_page=True)
-        browser.close()
+    assert page.evaluate("document.querySelector('img').naturalWidth") > 0  # the inline plot loads
+    assert page.evaluate("document.documentElement.scrollWidth") <= 1280  # no horizontal overflow
+    screenshot = page.screenshot(path=str(tmp_path / "index.png"), full_page=True)
     assert len(screenshot) > 10_000

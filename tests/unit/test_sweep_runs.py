@@ -15,16 +15,8 @@ CI = str(paths.project_root() / "params" / "ci.yaml")
 STAGES = "ingest,generate,sft,evaluate"
 GRID = ["--grid", "sft.lora.r=8,16", "--grid", "sft.trainer.learning_rate=0.003,0.001"]
 QUICK_EPOCHS = 5  # the sweeps after the grid test how variants run, not what they learn
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-ARGS = [  # as in test_index_browser: no background traffic on this closed network
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
+# Every sweep here leaves out evaluate's lm-eval task (a third of the stage's time): tunebook.general has its own tests.
+LEAN = ["--set", "evaluate.forgetting.tasks=[]"]
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +40,7 @@ def grid_sweep(shared_workdir):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("TUNEBOOK_WORKDIR", str(shared_workdir))
         # The plan's upper bound (every SFT at max_samples rows) exceeds ci.yaml's budget: the gate wants --confirm.
-        code = main(["sweep", CI, *GRID, "--stages", STAGES, "--jobs", "2", "--id", "grid", "--confirm"])
+        code = main(["sweep", CI, *GRID, "--stages", STAGES, "--jobs", "2", "--id", "grid", "--confirm", *LEAN])
         return code, sweep.read_record("grid")
 
 
@@ -91,33 +83,28 @@ def test_the_runs_index_and_runs_group_the_variants_under_the_sweep(grid_sweep, 
     assert {row[0] for row in rows if "grid" in row[5:6]} == {entry["id"] for entry in grid_sweep[1]["variants"]}
 
 
-def test_the_sweep_page_in_chromium(grid_sweep, workdir, tmp_path):
-    from playwright.sync_api import sync_playwright
-
+def test_the_sweep_page_in_chromium(grid_sweep, workdir, chromium_page, tmp_path):
     record = grid_sweep[1]
     values = {entry["id"]: entry["value"] for entry in record["variants"]}
     best = max(values, key=values.get)
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
-        page = browser.new_page(viewport={"width": 1280, "height": 900})
-        page.goto((workdir / "reports" / "sweeps" / "grid.html").as_uri())
-        rows = page.locator("#variants tbody tr")
-        assert rows.count() == 4
-        assert "(baseline)" in rows.first.inner_text() and "completed" in rows.first.inner_text()
-        first = rows.first.inner_text()
-        assert "8" in first and "0.003" in first and "[" in first  # its settings and scores with CIs
-        text = page.locator("#best").inner_text()
-        assert text.startswith(f"{best} is best on f1 (maximize)") and "of 1000 resamples" in text
-        body = page.locator("body").inner_text()
-        assert "Holm, column p_holm" in body and "Params that differ" in body
-        assert "sft.lora.r" in body and "sft.trainer.learning_rate" in body
-        assert page.evaluate("document.querySelector('img').naturalWidth") > 0  # the score-vs-setting plot
-        assert page.evaluate("document.documentElement.scrollWidth") <= 1280
-        page.screenshot(path=str(tmp_path / "sweep.png"), full_page=True)
-        page.get_by_role("link", name=best, exact=True).click()  # a variant opens its last stage's report
-        assert page.url.endswith(f"/reports/{best}/03_evaluate.html")
-        assert f"run {best}" in page.locator("body").inner_text()
-        browser.close()
+    page = chromium_page
+    page.goto((workdir / "reports" / "sweeps" / "grid.html").as_uri())
+    rows = page.locator("#variants tbody tr")
+    assert rows.count() == 4
+    assert "(baseline)" in rows.first.inner_text() and "completed" in rows.first.inner_text()
+    first = rows.first.inner_text()
+    assert "8" in first and "0.003" in first and "[" in first  # its settings and scores with CIs
+    text = page.locator("#best").inner_text()
+    assert text.startswith(f"{best} is best on f1 (maximize)") and "of 1000 resamples" in text
+    body = page.locator("body").inner_text()
+    assert "Holm, column p_holm" in body and "Params that differ" in body
+    assert "sft.lora.r" in body and "sft.trainer.learning_rate" in body
+    assert page.evaluate("document.querySelector('img').naturalWidth") > 0  # the score-vs-setting plot
+    assert page.evaluate("document.documentElement.scrollWidth") <= 1280
+    page.screenshot(path=str(tmp_path / "sweep.png"), full_page=True)
+    page.get_by_role("link", name=best, exact=True).click()  # a variant opens its last stage's report
+    assert page.url.endswith(f"/reports/{best}/03_evaluate.html")
+    assert f"run {best}" in page.locator("body").inner_text()
 
 
 @pytest.fixture(scope="module")
@@ -138,7 +125,7 @@ def ray_cluster():
 
 def test_a_sweep_on_a_ray_cluster_runs_a_variant_on_each_worker(grid_sweep, ray_cluster):
     argv = ["sweep", CI, "--grid", "sft.lora.r=8,16", "--stages", STAGES, "--ray", ray_cluster, "--id", "onray"]
-    assert main([*argv, "--set", f"sft.trainer.num_train_epochs={QUICK_EPOCHS}"]) == 0
+    assert main([*argv, "--set", f"sft.trainer.num_train_epochs={QUICK_EPOCHS}", *LEAN]) == 0
     record = sweep.read_record("onray")
     assert record["executor"] == f"ray {ray_cluster}" and record["status"] == "completed"
     nodes = {entry["where"].split()[2] for entry in record["variants"]}
@@ -196,7 +183,7 @@ def test_an_optuna_search_asks_each_trial_as_a_slot_frees(grid_sweep, workdir):
     search = json.dumps({"sft.trainer.learning_rate": {"low": 0.001, "high": 0.005, "log": True}})
     argv = ["sweep", CI, "--trials", "2", "--sampler", "optuna", "--metric", "sft.rouge_l", "--id", "tpe"]
     argv += ["--set", f"sweep.search={search}", "--set", f"sft.trainer.num_train_epochs={QUICK_EPOCHS}"]
-    assert main([*argv, "--stages", STAGES, "--jobs", "2", "--confirm"]) == 0
+    assert main([*argv, "--stages", STAGES, "--jobs", "2", "--confirm", *LEAN]) == 0
     record = sweep.read_record("tpe")
     ids = [entry["id"] for entry in record["variants"]]
     assert ids[0] == "tpe-base" and [run_id.split("-")[1] for run_id in ids[1:]] == ["t01", "t02"]
