@@ -104,6 +104,10 @@ def paired_deltas(
     baseline = frames[0]
     both = both[both["id"].isin(set(baseline["id"])) & both["system"].isin(set(baseline["system"]))]
     metrics = scores or list(evaluate.SCORES)
+    # A bootstrap p-value is at least 2/(resamples+1): with m comparisons Holm multiplies it by up to m, so enough
+    # resamples that it could still fall under 0.05 (100 per comparison).
+    comparisons = (len(runs) - 1) * both["system"].nunique() * (len(metrics) + 1)
+    resamples = max(resamples, 100 * comparisons)
     items = (
         stats.compare(both, runs[0], metrics, by=["system"], resamples=resamples, seed=seed, scale=100)
         if both["model"].nunique() > 1
@@ -173,7 +177,10 @@ def sweep_page(record: dict, resamples: int = 1000, seed: int = 0) -> Path:
         "best": _best(items, scored, score, record["spec"]["direction"], resamples, seed),
     }
     runs = [baseline, *(run for run in scored if run != baseline)] if baseline in scored else []
-    paired = paired_deltas(runs, resamples, seed, [system], metrics) if len(runs) > 1 else pd.DataFrame()
+    try:
+        paired = paired_deltas(runs, resamples, seed, [system], metrics) if len(runs) > 1 else pd.DataFrame()
+    except ValueError:  # a variant sharing fewer than two test items with the baseline (its generate differed)
+        paired = pd.DataFrame()
     page["comparisons"] = len(paired)
     page["paired"] = _html(_paired_table(paired).rename(columns={"run": "variant", "first run": baseline}))
     if page["best"] and len(paired):
@@ -182,7 +189,8 @@ def sweep_page(record: dict, resamples: int = 1000, seed: int = 0) -> Path:
     manifests = {run: _read(paths.reports_dir() / run / "run.json", run) for run in completed}
     diff = params_diff({run: manifest["params"] for run, manifest in manifests.items()}) if manifests else None
     page["params"] = _html(diff[diff["key"] != "run.id"]) if diff is not None else ""
-    points = summary.merge(pd.DataFrame([{"variant": e["id"], **e["settings"]} for e in entries]), on="variant")
+    settings = [{"variant": e["id"], **{k: _plain(v) for k, v in e["settings"].items()}} for e in entries]
+    points = summary.merge(pd.DataFrame(settings, columns=["variant", *page["keys"]]), on="variant")
     figure = (
         plots.sweep_scores(points, page["keys"], metrics, f"{system}: each score against each swept key")
         if len(points)
@@ -223,6 +231,8 @@ def _best(items: dict, runs: list[str], score: str, direction: str, resamples: i
     if not runs:
         return None
     wide = pd.concat({run: items[run].set_index("id")[score].astype(float) for run in runs}, axis=1).dropna()
+    if wide.empty:  # no test item every variant answered
+        return None
     means = wide.mean() * 100
     best = means.idxmax() if direction == "maximize" else means.idxmin()
     shares = stats.best_probability(wide, resamples, seed, direction == "maximize") if len(wide) > 1 else None
@@ -234,3 +244,8 @@ def _best(items: dict, runs: list[str], score: str, direction: str, resamples: i
         "resamples": resamples,
         "shares": shares.sort_values(ascending=False).to_dict() if shares is not None else {},
     }
+
+
+def _plain(value):
+    """A setting as a plot axis can hold it: a list or a mapping (`evaluate.models`) as its text."""
+    return json.dumps(value) if isinstance(value, list | dict) else value

@@ -360,7 +360,7 @@ def _run_stages(
     run_id = params.run.id
     report_dir = paths.reports_dir() / run_id
     report_dir.mkdir(parents=True, exist_ok=True)
-    _ensure_kernel()
+    ensure_kernel()
     previous = read_manifest(run_id)
     manifest = _new_manifest(params, params_file, overrides, previous, sweep)
     plans = {plan.stage: plan for plan in plan_stages(params, selected, force)}
@@ -565,7 +565,7 @@ def _stage_progress(stage_dir: Path, stage: str, show: bool) -> Iterator[None]:
         follower.join()
 
 
-def _ensure_kernel() -> None:
+def ensure_kernel() -> None:
     """Pin the kernel to this interpreter, installing its spec on first use."""
     try:
         spec = KernelSpecManager().get_kernel_spec(KERNEL)

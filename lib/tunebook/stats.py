@@ -201,8 +201,9 @@ def best_probability(scores: pd.DataFrame, resamples: int = 1000, seed: int = 0,
     (ties split) is returned. A candidate best on the full set in 55% of resamples is hardly known to be best."""
     values = scores.to_numpy(dtype=float)
     rng = np.random.default_rng(seed)
-    draws = rng.integers(0, len(values), size=(resamples, len(values)))
-    means = values[draws].mean(axis=1)  # resamples x candidates
+    # How often each item is drawn in each resample: resamples x items, whatever the number of candidates.
+    counts = rng.multinomial(len(values), np.full(len(values), 1 / len(values)), size=resamples)
+    means = counts @ values / len(values)  # resamples x candidates
     best = means.max(axis=1, keepdims=True) if maximize else means.min(axis=1, keepdims=True)
     winners = means == best
     return pd.Series((winners / winners.sum(axis=1, keepdims=True)).mean(axis=0), index=scores.columns)

@@ -21,6 +21,8 @@ import os
 import platform
 import random
 import re
+import signal
+import socket
 import subprocess
 import sys
 import time
@@ -35,7 +37,7 @@ from tqdm import tqdm
 
 from tunebook import evaluate, paths, plan, reports, runner
 from tunebook.files import write_atomic
-from tunebook.params import Params, ParamsError, SearchRangeParams, SweepParams, load_params
+from tunebook.params import Params, ParamsError, SearchRangeParams, SweepParams, load_params, mask_override
 from tunebook.params.schema import error_message
 
 BASE = "base"  # the trial of the params as written: a search's baseline variant
@@ -84,12 +86,15 @@ def load_sweep(
     metric: str | None = None,
     sweep_id: str | None = None,
 ) -> Sweep:
-    """The sweep of a params file: its `sweep:` section, with the command line's settings over it."""
+    """The sweep of a params file: its `sweep:` section, with the command line's settings over it (a --grid there is
+    the sweep's grid, whatever trials the section asks for; --trials, a search, whatever grid it has)."""
     params = load_params(params_file, overrides)
     given = {"trials": trials, "sampler": sampler, "metric": metric, "id": sweep_id}
     section = params.sweep.model_dump() | {key: value for key, value in given.items() if value is not None}
     if grid:
-        section["grid"] = section["grid"] | parse_grid(grid)
+        section.update(grid=parse_grid(grid), trials=trials or 0)
+    elif trials:
+        section["grid"] = {}
     try:
         spec = SweepParams.model_validate(section)
     except ValidationError as err:
@@ -208,7 +213,12 @@ def draw(space: SearchRangeParams, rng: random.Random) -> Any:
         value = math.exp(rng.uniform(math.log(space.low), math.log(space.high)))
     else:
         value = rng.uniform(space.low, space.high)
-    return round(value) if space.integer else float(f"{value:.3g}")
+    return round(value) if space.integer else _rounded(value, space)
+
+
+def _rounded(value: float, space: SearchRangeParams) -> float:
+    """To 3 significant digits (a run id and a table need no more), kept within the range."""
+    return min(max(float(f"{value:.3g}"), space.low), space.high)
 
 
 def variant_params(sweep: Sweep, variant: Variant) -> Params:
@@ -252,7 +262,11 @@ class Search:
             return self.todo.pop(0)
         self.asked += 1
         trial = self.study.ask(self.distributions)
-        settings = {key: float(f"{v:.3g}") if isinstance(v, float) else v for key, v in trial.params.items()}
+        search = self.sweep.spec.search
+        settings = {
+            key: _rounded(v, search[key]) if isinstance(v, float) and search[key].choices is None else v
+            for key, v in trial.params.items()
+        }
         names = short_names(list(self.sweep.spec.search))
         variant = Variant(variant_id(self.sweep.id, names, settings, f"t{self.asked:02d}"), settings)
         self.trials[variant.id] = trial
@@ -296,11 +310,11 @@ class SweepPlan:
     stages: dict[str, list[runner.StagePlan]]  # per variant, labelled as the sweep will run them
     total: plan.Plan  # shared builds (the tiny model) once, then each variant's training
     leaders: dict[str, list[str]]  # variant -> the shared stages it runs before the variants that copy them
+    followers: dict[str, list[str]]  # leader -> the variants that copy its shared stages
 
     def format(self, sweep: Sweep, jobs: int) -> str:
-        lines = [
-            f"sweep {sweep.id} ({sweep.params_file}): {len(self.stages)} variants, baseline {next(iter(self.stages))}"
-        ]
+        baseline = variants(sweep)[0].id
+        lines = [f"sweep {sweep.id} ({sweep.params_file}): {len(self.stages)} variants to run, baseline {baseline}"]
         for variant, stages in self.stages.items():
             lines.append(f"  {variant}: " + ", ".join(f"{s.stage} [{s.label}]" for s in stages))
         if sweep.spec.sampler == "optuna" and sweep.spec.trials:
@@ -339,18 +353,19 @@ def plan_sweep(sweep: Sweep, planned: list[Variant]) -> SweepPlan:
     asked = [e for e in estimates if e.stage == f"sft {sweep.id}-{BASE}"] if sweep.spec.sampler == "optuna" else []
     for trial in range(1, sweep.spec.trials + 1 if asked else 0):  # Optuna's trials are not known before they run
         estimates.append(plan.Estimate(**{**asdict(asked[0]), "stage": f"sft trial {trial}"}))
-    leaders = {}
+    leaders, followers = {}, {}
     for members in groups.values():
         leader, *others = members
-        if others:
+        if others or asked:  # Optuna's trials, asked later, copy what the params as written ran first
             leaders[leader] = [s.stage for s in stages[leader] if s.stage in runner.SHAREABLE and s.label == "run"]
+            followers[leader] = others
             for other in others:
                 for stage in stages[other]:
                     if stage.stage in leaders[leader]:
                         stage.shared_from = leader
     params = load_params(sweep.params_file, sweep.overrides)
     budget = params.run.budget
-    return SweepPlan(stages, plan.Plan(estimates, note, budget.max_hours, budget.max_memory_gb), leaders)
+    return SweepPlan(stages, plan.Plan(estimates, note, budget.max_hours, budget.max_memory_gb), leaders, followers)
 
 
 # --- one variant, in a process of its own ----------------------------------------------------------------------------
@@ -396,11 +411,12 @@ def execute(task: Task) -> dict:
                 sweep=task.sweep,
             )
             outcome["status"] = "completed"
-        except (ParamsError, runner.RunError, OSError) as err:
-            print(f"tunebook: {err}", flush=True)
-            stage_failed = isinstance(err, runner.RunError) and str(err).startswith("stage ")
-            failed = runner.read_manifest(task.run_id).get("failed") if stage_failed else None
-            outcome.update(status="failed", error=str(err).splitlines()[0][:400], failed=failed)
+        except Exception as err:  # anything: the other variants go on, and this one says where it stopped
+            message = (str(err) or type(err).__name__).splitlines()[0][:400]
+            print(f"tunebook: {message}", flush=True)
+            # The manifest says where only if this attempt got as far as a stage (not a held lock, not bad params).
+            in_stage = not isinstance(err, ParamsError | runner.RunError) or re.match(r"stage \w+ failed", str(err))
+            outcome.update(status="failed", error=message, failed=_failed_stage(task.run_id) if in_stage else None)
     outcome["seconds"] = round(time.monotonic() - started, 1)
     return outcome
 
@@ -436,8 +452,19 @@ class LocalJobs:
                     if found.is_file():
                         return process, json.loads(found.read_text(encoding="utf-8"))
                     why = f"its process ended with exit code {process.returncode} before it finished (see its log)"
-                    return process, {"status": "failed", "error": why, "where": f"pid {process.pid}"}
+                    failed = _failed_stage(task.run_id)
+                    return process, {"status": "failed", "error": why, "where": f"pid {process.pid}", "failed": failed}
             time.sleep(0.5)
+
+    def stop(self, running: dict) -> None:
+        """Interrupt the running variants as Ctrl-C would (each records where it stopped), then kill the slow."""
+        for process in running:
+            process.send_signal(signal.SIGINT)
+        for process in running:
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
 
     def close(self) -> None:
         pass
@@ -451,6 +478,14 @@ class RayCluster:
     def __init__(self, address: str):
         import ray
 
+        host, _, port = address.rpartition(":")
+        if host and port.isdigit() and "://" not in address:  # Ray itself would retry a dead address for minutes
+            try:
+                socket.create_connection((host, int(port)), timeout=5).close()
+            except OSError as err:
+                raise runner.RunError(
+                    f"--ray {address}: nothing answers there ({err}); start a cluster with `ray start --head`"
+                ) from None
         try:
             ray.init(address=address, log_to_driver=False, logging_level="error", configure_logging=False)
         except ConnectionError as err:
@@ -460,13 +495,21 @@ class RayCluster:
         resources = ray.cluster_resources()
         self.gpus = resources.get("GPU", 0) > 0
         self.capacity = max(1, int(resources.get("CPU", 1)))
+        nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
+        # A task no single node can hold would wait for ever: one CPU and one GPU per SFT process, on one node.
+        self.largest = {kind: max((node.get(kind, 0) for node in nodes), default=0) for kind in ("CPU", "GPU")}
         self.remote = ray.remote(max_retries=0)(_ray_execute)
         self.ray = ray
 
     def submit(self, task: Task):
-        params = load_params(task.params_file, task.overrides)
-        processes = params.sft.processes
-        return self.remote.options(num_cpus=processes, num_gpus=processes if self.gpus else 0).remote(task)
+        processes = load_params(task.params_file, task.overrides).sft.processes
+        asks = {"CPU": processes, "GPU": processes if self.gpus else 0}
+        if any(asks[kind] > self.largest[kind] for kind in asks):
+            raise runner.RunError(
+                f"variant {task.run_id} asks for {asks['CPU']} CPUs and {asks['GPU']} GPUs (sft.processes "
+                f"{processes}) on one node, and the largest node of the cluster has {self.largest}"
+            )
+        return self.remote.options(num_cpus=asks["CPU"], num_gpus=asks["GPU"]).remote(task)
 
     def wait(self, running: dict) -> tuple[Any, dict]:
         [ref], _ = self.ray.wait(list(running), num_returns=1)
@@ -475,6 +518,10 @@ class RayCluster:
         except self.ray.exceptions.RayError as err:  # the worker died, or the task could not start
             return ref, {"status": "failed", "error": str(err).splitlines()[0][:400], "where": "ray"}
 
+    def stop(self, running: dict) -> None:
+        for ref in running:
+            self.ray.cancel(ref, force=True)
+
     def close(self) -> None:
         self.ray.shutdown()
 
@@ -482,6 +529,7 @@ class RayCluster:
 def _main(task_file: str) -> int:
     """`python -m tunebook.sweep TASK.json`: a local job, which leaves its outcome beside its log."""
     task = Task(**json.loads(Path(task_file).read_text(encoding="utf-8")))
+    Path(task_file).unlink()  # it holds the --set overrides as given, which may name a key
     outcome = execute(task)
     write_atomic(Path(task.log).with_suffix(".outcome.json"), json.dumps(outcome))
     return 0
@@ -503,7 +551,11 @@ def to_run(sweep: Sweep, resume: bool) -> tuple[list[Variant], dict]:
         return variants(sweep), {}
     if not record:
         raise ParamsError(f"--resume: no sweep {sweep.id} to resume ({sweep.record_path} does not exist)")
-    same = {"params_file": str(sweep.params_file), "overrides": sweep.overrides, "spec": sweep.spec.model_dump()}
+    same = {
+        "params_file": _path(sweep.params_file),
+        "overrides": _masked(sweep.overrides),
+        "spec": sweep.spec.model_dump(),
+    }
     changed = [key for key, value in same.items() if record.get(key) != value]
     if changed:
         raise ParamsError(f"--resume: sweep {sweep.id} ran with another {', '.join(changed)}; give it another --id")
@@ -520,42 +572,66 @@ def run_sweep(
     show_code: bool = False,
 ) -> dict:
     """Run the variants (the leaders' shared stages first), `jobs` at a time here or on a Ray cluster, recording
-    each as it ends; then the sweep page and the runs index. Returns the record."""
+    each as it ends; then the sweep page and the runs index. Returns the record. Stopped (Ctrl-C, an error), the
+    sweep stops its running variants and records them failed, so that --resume runs them again."""
     with runner.exclusive(sweeps_dir() / f".{sweep.id}.lock", f"sweep {sweep.id}"):
-        record = _new_record(sweep, todo, record, ray_address, jobs)
+        runner.ensure_kernel()  # once, here: variants starting together would all install it at once
         executor = RayCluster(ray_address) if ray_address else LocalJobs(jobs)
+        record = _new_record(sweep, todo, record, ray_address, jobs)
         capacity = jobs if jobs > 1 or not ray_address else executor.capacity
+        running: dict[Any, tuple[Variant, Task]] = {}
         try:
             leaders = {v.id: sweep_plan.leaders[v.id] for v in todo if v.id in sweep_plan.leaders}
             if leaders:
-                _run(sweep, Queue([v for v in todo if v.id in leaders]), executor, record, capacity, show_code, leaders)
+                first = Queue([v for v in todo if v.id in leaders])
+                _run(sweep, first, executor, record, running, capacity, show_code, leaders)
+                todo = _without_failed_leaders(record, todo, sweep_plan)
             earlier = [v for v in record["variants"] if v["id"] != f"{sweep.id}-{BASE}"]
             told = [
                 (v["settings"], v["value"]) for v in earlier if v["status"] == "completed" and v["value"] is not None
             ]
-            _run(sweep, Search(sweep, todo, asked=len(earlier), told=told), executor, record, capacity, show_code)
+            search = Search(sweep, todo, asked=len(earlier), told=told)
+            _run(sweep, search, executor, record, running, capacity, show_code)
+        except BaseException as err:
+            executor.stop({handle: task for handle, (_, task) in running.items()})
+            for variant, _ in running.values():
+                _entry(record, variant).update(status="failed", error=f"the sweep stopped ({type(err).__name__})")
+            record.update(finished=_now(), status="failed")
+            _save(record)
+            raise
         finally:
             executor.close()
         record.update(finished=_now(), status=_status(record))
         _save(record)
     from tunebook import compare
 
-    record["page"] = str(compare.sweep_page(record))
+    try:
+        record["page"] = str(compare.sweep_page(record))
+    except Exception as err:  # the runs are done and recorded; a page that cannot be drawn must not hide that
+        record["page"] = None
+        print(f"tunebook: the sweep page could not be written ({type(err).__name__}: {err})", file=sys.stderr)
     _save(record)
     reports.write_index()
     return record
 
 
-def _run(sweep, search, executor, record, capacity, show_code, leaders: dict[str, list[str]] | None = None) -> None:
+def _run(
+    sweep: Sweep,
+    search: Search,
+    executor,
+    record: dict,
+    running: dict,
+    capacity: int,
+    show_code: bool,
+    leaders: dict[str, list[str]] | None = None,
+) -> None:
     """Keep `capacity` variants running until the search has none left; a leader runs only its shared stages."""
-    running: dict[Any, tuple[Variant, Task]] = {}
     total = len(search.todo) + (sweep.spec.trials - search.asked if search.study else 0)
     bar = tqdm(total=total, unit="variant", desc=f"sweep {sweep.id}" + (": shared stages" if leaders else ""))
     while search.more() or running:
         while search.more() and len(running) < capacity:
             variant = search.next()
-            stages = leaders[variant.id] if leaders else sweep.stages
-            task = _task(sweep, variant, stages, show_code)
+            task = _task(sweep, variant, leaders[variant.id] if leaders else sweep.stages, show_code)
             entry = _entry(record, variant)
             entry.update(status="running", started=_now(), log=os.path.relpath(task.log, sweeps_dir()))
             _save(record)
@@ -563,17 +639,34 @@ def _run(sweep, search, executor, record, capacity, show_code, leaders: dict[str
         handle, outcome = executor.wait({h: t for h, (_, t) in running.items()})
         variant, task = running.pop(handle)
         entry = _entry(record, variant)
-        if leaders:  # a leader's shared stages: the variant itself runs with the others
-            entry.update(status="pending", shared_stages=outcome["status"])
+        entry.pop("failed", None), entry.pop("error", None)
+        if leaders and outcome["status"] == "completed":  # its shared stages: the variant itself runs with the rest
+            entry.update(status="pending")
         else:
             value = _value_of(sweep, variant.id) if outcome["status"] == "completed" else None
-            entry.pop("failed", None), entry.pop("error", None)
             entry.update(outcome, value=value)
+            if leaders:
+                entry["error"] = f"its shared stages ({', '.join(leaders[variant.id])}) failed: {entry['error']}"
             search.tell(variant, value)
             tqdm.write(_outcome_line(variant.id, entry), file=sys.stderr)
         _save(record)
         bar.update()
     bar.close()
+
+
+def _without_failed_leaders(record: dict, todo: list[Variant], sweep_plan: SweepPlan) -> list[Variant]:
+    """A leader whose shared stages failed fails the variants that would copy them (rather than have each redo,
+    and most likely fail, the same work); --resume runs them all again."""
+    failed = {entry["id"]: entry for entry in record["variants"] if entry["status"] == "failed"}
+    dropped = set()
+    for leader in set(failed) & set(sweep_plan.followers):
+        for follower in sweep_plan.followers[leader]:
+            entry = next(e for e in record["variants"] if e["id"] == follower)
+            entry.update(status="failed", failed=failed[leader].get("failed"), value=None)
+            entry["error"] = f"the shared stages it copies failed in {leader}"
+            dropped.add(follower)
+    _save(record)
+    return [variant for variant in todo if variant.id not in dropped and variant.id not in failed]
 
 
 def _task(sweep: Sweep, variant: Variant, stages: list[str], show_code: bool) -> Task:
@@ -591,8 +684,8 @@ def _task(sweep: Sweep, variant: Variant, stages: list[str], show_code: bool) ->
 def _new_record(sweep: Sweep, todo: list[Variant], previous: dict, ray_address: str | None, jobs: int) -> dict:
     record = {
         "sweep_id": sweep.id,
-        "params_file": str(sweep.params_file),
-        "overrides": sweep.overrides,
+        "params_file": _path(sweep.params_file),
+        "overrides": _masked(sweep.overrides),
         "spec": sweep.spec.model_dump(),
         "stages": sweep.stages,
         "started": _now(),
@@ -613,6 +706,24 @@ def _entry(record: dict, variant: Variant) -> dict:
             return entry
     record["variants"].append({"id": variant.id, "settings": variant.settings, "status": "pending"})
     return record["variants"][-1]
+
+
+def _path(params_file: Path) -> str:
+    return str(Path(params_file).resolve())
+
+
+def _masked(overrides: list[str]) -> list[str]:
+    return [mask_override(override) for override in overrides]
+
+
+def _failed_stage(run_id: str) -> dict | None:
+    """Where a variant's run stopped, from its manifest: the stage and cell it failed in, or the stage it was still
+    running when its process died (no cell: a killed kernel or process says none)."""
+    manifest = runner.read_manifest(run_id)
+    if manifest.get("status") == "failed" and manifest.get("failed"):
+        return manifest["failed"]
+    running = [stage for stage, entry in manifest.get("stages", {}).items() if entry.get("status") == "running"]
+    return {"stage": running[0], "cell": None} if running else None
 
 
 def _save(record: dict) -> None:

@@ -72,11 +72,15 @@ def build_tiny(texts: list[str], models_dir: Path, cfg: TinyParams, progress: bo
         raise ValueError(f"tiny.hidden_size ({cfg.hidden_size}) must be a multiple of tiny.num_heads")
     models_dir.mkdir(parents=True, exist_ok=True)
     # A sweep's variants may ask for one build at once: the first builds it, the others wait for it and reuse it.
-    with open(models_dir / f".{model_dir.name}.lock", "w") as lock:
+    # The lock is the models directory's own (builds there take turns), so it leaves no lock file behind.
+    lock = os.open(models_dir, os.O_RDONLY)
+    try:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if is_complete(model_dir):
             return model_dir
         return _build(texts, key, model_dir, models_dir, cfg, progress)
+    finally:
+        os.close(lock)
 
 
 def _build(texts: list[str], key: str, model_dir: Path, models_dir: Path, cfg: TinyParams, progress: bool) -> Path:

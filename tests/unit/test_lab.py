@@ -11,8 +11,6 @@ from pathlib import Path
 
 import pytest
 import requests
-from playwright.sync_api import sync_playwright
-from test_index_browser import ARGS, CHROMIUM
 
 from tunebook import paths, servers
 
@@ -67,7 +65,7 @@ def lab(tmp_path):
         log.close()
 
 
-def test_make_lab_opens_the_notebooks_on_the_project_kernel(lab, tmp_path):
+def test_make_lab_opens_the_notebooks_on_the_project_kernel(lab, chromium_page, tmp_path):
     url, token = lab
     specs = requests.get(f"{url}/api/kernelspecs", params={"token": token}, timeout=10).json()["kernelspecs"]
     # the kernel runs this very environment, where tunebook is installed
@@ -75,23 +73,20 @@ def test_make_lab_opens_the_notebooks_on_the_project_kernel(lab, tmp_path):
     listing = requests.get(f"{url}/api/contents", params={"token": token}, timeout=10).json()["content"]
     assert {f"{name}.ipynb" for name in paths.NOTEBOOKS.values()} <= {item["name"] for item in listing}
 
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        page = browser.new_page(viewport={"width": 1280, "height": 800})
-        page.goto(f"{url}/lab/tree/00_ingest.ipynb?reset&token={token}")  # no workspace but this notebook
-        # the notebook opens on its own kernel, which starts and goes idle
-        page.wait_for_selector(".jp-Toolbar-kernelName:has-text('Python (tunebook)')", state="attached", timeout=60_000)
-        page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=60_000)
-        # run the parameters cell, then ask the kernel where it would write: the workdir it was started with
-        page.click(".jp-CodeCell .jp-InputArea-editor >> nth=0")
-        page.keyboard.press("Shift+Enter")
-        page.keyboard.press("Escape")
-        page.keyboard.press("b")  # a new cell below
-        page.keyboard.press("Enter")
-        page.wait_for_selector(".jp-Cell.jp-mod-active .cm-editor.cm-focused", timeout=60_000)
-        page.keyboard.type("from tunebook import paths; print(run_id, paths.workdir())")
-        page.keyboard.press("Shift+Enter")
-        output = page.wait_for_selector(".jp-OutputArea-output:has-text('demo')", timeout=60_000)
-        assert output.inner_text().strip() == f"demo {tmp_path}"
-        page.screenshot(path=tmp_path / "lab.png")
-        browser.close()
+    page = chromium_page
+    page.goto(f"{url}/lab/tree/00_ingest.ipynb?reset&token={token}")  # no workspace but this notebook
+    # the notebook opens on its own kernel, which starts and goes idle
+    page.wait_for_selector(".jp-Toolbar-kernelName:has-text('Python (tunebook)')", state="attached", timeout=60_000)
+    page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=60_000)
+    # run the parameters cell, then ask the kernel where it would write: the workdir it was started with
+    page.click(".jp-CodeCell .jp-InputArea-editor >> nth=0")
+    page.keyboard.press("Shift+Enter")
+    page.keyboard.press("Escape")
+    page.keyboard.press("b")  # a new cell below
+    page.keyboard.press("Enter")
+    page.wait_for_selector(".jp-Cell.jp-mod-active .cm-editor.cm-focused", timeout=60_000)
+    page.keyboard.type("from tunebook import paths; print(run_id, paths.workdir())")
+    page.keyboard.press("Shift+Enter")
+    output = page.wait_for_selector(".jp-OutputArea-output:has-text('demo')", timeout=60_000)
+    assert output.inner_text().strip() == f"demo {tmp_path}"
+    page.screenshot(path=tmp_path / "lab.png")

@@ -69,11 +69,11 @@ EXERCISED = {
         "test_sweep_runs.py::test_a_4_variant_grid_runs_ingest_and_generate_once"
     ],
     "tunebook sweep params/demo.yaml --trials 8 --sampler optuna --metric sft.f1": [
-        "test_sweep_runs.py::test_an_optuna_search_asks_each_trial_as_a_slot_frees",
+        "test_sweep_runs.py::test_an_optuna_search_on_a_ray_cluster_asks_each_trial_as_a_worker_frees",
         "test_sweep.py::test_the_demo_params_declare_a_search",
     ],
     "tunebook sweep params/demo.yaml --grid sft.lora.r=8,16 --ray auto": [
-        "test_sweep_runs.py::test_a_sweep_on_a_ray_cluster_runs_a_variant_on_each_worker"
+        "test_sweep_runs.py::test_an_optuna_search_on_a_ray_cluster_asks_each_trial_as_a_worker_frees"
     ],
     "tunebook sweep params/demo.yaml --grid sft.lora.r=8,16 --resume": [
         "test_sweep_runs.py::test_a_failed_variant_is_recorded_at_its_stage_and_cell_and_resume_reruns_it_alone"

@@ -235,5 +235,5 @@ def test_the_manifest_and_the_index_record_the_overrides_of_a_run(workdir, stage
     capsys.readouterr()
     assert main(["runs"]) == 0
     header, row = capsys.readouterr().out.splitlines()
-    assert header.split() == ["run", "status", "stage", "started", "metrics"]
+    assert header.split() == ["run", "status", "stage", "started", "sweep", "metrics"]
     assert row.startswith("r8   completed  ingest  ") and row.endswith("  -")  # left-aligned, no metrics yet

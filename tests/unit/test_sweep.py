@@ -133,7 +133,7 @@ def test_the_plan_counts_shared_work_once_and_the_gate_applies_to_the_total(caps
     grid = ["--grid", "sft.lora.r=8,16", "--grid", "sft.trainer.learning_rate=3e-3,1e-3", "--id", "lora"]
     assert main(["plan", str(CI), *grid, "--stages", ",".join(STAGES)]) == 0
     out = capsys.readouterr().out
-    assert "sweep lora (" in out and "4 variants, baseline lora-r8-learning_rate0.003" in out
+    assert "sweep lora (" in out and "4 variants to run, baseline lora-r8-learning_rate0.003" in out
     assert "lora-r8-learning_rate0.003: ingest [run], generate [run], sft [run], evaluate [run]" in out
     shared = "ingest [shared from lora-r8-learning_rate0.003], generate [shared from lora-r8-learning_rate0.003]"
     assert f"lora-r16-learning_rate0.001: {shared}, sft [run]" in out
@@ -174,7 +174,7 @@ def test_the_demo_params_declare_a_search(capsys):
     demo = str(paths.project_root() / "params" / "demo.yaml")
     assert main(["plan", demo, "--sweep"]) == 0
     out = capsys.readouterr().out
-    assert "sweep demo (" in out and "5 variants, baseline demo-base" in out
+    assert "sweep demo (" in out and "5 variants to run, baseline demo-base" in out
     trials = [line.split(":")[0].strip() for line in out.splitlines() if line.startswith("  demo-t")]
     assert [trial.split("-")[1] for trial in trials] == ["t01", "t02", "t03", "t04"]
     for trial in trials:
@@ -182,3 +182,68 @@ def test_the_demo_params_declare_a_search(capsys):
         assert 0.001 <= rate <= 0.01 and trial.rsplit("-r", 1)[1] in ("8", "16", "32")
     assert main(["plan", demo, "--sweep", "--trials", "8", "--sampler", "optuna", "--metric", "sft.f1"]) == 0
     assert "... and 8 trials asked of Optuna" in capsys.readouterr().out
+
+
+def test_a_ray_address_where_nothing_answers_is_one_line_and_records_nothing(capsys):
+    from tunebook import servers
+
+    address = f"{servers.HOST}:{servers.free_port()}"
+    assert main(["sweep", str(CI), "--grid", "sft.lora.r=8", "--stages", "ingest", "--ray", address]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"tunebook: --ray {address}: nothing answers there (") and err.count("\n") == 1
+    assert not (paths.reports_dir() / "sweeps" / "ci.json").exists()
+
+
+def test_a_command_line_grid_or_search_is_the_sweep_whatever_the_section_asks():
+    demo = paths.project_root() / "params" / "demo.yaml"  # its section: 4 random trials over sweep.search
+    grid = sweep.load_sweep(demo, [], STAGES, ["sft.lora.r=8,16"])
+    assert grid.spec.trials == 0 and [v.id for v in sweep.variants(grid)] == ["demo-r8", "demo-r16"]
+    searched = sweep.load_sweep(demo, ["sweep.grid={sft.lora.r: [8, 16]}", "sweep.trials=0"], STAGES, trials=2)
+    assert searched.spec.grid == {} and len(sweep.variants(searched)) == 3
+    with pytest.raises(ParamsError, match="a grid or trials, not both"):
+        sweep.load_sweep(demo, [], STAGES, ["sft.lora.r=8,16"], trials=2)
+
+
+def test_the_variants_copying_a_failed_leaders_stages_fail_with_it():
+    spec = load("sft.lora.r=8,16,32")
+    todo = sweep.variants(spec)
+    plan = sweep.plan_sweep(spec, todo)
+    assert plan.leaders == {"ci-r8": ["ingest", "generate"]} and plan.followers == {"ci-r8": ["ci-r16", "ci-r32"]}
+    record = {"sweep_id": "ci", "variants": [{"id": v.id, "settings": v.settings, "status": "pending"} for v in todo]}
+    record["variants"][0].update(status="failed", failed={"stage": "generate", "cell": 4}, error="its shared ...")
+    assert sweep._without_failed_leaders(record, todo, plan) == []
+    for entry in record["variants"][1:]:
+        assert entry["status"] == "failed" and entry["failed"] == {"stage": "generate", "cell": 4}
+        assert entry["error"] == "the shared stages it copies failed in ci-r8"
+
+
+class Interrupted:
+    """The executor interface (tunebook.sweep.LocalJobs, RayCluster) with a Ctrl-C while variants run."""
+
+    capacity, stopped = 2, None
+
+    def submit(self, task):
+        return task.run_id
+
+    def wait(self, running):
+        raise KeyboardInterrupt
+
+    def stop(self, running):
+        Interrupted.stopped = sorted(running)
+
+    def close(self):
+        pass
+
+
+def test_a_stopped_sweep_stops_its_variants_and_records_them_failed(monkeypatch):
+    spec = load("sft.lora.r=8,16")
+    todo = sweep.variants(spec)
+    plan = sweep.plan_sweep(spec, todo)
+    monkeypatch.setattr(sweep, "LocalJobs", lambda jobs: Interrupted())
+    with pytest.raises(KeyboardInterrupt):
+        sweep.run_sweep(spec, todo, {}, plan, jobs=2)
+    assert Interrupted.stopped == ["ci-r8"]  # the leader, running the shared stages
+    record = sweep.read_record("ci")
+    assert record["status"] == "failed" and record["variants"][0]["error"] == "the sweep stopped (KeyboardInterrupt)"
+    assert [entry["status"] for entry in record["variants"]] == ["failed", "pending"]
+    assert [v.id for v in sweep.to_run(spec, resume=True)[0]] == ["ci-r8", "ci-r16"]

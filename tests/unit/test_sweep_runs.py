@@ -1,7 +1,7 @@
 """Sweeps that run, through the real CLI: a 4-variant grid of SFT settings as local processes two at a time, which
-ingests and generates once; the same recipe on a real Ray cluster (a head and two worker nodes on this machine);
-its page in headless Chromium; and failures (a stage's cell, a held run lock) recorded while the others go on, then
-re-run alone by --resume."""
+ingests and generates once; an Optuna search on a real Ray cluster (a head and two worker nodes on this machine);
+the grid's page in headless Chromium; and failures (a stage's cell, a held run lock) recorded while the others go
+on, then re-run alone by --resume."""
 
 import json
 import shutil
@@ -15,8 +15,9 @@ CI = str(paths.project_root() / "params" / "ci.yaml")
 STAGES = "ingest,generate,sft,evaluate"
 GRID = ["--grid", "sft.lora.r=8,16", "--grid", "sft.trainer.learning_rate=0.003,0.001"]
 QUICK_EPOCHS = 5  # the sweeps after the grid test how variants run, not what they learn
-# Every sweep here leaves out evaluate's lm-eval task (a third of the stage's time): tunebook.general has its own tests.
-LEAN = ["--set", "evaluate.forgetting.tasks=[]"]
+# Every sweep here evaluates closed-book only and leaves out lm-eval's task (together, most of the stage's time):
+# retrieval and tunebook.general have tests of their own.
+LEAN = ["--set", "evaluate.forgetting.tasks=[]", "--set", "evaluate.conditions=[closed_book]"]
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +41,23 @@ def grid_sweep(shared_workdir):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("TUNEBOOK_WORKDIR", str(shared_workdir))
         # The plan's upper bound (every SFT at max_samples rows) exceeds ci.yaml's budget: the gate wants --confirm.
-        code = main(["sweep", CI, *GRID, "--stages", STAGES, "--jobs", "2", "--id", "grid", "--confirm", *LEAN])
+        code = main(
+            [
+                "sweep",
+                CI,
+                *GRID,
+                "--stages",
+                STAGES,
+                "--jobs",
+                "2",
+                "--id",
+                "grid",
+                "--confirm",
+                *LEAN,
+                "--set",
+                "sft.trainer.num_train_epochs=10",
+            ]
+        )
         return code, sweep.read_record("grid")
 
 
@@ -123,24 +140,40 @@ def ray_cluster():
         cluster.shutdown()
 
 
-def test_a_sweep_on_a_ray_cluster_runs_a_variant_on_each_worker(grid_sweep, ray_cluster):
-    argv = ["sweep", CI, "--grid", "sft.lora.r=8,16", "--stages", STAGES, "--ray", ray_cluster, "--id", "onray"]
-    assert main([*argv, "--set", f"sft.trainer.num_train_epochs={QUICK_EPOCHS}", *LEAN]) == 0
-    record = sweep.read_record("onray")
+def test_an_optuna_search_on_a_ray_cluster_asks_each_trial_as_a_worker_frees(grid_sweep, ray_cluster, workdir):
+    search = {
+        "sft.lora.r": {"choices": [8, 16]},
+        "sft.trainer.learning_rate": {"low": 0.001, "high": 0.005, "log": True},
+    }
+    argv = ["sweep", CI, "--trials", "2", "--sampler", "optuna", "--metric", "sft.rouge_l", "--id", "tpe"]
+    argv += ["--set", f"sweep.search={json.dumps(search)}", "--set", f"sft.trainer.num_train_epochs={QUICK_EPOCHS}"]
+    assert main([*argv, "--stages", STAGES, "--ray", ray_cluster, *LEAN]) == 0
+    record = sweep.read_record("tpe")
     assert record["executor"] == f"ray {ray_cluster}" and record["status"] == "completed"
+    ids = [entry["id"] for entry in record["variants"]]
+    assert ids[0] == "tpe-base" and [run_id.split("-")[1] for run_id in ids[1:]] == ["t01", "t02"]
+    # two at a time (the cluster's two CPUs), one on each worker node
     nodes = {entry["where"].split()[2] for entry in record["variants"]}
     assert all(entry["where"].startswith("ray node ") for entry in record["variants"]) and len(nodes) == 2
     for entry in record["variants"]:
         run = manifest(entry["id"])
-        assert run["status"] == "completed" and run["headline"]["sft"]
+        assert entry["status"] == "completed" and run["sweep"]["id"] == "tpe"
+        assert entry["value"] == run["headline"]["sft"]["rouge_l"]  # what Optuna was told
         # the grid's ingest and generate, copied: the whole module ingested and generated once
         assert {run["stages"][stage]["status"] for stage in ("ingest", "generate")} == {"shared"}
+    for entry in record["variants"][1:]:
+        rate = entry["settings"]["sft.trainer.learning_rate"]
+        assert 0.001 <= rate <= 0.005 and manifest(entry["id"])["params"]["sft"]["trainer"]["learning_rate"] == rate
+        assert entry["settings"]["sft.lora.r"] == manifest(entry["id"])["params"]["sft"]["lora"]["r"] in (8, 16)
+    best = max(record["variants"], key=lambda entry: entry["value"])["id"]
+    assert f"<b>{best}</b> is best on rouge_l" in (workdir / "reports" / "sweeps" / "tpe.html").read_text()
 
 
 def test_a_failed_variant_is_recorded_at_its_stage_and_cell_and_resume_reruns_it_alone(grid_sweep, workdir, capsys):
     late = workdir / "data" / "late.jsonl"  # a mix file that does not exist yet: that variant's sft cell fails
     argv = ["sweep", CI, "--grid", "sft.mix.0.path=params/general/stdlib_chat.jsonl,data/late.jsonl"]
     argv += ["--stages", "ingest,generate,sft", "--jobs", "2", "--id", "mix"]
+    argv += ["--set", f"sft.trainer.num_train_epochs={QUICK_EPOCHS}"]
     assert main(argv) == 1
     out, err = capsys.readouterr()
     assert "sweep mix: 1 completed, 1 failed (mix-pathdata_late.jsonl)" in out
@@ -177,21 +210,3 @@ def test_a_variant_whose_run_is_locked_fails_alone_and_resumes(grid_sweep, capsy
     assert main([*argv, "--resume"]) == 0
     assert manifest("lock-r16")["stages"]["ingest"]["status"] == "shared"
     assert reports.runs_table().set_index("run").loc["lock-r16", "sweep"] == "lock"
-
-
-def test_an_optuna_search_asks_each_trial_as_a_slot_frees(grid_sweep, workdir):
-    search = json.dumps({"sft.trainer.learning_rate": {"low": 0.001, "high": 0.005, "log": True}})
-    argv = ["sweep", CI, "--trials", "2", "--sampler", "optuna", "--metric", "sft.rouge_l", "--id", "tpe"]
-    argv += ["--set", f"sweep.search={search}", "--set", f"sft.trainer.num_train_epochs={QUICK_EPOCHS}"]
-    assert main([*argv, "--stages", STAGES, "--jobs", "2", "--confirm", *LEAN]) == 0
-    record = sweep.read_record("tpe")
-    ids = [entry["id"] for entry in record["variants"]]
-    assert ids[0] == "tpe-base" and [run_id.split("-")[1] for run_id in ids[1:]] == ["t01", "t02"]
-    for entry in record["variants"]:
-        assert entry["status"] == "completed"
-        assert entry["value"] == manifest(entry["id"])["headline"]["sft"]["rouge_l"]  # what Optuna was told
-    for entry in record["variants"][1:]:
-        rate = entry["settings"]["sft.trainer.learning_rate"]
-        assert 0.001 <= rate <= 0.005 and manifest(entry["id"])["params"]["sft"]["trainer"]["learning_rate"] == rate
-    best = max(record["variants"], key=lambda entry: entry["value"])["id"]
-    assert f"<b>{best}</b> is best on rouge_l" in (workdir / "reports" / "sweeps" / "tpe.html").read_text()
