@@ -1,9 +1,11 @@
 """Sweeps: a 4-variant grid of SFT settings as `tunebook sweep`, one and two variants at a time, vs the same 4 variants
 as separate `tunebook run`s that each do their own ingest and generate.
 
-Every side runs params/ci.yaml's ingest, generate, sft and evaluate through the real CLI, from an empty workdir of
-its own (so each builds its tiny model once, too). Wall seconds per side, the stages each side actually executed
-(completed, not shared or cached, read from the manifests), and the ratios go to reports/bench/sweep.json.
+Every side runs params/ci.yaml's ingest, generate, sft and evaluate through the real CLI, from an empty workdir
+(so each builds its tiny model once, too); each separate run has a workdir of its own, as a run per variant was
+before sweeps (in one workdir, later runs would copy the first one's ingest and generate). Wall seconds per side,
+the stages each side actually executed (completed, not shared or cached, from the manifests) and the ratios go to
+reports/bench/sweep.json.
 
     .venv/bin/python benchmarks/bench_sweep.py [--scratch DIR]
 """
@@ -40,7 +42,7 @@ def tunebook(workdir: Path, *args: str) -> None:
 def executed(workdir: Path) -> dict[str, int]:
     """How many times each stage really ran across the workdir's runs (completed, not shared or cached)."""
     counts = dict.fromkeys(STAGES.split(","), 0)
-    for manifest in (workdir / "reports").glob("*/run.json"):
+    for manifest in workdir.glob("**/reports/*/run.json"):
         for stage, record in json.loads(manifest.read_text())["stages"].items():
             counts[stage] += record.get("status") == "completed" or (
                 record.get("status") == "cached" and "shared_from" not in record
@@ -60,11 +62,12 @@ def side(scratch: Path, name: str, work) -> dict:
 
 
 def separate(workdir: Path) -> None:
+    """Each variant in a workdir of its own, as one run per variant was before sweeps: nothing to share."""
     for rank in GRID["sft.lora.r"]:
         for rate in GRID["sft.trainer.learning_rate"]:
             overrides = ["--set", f"run.id=r{rank}-lr{rate}", "--set", f"sft.lora.r={rank}"]
             overrides += ["--set", f"sft.trainer.learning_rate={rate}"]
-            tunebook(workdir, "run", PARAMS, "--stages", STAGES, "--confirm", *overrides)
+            tunebook(workdir / f"r{rank}-lr{rate}", "run", PARAMS, "--stages", STAGES, "--confirm", *overrides)
 
 
 def sweep(jobs: int):

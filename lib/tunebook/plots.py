@@ -327,7 +327,7 @@ def sweep_scores(points: pd.DataFrame, keys: list[str], metrics: list[str], titl
             ax.set_xticks(range(len(values)), [str(value) for value in values])
             ax.set_xlabel(key)
             ax.set_ylabel(f"{metric} (points)")
-            if others and row == 0 and column == len(keys) - 1:
+            if others and row == 0:  # what each line holds fixed
                 ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1, 1))
     fig.tight_layout()
     return fig

@@ -16,10 +16,19 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
 @pytest.fixture(autouse=True)
-def workdir(tmp_path, monkeypatch):
-    """Every test writes data/ and reports/ into its own temporary workdir."""
-    monkeypatch.setenv("TUNEBOOK_WORKDIR", str(tmp_path))
-    return tmp_path
+def workdir(tmp_path, monkeypatch, request):
+    """Every test writes data/ and reports/ into its own temporary workdir; in a module marked shared_workdir, into
+    the module's one."""
+    path = request.getfixturevalue("shared_workdir") if request.node.get_closest_marker("shared_workdir") else tmp_path
+    monkeypatch.setenv("TUNEBOOK_WORKDIR", str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def shared_workdir(tmp_path_factory, request):
+    """The workdir of a module marked shared_workdir (`pytestmark = pytest.mark.shared_workdir`), whose tests read
+    the runs the first of them made."""
+    return tmp_path_factory.mktemp(request.module.__name__.rpartition(".")[2].removeprefix("test_"))
 
 
 @pytest.fixture

@@ -16,16 +16,8 @@ from tunebook.cli import main
 CI = str(paths.project_root() / "params" / "ci.yaml")
 
 
-@pytest.fixture(scope="module")
-def shared_workdir(tmp_path_factory):
-    return tmp_path_factory.mktemp("pipeline")
-
-
-@pytest.fixture(autouse=True)
-def workdir(shared_workdir, monkeypatch):
-    """All tests here share one workdir: they read the run the first one makes."""
-    monkeypatch.setenv("TUNEBOOK_WORKDIR", str(shared_workdir))
-    return shared_workdir
+# All tests here share one workdir: they read the run the first one makes.
+pytestmark = pytest.mark.shared_workdir
 
 
 @pytest.fixture(scope="module")

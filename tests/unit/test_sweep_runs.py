@@ -20,16 +20,8 @@ QUICK_EPOCHS = 5  # the sweeps after the grid test how variants run, not what th
 LEAN = ["--set", "evaluate.forgetting.tasks=[]", "--set", "evaluate.conditions=[closed_book]"]
 
 
-@pytest.fixture(scope="module")
-def shared_workdir(tmp_path_factory):
-    return tmp_path_factory.mktemp("sweeps")
-
-
-@pytest.fixture(autouse=True)
-def workdir(shared_workdir, monkeypatch):
-    """One workdir for the module: the later sweeps share the first one's ingest and generate."""
-    monkeypatch.setenv("TUNEBOOK_WORKDIR", str(shared_workdir))
-    return shared_workdir
+# One workdir for the module: the later sweeps share the first one's ingest and generate.
+pytestmark = pytest.mark.shared_workdir
 
 
 def manifest(run_id: str) -> dict:
