@@ -110,6 +110,13 @@ def load_sweep(
         raise ParamsError(f"{params_file}: sweep: a grid or trials, not both")
     if spec.trials and not spec.search:
         raise ParamsError(f"{params_file}: sweep.search: --trials draws from its ranges, and it has none")
+    if spec.trials and spec.sampler == "optuna":
+        for key, space in spec.search.items():
+            if any(isinstance(choice, list | dict) for choice in space.choices or []):
+                raise ParamsError(
+                    f"{params_file}: sweep.search.{key}: Optuna's choices are numbers, strings or booleans; sweep "
+                    "lists with --grid or the random sampler"
+                )
     score = spec.metric.rpartition(".")[2]
     if score not in evaluate.SCORES and not score.startswith("check_"):
         known = ", ".join([*evaluate.SCORES, "check_NAME"])
@@ -259,7 +266,11 @@ class Search:
 
     def next(self) -> Variant:
         if self.todo:
-            return self.todo.pop(0)
+            variant = self.todo.pop(0)
+            if self.study is not None and variant.settings:  # a trial run again (--resume): told like a new one
+                self.study.enqueue_trial(variant.settings)
+                self.trials[variant.id] = self.study.ask(self.distributions)
+            return variant
         self.asked += 1
         trial = self.study.ask(self.distributions)
         search = self.sweep.spec.search

@@ -99,9 +99,14 @@ def test_optuna_is_asked_as_slots_free_and_told_each_result():
     assert order[0] == "ci-base" and [name.split("-")[1] for name in order[1:]] == ["t01", "t02", "t03"]
     assert len(search.study.trials) == 3
     assert [t.state.name for t in search.study.trials] == ["COMPLETE", "FAIL", "COMPLETE"]
-    # Resumed, a study learns from the trials that completed and asks only for those still missing.
-    resumed = sweep.Search(spec, [], asked=2, told=[({"sft.trainer.learning_rate": 0.001}, 20.0)])
+    # Resumed, a study learns from the trials that completed, runs the failed one again (and is told how it ends),
+    # and asks only for those still missing.
+    failed = sweep.Variant("ci-t02-learning_rate0.005", {"sft.trainer.learning_rate": 0.005})
+    resumed = sweep.Search(spec, [failed], asked=2, told=[({"sft.trainer.learning_rate": 0.001}, 20.0)])
     assert len(resumed.study.trials) == 1 and resumed.more()
+    assert resumed.next() == failed
+    resumed.tell(failed, 30.0)
+    assert resumed.study.trials[-1].params == failed.settings and resumed.study.trials[-1].value == 30.0
     assert resumed.next().id.startswith("ci-t03-") and not resumed.more()
 
 
@@ -114,11 +119,19 @@ def test_optuna_is_asked_as_slots_free_and_told_each_result():
         ({"grid": ["sft.lora.r=8"], "metric": "sft.perplexity"}, "sweep.metric: sft.perplexity is not a per-item"),
         ({"grid": ["sft.lora.r=8,8"]}, "sweep.grid: grid key sft.lora.r: give one or more different values"),
         ({"grid": ["sft.lora.r=8"], "sampler": "grid"}, "sweep.sampler"),
+        (
+            {
+                "trials": 2,
+                "sampler": "optuna",
+                "overrides": ["sweep.search={evaluate.models: {choices: [[base], [sft]]}}"],
+            },
+            "sweep.search.evaluate.models: Optuna's choices are numbers, strings or booleans",
+        ),
     ],
 )
 def test_a_sweep_that_cannot_run_is_one_line(given, message):
     with pytest.raises(ParamsError, match=message.replace("[", r"\[")):
-        sweep.load_sweep(CI, [], STAGES, given.pop("grid", []), **given)
+        sweep.load_sweep(CI, given.pop("overrides", []), STAGES, given.pop("grid", []), **given)
 
 
 def test_a_bad_grid_key_names_the_variant_and_the_key(capsys):
