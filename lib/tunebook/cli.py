@@ -93,12 +93,17 @@ def _sweep_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--id", dest="sweep_id", help="the sweep's id, which its variants' ids start with (run.id)")
 
 
-def _prepare_sweep(args: argparse.Namespace):
-    from tunebook import runner, sweep
+def _selected(args: argparse.Namespace) -> list[str]:
+    from tunebook import runner
 
-    selected = runner.select_stages(args.stages.split(",") if args.stages else None, args.from_stage)
+    return runner.select_stages(args.stages.split(",") if args.stages else None, args.from_stage)
+
+
+def _prepare_sweep(args: argparse.Namespace):
+    from tunebook import sweep
+
     spec = sweep.load_sweep(
-        args.params, args.overrides, selected, args.grid, args.trials, args.sampler, args.metric, args.sweep_id
+        args.params, args.overrides, _selected(args), args.grid, args.trials, args.sampler, args.metric, args.sweep_id
     )
     todo, record = sweep.to_run(spec, getattr(args, "resume", False))
     sweep_plan = sweep.plan_sweep(spec, todo)
@@ -110,11 +115,11 @@ def _prepare(args: argparse.Namespace):
     from tunebook import plan, runner, tiny
 
     params = load_params(args.params, args.overrides)
-    selected = runner.select_stages(args.stages.split(",") if args.stages else None, args.from_stage)
+    selected = _selected(args)
     # The offline tiny model is built by the run, so it is planned from its params: its config and pre-training.
     estimate = plan.estimate(params, args.params, *tiny.plan_inputs(params))
     stages = runner.plan_stages(params, selected, getattr(args, "force", False))
-    print(f"run {params.run.id} ({args.params}): " + ", ".join(f"{s.stage} [{s.label}]" for s in stages))
+    print(f"run {params.run.id} ({args.params}): {runner.describe(stages)}")
     print(plan.format_plan(estimate))
     return params, selected, estimate
 

@@ -99,6 +99,11 @@ class StagePlan:
         return "cached" if self.cached else f"shared from {self.shared_from}" if self.shared_from else "run"
 
 
+def describe(plans: list[StagePlan]) -> str:
+    """`ingest [cached], sft [run], ...`: what a run would do with each stage."""
+    return ", ".join(f"{plan.stage} [{plan.label}]" for plan in plans)
+
+
 def select_stages(stages: list[str] | None = None, from_stage: str | None = None) -> list[str]:
     for name in [*(stages or []), *([from_stage] if from_stage else [])]:
         if name not in paths.STAGES:
@@ -137,7 +142,7 @@ def exclusive(path: Path, what: str) -> Iterator[None]:
             holder = lock.read().strip() or "pid unknown"  # empty while the holder is still writing it
             raise RunError(f"{what} is already running ({holder}); wait for it or stop it") from None
         lock.truncate(0)
-        lock.write(f"pid {os.getpid()}, since {_now()}")
+        lock.write(f"pid {os.getpid()}, since {now()}")
         lock.flush()
         yield
 
@@ -401,7 +406,7 @@ def _run_stages(
             cache_key=key,
             inputs=input_hashes(params, stage, manifest["stages"]),
             modules=list(stage_modules(stage, PACKAGE)),  # the code its key covers, for a reader asking why it ran
-            started=_now(),
+            started=now(),
         )
         _save(manifest)
         started = time.monotonic()
@@ -438,7 +443,7 @@ def _run_stages(
         )
         reports.render_html(executed, show_code)
         _save(manifest)
-    manifest.update(status="completed", finished=_now(), failed=None, headline=reports.headline_metrics(run_id))
+    manifest.update(status="completed", finished=now(), failed=None, headline=reports.headline_metrics(run_id))
     _save(manifest)
     reports.write_index()
     return manifest
@@ -469,7 +474,7 @@ def _stage_failed(
 
 def _fail(manifest: dict, stage: str, error: dict, started: float) -> None:
     manifest["stages"][stage].update(status="failed", seconds=round(time.monotonic() - started, 1), error=error)
-    manifest.update(status="failed", failed={"stage": stage, "cell": error["cell"]}, finished=_now())
+    manifest.update(status="failed", failed={"stage": stage, "cell": error["cell"]}, finished=now())
 
 
 def _mark_dead_cell(executed: Path, why: str) -> int | None:
@@ -586,7 +591,7 @@ def _new_manifest(params: Params, params_file: Path, overrides: list[str], previ
         "overrides": [mask_override(override) for override in overrides],
         "params": mask_secrets(params.model_dump()),
         "status": "running",
-        "started": _now(),
+        "started": now(),
         "finished": None,
         "failed": None,
         "git": _git_state(),
@@ -620,7 +625,8 @@ def _version(package: str) -> str | None:
         return None
 
 
-def _now() -> str:
+def now() -> str:
+    """UTC, to the second: the time stamps of manifests and sweep records."""
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 

@@ -27,17 +27,23 @@ import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import ValidationError
 from tqdm import tqdm
 
 from tunebook import evaluate, paths, plan, reports, runner
 from tunebook.files import write_atomic
-from tunebook.params import Params, ParamsError, SearchRangeParams, SweepParams, load_params, mask_override
+from tunebook.params import (
+    Params,
+    ParamsError,
+    SearchRangeParams,
+    SweepParams,
+    load_params,
+    mask_override,
+    override_value,
+)
 from tunebook.params.schema import error_message
 
 BASE = "base"  # the trial of the params as written: a search's baseline variant
@@ -52,10 +58,11 @@ class Sweep:
     overrides: list[str]
     spec: SweepParams  # the params' sweep section, with the command line's --grid and --trials over it
     stages: list[str]
+    params: Params  # the params file with its overrides: the sweep's budget
 
     @property
     def record_path(self) -> Path:
-        return sweeps_dir() / f"{self.id}.json"
+        return record_path(self.id)
 
     def target(self) -> tuple[str | None, str]:
         """(system, score) of the target metric; no system means each variant's final model."""
@@ -74,6 +81,10 @@ class Variant:
 
 def sweeps_dir() -> Path:
     return paths.reports_dir() / "sweeps"
+
+
+def record_path(sweep_id: str) -> Path:
+    return sweeps_dir() / f"{sweep_id}.json"
 
 
 def load_sweep(
@@ -117,11 +128,12 @@ def load_sweep(
                     f"{params_file}: sweep.search.{key}: Optuna's choices are numbers, strings or booleans; sweep "
                     "lists with --grid or the random sampler"
                 )
-    score = spec.metric.rpartition(".")[2]
+    sweep = Sweep(spec.id or params.run.id, Path(params_file), list(overrides), spec, stages, params)
+    score = sweep.target()[1]
     if score not in evaluate.SCORES and not score.startswith("check_"):
         known = ", ".join([*evaluate.SCORES, "check_NAME"])
         raise ParamsError(f"{params_file}: sweep.metric: {spec.metric} is not a per-item score ({known})")
-    return Sweep(spec.id or params.run.id, Path(params_file), list(overrides), spec, stages)
+    return sweep
 
 
 def parse_grid(items: list[str]) -> dict[str, list[Any]]:
@@ -149,7 +161,7 @@ def _split(text: str) -> list[str]:
 
 
 def _value(text: str) -> Any:
-    value = yaml.safe_load(text) if text.strip() else ""
+    value = override_value(text)
     if isinstance(value, str):  # YAML 1.1 reads 1e-4 as a string
         with contextlib.suppress(ValueError):
             return float(value)
@@ -246,10 +258,17 @@ class Search:
     target metric of every variant that ends (a failed one as failed). `told` are the trials of an earlier
     attempt (settings, value), which a resumed study learns from."""
 
-    def __init__(self, sweep: Sweep, todo: list[Variant], asked: int = 0, told: list[tuple[dict, float]] = ()):
+    def __init__(
+        self,
+        sweep: Sweep,
+        todo: list[Variant],
+        asked: int = 0,
+        told: list[tuple[dict, float]] = (),
+        ask: bool = True,  # False: these variants and no more (the leaders of shared stages)
+    ):
         self.sweep, self.todo, self.asked, self.trials = sweep, list(todo), asked, {}
         self.study = None
-        if sweep.spec.trials and sweep.spec.sampler == "optuna":
+        if ask and sweep.spec.trials and sweep.spec.sampler == "optuna":
             import optuna
 
             optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -293,13 +312,6 @@ class Search:
                 self.study.tell(trial, value)
 
 
-class Queue(Search):
-    """Variants in order and no more: the leaders of shared stages."""
-
-    def __init__(self, todo: list[Variant]):
-        self.todo, self.study, self.asked, self.trials = list(todo), None, 0, {}
-
-
 def _distributions(search: dict[str, SearchRangeParams]) -> dict:
     from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
@@ -327,7 +339,7 @@ class SweepPlan:
         baseline = variants(sweep)[0].id
         lines = [f"sweep {sweep.id} ({sweep.params_file}): {len(self.stages)} variants to run, baseline {baseline}"]
         for variant, stages in self.stages.items():
-            lines.append(f"  {variant}: " + ", ".join(f"{s.stage} [{s.label}]" for s in stages))
+            lines.append(f"  {variant}: {runner.describe(stages)}")
         if sweep.spec.sampler == "optuna" and sweep.spec.trials:
             lines.append(
                 f"  ... and {sweep.spec.trials} trials asked of Optuna, each estimated as the params as written"
@@ -374,8 +386,7 @@ def plan_sweep(sweep: Sweep, planned: list[Variant]) -> SweepPlan:
                 for stage in stages[other]:
                     if stage.stage in leaders[leader]:
                         stage.shared_from = leader
-    params = load_params(sweep.params_file, sweep.overrides)
-    budget = params.run.budget
+    budget = sweep.params.run.budget
     return SweepPlan(stages, plan.Plan(estimates, note, budget.max_hours, budget.max_memory_gb), leaders, followers)
 
 
@@ -550,7 +561,7 @@ def _main(task_file: str) -> int:
 
 
 def read_record(sweep_id: str) -> dict:
-    path = sweeps_dir() / f"{sweep_id}.json"
+    path = record_path(sweep_id)
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
 
@@ -594,7 +605,7 @@ def run_sweep(
         try:
             leaders = {v.id: sweep_plan.leaders[v.id] for v in todo if v.id in sweep_plan.leaders}
             if leaders:
-                first = Queue([v for v in todo if v.id in leaders])
+                first = Search(sweep, [v for v in todo if v.id in leaders], ask=False)
                 _run(sweep, first, executor, record, running, capacity, show_code, leaders)
                 todo = _without_failed_leaders(record, todo, sweep_plan)
             earlier = [v for v in record["variants"] if v["id"] != f"{sweep.id}-{BASE}"]
@@ -607,12 +618,12 @@ def run_sweep(
             executor.stop({handle: task for handle, (_, task) in running.items()})
             for variant, _ in running.values():
                 _entry(record, variant).update(status="failed", error=f"the sweep stopped ({type(err).__name__})")
-            record.update(finished=_now(), status="failed")
+            record.update(finished=runner.now(), status="failed")
             _save(record)
             raise
         finally:
             executor.close()
-        record.update(finished=_now(), status=_status(record))
+        record.update(finished=runner.now(), status=_status(record))
         _save(record)
     from tunebook import compare
 
@@ -644,7 +655,7 @@ def _run(
             variant = search.next()
             task = _task(sweep, variant, leaders[variant.id] if leaders else sweep.stages, show_code)
             entry = _entry(record, variant)
-            entry.update(status="running", started=_now(), log=os.path.relpath(task.log, sweeps_dir()))
+            entry.update(status="running", started=runner.now(), log=os.path.relpath(task.log, sweeps_dir()))
             _save(record)
             running[executor.submit(task)] = (variant, task)
         handle, outcome = executor.wait({h: t for h, (_, t) in running.items()})
@@ -669,15 +680,17 @@ def _without_failed_leaders(record: dict, todo: list[Variant], sweep_plan: Sweep
     """A leader whose shared stages failed fails the variants that would copy them (rather than have each redo,
     and most likely fail, the same work); --resume runs them all again."""
     failed = {entry["id"]: entry for entry in record["variants"] if entry["status"] == "failed"}
-    dropped = set()
-    for leader in set(failed) & set(sweep_plan.followers):
-        for follower in sweep_plan.followers[leader]:
-            entry = next(e for e in record["variants"] if e["id"] == follower)
-            entry.update(status="failed", failed=failed[leader].get("failed"), value=None)
-            entry["error"] = f"the shared stages it copies failed in {leader}"
-            dropped.add(follower)
+    leader_of = {follower: leader for leader in failed for follower in sweep_plan.followers.get(leader, [])}
+    for variant in todo:
+        if leader := leader_of.get(variant.id):
+            _entry(record, variant).update(
+                status="failed",
+                failed=failed[leader].get("failed"),
+                value=None,
+                error=f"the shared stages it copies failed in {leader}",
+            )
     _save(record)
-    return [variant for variant in todo if variant.id not in dropped and variant.id not in failed]
+    return [variant for variant in todo if variant.id not in failed and variant.id not in leader_of]
 
 
 def _task(sweep: Sweep, variant: Variant, stages: list[str], show_code: bool) -> Task:
@@ -699,7 +712,7 @@ def _new_record(sweep: Sweep, todo: list[Variant], previous: dict, ray_address: 
         "overrides": _masked(sweep.overrides),
         "spec": sweep.spec.model_dump(),
         "stages": sweep.stages,
-        "started": _now(),
+        "started": runner.now(),
         "finished": None,
         "status": "running",
         "executor": f"ray {ray_address}" if ray_address else f"local, {jobs} at a time",
@@ -738,7 +751,7 @@ def _failed_stage(run_id: str) -> dict | None:
 
 
 def _save(record: dict) -> None:
-    write_atomic(sweeps_dir() / f"{record['sweep_id']}.json", json.dumps(record, indent=2, sort_keys=True) + "\n")
+    write_atomic(record_path(record["sweep_id"]), json.dumps(record, indent=2, sort_keys=True) + "\n")
 
 
 def _status(record: dict) -> str:
@@ -752,10 +765,6 @@ def _value_of(sweep: Sweep, run_id: str) -> float | None:
     scored = reports.evaluated_models(run_id)
     system = system or reports.final_model(list(scored))
     return scored.get(system, {}).get(score)
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def _outcome_line(run_id: str, entry: dict) -> str:

@@ -24,7 +24,14 @@ from tunebook.params.blocks import (
     demo_scale,
     demo_scale_warning,
 )
-from tunebook.params.loading import ParamsError, base_config_path, load_params, mask_override, section
+from tunebook.params.loading import (
+    ParamsError,
+    base_config_path,
+    load_params,
+    mask_override,
+    override_value,
+    section,
+)
 from tunebook.params.safety import ALLOW_PICKLE, TRUST_REMOTE_CODE, mask_secrets, opted_in
 from tunebook.params.schema import (
     SHARED_SECTIONS,
@@ -109,5 +116,6 @@ __all__ = [
     "mask_override",
     "mask_secrets",
     "opted_in",
+    "override_value",
     "section",
 ]

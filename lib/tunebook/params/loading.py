@@ -83,7 +83,7 @@ def _apply_override(raw: dict, override: str) -> tuple[str, str]:
             raise ParamsError(f"--set {key}: '{parts[depth - 1]}' is not a section")
         resolved.append(str(index))
         if last:
-            node[index] = _override_value(value)
+            node[index] = override_value(value)
         else:
             node = node[index]
     return ".".join(resolved), key
@@ -124,7 +124,7 @@ def _schema_default(model: type[BaseModel] | None, name: str) -> Any:
     return {}
 
 
-def _override_value(value: str) -> Any:
+def override_value(value: str) -> Any:
     # YAML parsing gives `--set sft.lora.r=8` an int and `--set evaluate.models=[base]` a list.
     return yaml.safe_load(value) if value.strip() else ""
 
@@ -257,7 +257,7 @@ def base_config_path(params: Params, params_path: Path) -> Path | None:
 def mask_override(override: str) -> str:
     """A `--set KEY=VALUE` as a manifest may record it: the value masked when the key looks secret."""
     key, _, value = override.partition("=")
-    return f"{key}=***" if holds_secret(key.rsplit(".", 1)[-1], _override_value(value)) else override
+    return f"{key}=***" if holds_secret(key.rsplit(".", 1)[-1], override_value(value)) else override
 
 
 def section(name: str, namespace: dict[str, Any]) -> BaseModel:
