@@ -5,6 +5,7 @@ import json
 import math
 
 import pytest
+from zoo import FAMILIES
 
 from tunebook import paths, sweep
 from tunebook.cli import EXIT_BAD_INPUT, EXIT_OVER_BUDGET, main
@@ -260,3 +261,16 @@ def test_a_stopped_sweep_stops_its_variants_and_records_them_failed(monkeypatch)
     assert record["status"] == "failed" and record["variants"][0]["error"] == "the sweep stopped (KeyboardInterrupt)"
     assert [entry["status"] for entry in record["variants"]] == ["failed", "pending"]
     assert [v.id for v in sweep.to_run(spec, resume=True)[0]] == ["ci-r8", "ci-r16"]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_sweep_of_a_stock_model_plans_each_variant_on_its_config(family, zoo):
+    """Variants of a recipe on each family's model (the zoo): each variant's SFT estimate comes from that model's
+    config and its own LoRA rank, and the sweep still shares one ingest and generate."""
+    spec = load("sft.lora.r=8,16", overrides=[f"sft.base_model={zoo(family)}"])
+    plan = sweep.plan_sweep(spec, sweep.variants(spec))
+    sft = {e.stage: e for e in plan.total.estimates if e.stage.startswith("sft ")}
+    r8, r16 = sft["sft ci-r8"], sft["sft ci-r16"]
+    assert r8.params == r16.params > 0 and r16.trainable == 2 * r8.trainable
+    assert plan.leaders == {"ci-r8": ["ingest", "generate"]} and plan.followers == {"ci-r8": ["ci-r16"]}
+    assert sweep.variant_params(spec, sweep.variants(spec)[1]).sft.base_model == str(zoo(family))
